@@ -1,0 +1,44 @@
+# StackPro — `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+GO       ?= go
+BIN      := $(CURDIR)/bin
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS  := -s -w -X github.com/stackpro/stackpro/shared/buildinfo.Version=$(VERSION) \
+            -X github.com/stackpro/stackpro/shared/buildinfo.Commit=$(COMMIT)
+STATICCHECK_VERSION := 2025.1.1
+
+# Flags for `make run`; override like `make run RUN_FLAGS="--demo-instances 3"`.
+RUN_FLAGS ?=
+
+.PHONY: help build test lint run bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+build: ## build static binaries into bin/
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/stackpro-controlplane ./controlplane/cmd/stackpro-controlplane
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/stackpro-agent ./agent/cmd/stackpro-agent
+
+test: ## run every test with the race detector
+	$(GO) test -race -count=1 -timeout 12m ./...
+
+$(BIN)/staticcheck:
+	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+lint: $(BIN)/staticcheck ## go vet, gofmt and staticcheck
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(BIN)/staticcheck ./...
+
+run: build ## run the embedded default: control plane, NATS, one local instance, data in ./data
+	$(BIN)/stackpro-controlplane dev --data ./data --http 127.0.0.1:8080 --nats 127.0.0.1:4222 $(RUN_FLAGS)
+
+bench: build ## run the benchmarks (see BENCHMARKS.md)
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+	./scripts/bench-agent-rss.sh
+
+clean: ## remove bin/ (data/ is kept)
+	rm -rf $(BIN)

@@ -1,0 +1,262 @@
+// Package agent is the daemon on every customer instance: it enrolls with
+// the control plane, keeps a NATS link to it, sends heartbeats, metrics and
+// events, and answers commands from its catalog. It never imports the
+// control plane: the wire contract is shared/protocol.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/stackpro/stackpro/agent/internal/link"
+	"github.com/stackpro/stackpro/agent/internal/outbox"
+	"github.com/stackpro/stackpro/agent/internal/telemetry"
+	"github.com/stackpro/stackpro/shared/buildinfo"
+	"github.com/stackpro/stackpro/shared/protocol"
+)
+
+// Main parses args and runs the agent until ctx ends.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("stackpro-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "/etc/stackpro/agent.yaml", "bootstrap config file")
+	version := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *version {
+		fmt.Fprintln(stdout, "stackpro-agent", buildinfo.String())
+		return nil
+	}
+	cfg, err := LoadConfig(*path, os.Environ())
+	if err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // checked by Validate
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})).With("instance", cfg.InstanceID)
+	return Run(ctx, cfg, log)
+}
+
+// Agent is one running agent.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	nc      *nats.Conn
+	box     *outbox.Outbox
+	rep     *reporter
+	sampler *telemetry.Sampler
+	started time.Time
+	// problems carries what the last metrics sample found wrong to the
+	// heartbeat goroutine.
+	problems chan []string
+	// restored carries how long the link was down each time it comes back.
+	restored chan time.Duration
+}
+
+// Run enrolls if needed, connects and reports until ctx ends. Losing the
+// link changes nothing on the instance: the agent keeps sampling and
+// spooling, and sends it all when the link is back.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("agent: state dir: %w", err)
+	}
+	box, err := outbox.Open(filepath.Join(cfg.StateDir, "outbox.db"), outbox.Options{})
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	defer box.Close()
+	id, err := link.LoadIdentity(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	lo := link.Options{URL: cfg.NATSURL, InstanceID: cfg.InstanceID, StateDir: cfg.StateDir,
+		Token: cfg.EnrollmentToken, AgentVersion: buildinfo.Version, Log: log}
+	if !link.Enrolled(cfg.StateDir) {
+		if err := link.Enroll(ctx, lo, id); err != nil {
+			return err
+		}
+	}
+	a := &Agent{cfg: cfg, log: log, box: box, sampler: telemetry.NewSampler("/proc"), started: time.Now(),
+		problems: make(chan []string, 1), restored: make(chan time.Duration, 1)}
+	a.nc, err = link.Connect(lo, id, link.Handlers{Reconnected: func(down time.Duration) {
+		select {
+		case a.restored <- down:
+		default: // an event for the last outage is still waiting
+		}
+	}})
+	if err != nil {
+		return err
+	}
+	defer a.nc.Close()
+	if a.rep, err = newReporter(cfg.InstanceID, a.nc, box, log); err != nil {
+		return err
+	}
+	if err := a.rep.Emit(protocol.EventAgentStarted, protocol.SeverityInfo, "agent "+buildinfo.Version+" started",
+		map[string]string{"version": buildinfo.Version, "commit": buildinfo.Commit}); err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return a.rep.Run(gctx) })
+	g.Go(func() error { return a.heartbeats(gctx) })
+	g.Go(func() error { return a.metrics(gctx) })
+	g.Go(func() error { return a.serveCommands(gctx) })
+	g.Go(func() error { return a.watchLink(gctx) })
+	err = g.Wait()
+	if derr := a.nc.Drain(); derr != nil && !errors.Is(derr, nats.ErrConnectionClosed) {
+		log.Warn("draining link", "err", derr)
+	}
+	log.Info("agent stopped")
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// watchLink reports each restored link as an event, which also wakes the flusher.
+func (a *Agent) watchLink(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case down := <-a.restored:
+			_ = a.rep.Emit(protocol.EventLinkRestored, protocol.SeverityInfo, "link to the control plane restored",
+				map[string]string{"down_for": down.Round(time.Second).String()})
+		}
+	}
+}
+
+// every runs fn every interval, the first time after a random share of it,
+// so that agents started together do not report together.
+func every(ctx context.Context, interval time.Duration, fn func()) error {
+	timer := time.NewTimer(rand.N(interval))
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-timer.C:
+			fn()
+			timer.Reset(interval)
+		}
+	}
+}
+
+// heartbeats publishes a heartbeat every interval while the link is up. A
+// heartbeat is never spooled: a late one would say nothing true.
+func (a *Agent) heartbeats(ctx context.Context) error {
+	var seq uint64
+	var problems []string
+	return every(ctx, a.cfg.HeartbeatInterval, func() {
+		select {
+		case problems = <-a.problems:
+		default:
+		}
+		if !a.nc.IsConnected() {
+			return
+		}
+		seq++
+		pending, dropped := a.box.Stats()
+		hb := protocol.Heartbeat{V: protocol.Version, InstanceID: a.cfg.InstanceID, Seq: seq, At: time.Now().UTC(),
+			AgentVersion: buildinfo.Version, Health: protocol.HealthOK, Problems: problems,
+			Outbox: protocol.OutboxStats{Pending: pending, DroppedMetrics: dropped}}
+		if len(problems) > 0 {
+			hb.Health = protocol.HealthDegraded
+		}
+		data, _ := json.Marshal(hb)
+		if err := a.nc.Publish(protocol.AgentSubject(a.cfg.InstanceID, protocol.KindHeartbeat), data); err != nil {
+			a.log.Debug("heartbeat not sent", "err", err)
+		}
+	})
+}
+
+// diskFullPercent is the share of a disk in use past which the instance
+// reports itself degraded.
+const diskFullPercent = 90
+
+// metrics samples the host every interval and spools the sample.
+func (a *Agent) metrics(ctx context.Context) error {
+	return every(ctx, a.cfg.MetricsInterval, func() {
+		m, err := a.sampler.Sample()
+		if err != nil {
+			a.log.Warn("sampling host metrics", "err", err)
+		}
+		m.V, m.InstanceID, m.At = protocol.Version, a.cfg.InstanceID, time.Now().UTC()
+		var problems []string
+		for _, d := range m.Disks {
+			if d.TotalBytes > 0 && d.UsedBytes*100/d.TotalBytes >= diskFullPercent {
+				problems = append(problems, fmt.Sprintf("disk %s is %d%% full", d.Mount, d.UsedBytes*100/d.TotalBytes))
+			}
+		}
+		select {
+		case <-a.problems:
+		default:
+		}
+		a.problems <- problems
+		if err := a.rep.Metrics(m); err != nil {
+			a.log.Error("metrics not spooled", "err", err)
+		}
+	})
+}
+
+// serveCommands answers requests on the agent's command subject and the
+// broadcast subject until ctx ends.
+func (a *Agent) serveCommands(ctx context.Context) error {
+	for _, subject := range []string{protocol.CommandSubject(a.cfg.InstanceID), protocol.BroadcastSubject} {
+		sub, err := a.nc.Subscribe(subject, a.handleCommand)
+		if err != nil {
+			return fmt.Errorf("agent: subscribing to %s: %w", subject, err)
+		}
+		defer sub.Unsubscribe()
+	}
+	<-ctx.Done()
+	return nil
+}
+
+func (a *Agent) handleCommand(m *nats.Msg) {
+	var req protocol.CommandRequest
+	reply := protocol.CommandReply{V: protocol.Version, InstanceID: a.cfg.InstanceID}
+	if err := json.Unmarshal(m.Data, &req); err != nil {
+		reply.Error = "malformed command request"
+	} else {
+		reply.ID = req.ID
+		reply.Result, err = a.run(req)
+		reply.OK = err == nil
+		if err != nil {
+			reply.Error = err.Error()
+		}
+	}
+	data, _ := json.Marshal(reply)
+	if m.Reply != "" {
+		if err := m.Respond(data); err != nil {
+			a.log.Warn("answering command", "command", req.Name, "err", err)
+		}
+	}
+}
+
+// run runs one command of the catalog; there is no other way in.
+func (a *Agent) run(req protocol.CommandRequest) (json.RawMessage, error) {
+	var result any
+	switch req.Name {
+	case protocol.CommandPing:
+		result = map[string]any{"pong": true, "at": time.Now().UTC()}
+	case protocol.CommandVersion:
+		result = map[string]any{"version": buildinfo.Version, "commit": buildinfo.Commit,
+			"protocol": protocol.Version, "uptime_seconds": int(time.Since(a.started).Seconds())}
+	default:
+		return nil, fmt.Errorf("unknown command %q", req.Name)
+	}
+	return json.Marshal(result)
+}

@@ -1,0 +1,21 @@
+// Command stackpro-controlplane runs the StackPro control plane.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/stackpro/stackpro/controlplane/internal/app"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := app.Main(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintf(os.Stderr, "stackpro-controlplane: %v\n", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,286 @@
+// Package app wires the control plane together: configuration, store,
+// embedded broker, fleet monitor, provisioning and dashboard-api, with one
+// lifecycle that a signal ends.
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/internal/broker"
+	"github.com/stackpro/stackpro/controlplane/internal/config"
+	"github.com/stackpro/stackpro/controlplane/internal/monitor"
+	"github.com/stackpro/stackpro/controlplane/internal/provision"
+	"github.com/stackpro/stackpro/controlplane/internal/provision/local"
+	"github.com/stackpro/stackpro/controlplane/internal/store"
+	dashboardapi "github.com/stackpro/stackpro/dashboard-api"
+	"github.com/stackpro/stackpro/shared/buildinfo"
+)
+
+const usage = `usage: stackpro-controlplane <command> [flags]
+
+commands:
+  dev      run the embedded default: data dir created if missing, demo instances launched
+  serve    run from a config file (--config); the data dir must exist
+  version  print the version
+
+flags (override the config file and STACKPRO_* environment variables):
+`
+
+// Main parses args and runs the control plane until ctx ends.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("no command given")
+	}
+	cmd, args := args[0], args[1:]
+	switch cmd {
+	case "version":
+		fmt.Fprintln(stdout, "stackpro-controlplane", buildinfo.String())
+		return nil
+	case "dev", "serve":
+	default:
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("unknown command %q", cmd)
+	}
+	cfg, err := load(cmd, args, stderr)
+	if err != nil {
+		return err
+	}
+	return Run(ctx, cfg, stdout)
+}
+
+// load layers defaults, the config file, the environment and flags.
+func load(cmd string, args []string, stderr io.Writer) (config.Config, error) {
+	cfg := config.Default()
+	cfg.Dev = cmd == "dev"
+	if !cfg.Dev {
+		cfg.DemoInstances = 0
+	}
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
+	path := fs.String("config", "", "YAML config file")
+	data := fs.String("data", cfg.DataDir, "data directory")
+	httpAddr := fs.String("http", cfg.HTTP.Addr, "HTTP listen address")
+	natsAddr := fs.String("nats", cfg.NATS.Listen, "NATS listen address")
+	demo := fs.Int("demo-instances", cfg.DemoInstances, "local instances dev mode keeps launched")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if *path != "" {
+		if err := cfg.ReadFile(*path); err != nil {
+			return cfg, err
+		}
+	}
+	if err := cfg.LoadEnv(os.Environ()); err != nil {
+		return cfg, err
+	}
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "data":
+			cfg.DataDir = *data
+		case "http":
+			cfg.HTTP.Addr = *httpAddr
+		case "nats":
+			cfg.NATS.Listen = *natsAddr
+		case "demo-instances":
+			cfg.DemoInstances = *demo
+		}
+	})
+	if err := cfg.Validate(); err != nil {
+		return cfg, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	return cfg, nil
+}
+
+func newLogger(cfg config.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.Level)) // checked by Validate
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// Run runs the control plane with cfg until ctx ends, then shuts down:
+// stop taking requests, drain NATS, write the fleet state, close the store.
+func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
+	log := newLogger(cfg.Log, os.Stderr)
+	if err := prepareDataDir(cfg); err != nil {
+		return err
+	}
+	st, err := store.Open(filepath.Join(cfg.DataDir, "stackpro.db"), 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	creds, err := st.Credentials()
+	if err != nil {
+		return err
+	}
+	insts, err := st.Instances()
+	if err != nil {
+		return err
+	}
+	tracker := fleet.NewTracker(fleet.Thresholds{StaleAfter: cfg.Fleet.StaleAfter, OfflineAfter: cfg.Fleet.OfflineAfter}, insts)
+
+	brk, err := broker.Start(ctx, broker.Options{Listen: cfg.NATS.Listen, StoreDir: filepath.Join(cfg.DataDir, "jetstream"),
+		Credentials: creds, Enroll: enroller{st, tracker}, Log: log})
+	if err != nil {
+		return err
+	}
+	defer brk.Shutdown()
+
+	mon := monitor.New(monitor.Options{Tracker: tracker, Store: st, Keys: brk, Conn: brk.Conn(), Sys: brk.SysConn(),
+		PersistEvery: 5 * time.Second, Log: log})
+	localProvider := local.New(filepath.Join(cfg.DataDir, "instances"), agentBin(cfg), log)
+	prov := provision.New(provision.Options{Provider: localProvider, Store: st, Tracker: tracker, Broker: brk,
+		NATSURL: cfg.NATSURL(), TokenTTL: cfg.Enrollment.TokenTTL,
+		HeartbeatInterval: cfg.Fleet.HeartbeatInterval, MetricsInterval: cfg.Fleet.MetricsInterval, Log: log})
+
+	var localIDs []string
+	for _, inst := range insts {
+		if inst.Provider == localProvider.Name() {
+			localIDs = append(localIDs, inst.ID)
+		}
+	}
+	localProvider.Reattach(localIDs)
+	tokenPath, err := bootstrapAdminToken(st, cfg.DataDir)
+	if err != nil {
+		return err
+	}
+
+	api := dashboardapi.New(dashboardapi.Options{Fleet: tracker, Metrics: mon, Terminator: prov, Tokens: tokens{st},
+		Ready: map[string]dashboardapi.Check{"broker": brk.Ready, "store": st.Ready}, Log: log})
+	ln, err := net.Listen("tcp", cfg.HTTP.Addr)
+	if err != nil {
+		return fmt.Errorf("http: %w", err)
+	}
+	srv := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return mon.Run(gctx) })
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return srv.Shutdown(shutdownCtx)
+	})
+	if cfg.Dev {
+		for n := len(localIDs); n < cfg.DemoInstances; n++ {
+			if _, err := prov.Launch(ctx); err != nil {
+				log.Error("launching demo instance", "err", err)
+				break
+			}
+		}
+	}
+	fmt.Fprintf(stdout, "StackPro control plane %s is up\n  API:   http://%s/api/v1/instances\n  NATS:  %s\n  token: %s (use as Authorization: Bearer <token>)\n",
+		buildinfo.String(), ln.Addr(), brk.ClientURL(), tokenPath)
+	err = g.Wait()
+	log.Info("control plane stopped")
+	return err
+}
+
+// prepareDataDir creates the data dir in dev mode; otherwise it must exist.
+func prepareDataDir(cfg config.Config) error {
+	if cfg.Dev {
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			return fmt.Errorf("data dir: %w", err)
+		}
+		return nil
+	}
+	info, err := os.Stat(cfg.DataDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("data dir %s does not exist: create it, or run dev mode", cfg.DataDir)
+	}
+	if err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	if !info.IsDir() {
+		return fmt.Errorf("data dir %s is not a directory", cfg.DataDir)
+	}
+	return nil
+}
+
+// agentBin is the configured agent binary, or the one beside this binary.
+func agentBin(cfg config.Config) string {
+	if cfg.Local.AgentBin != "" {
+		return cfg.Local.AgentBin
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return "stackpro-agent"
+	}
+	return filepath.Join(filepath.Dir(self), "stackpro-agent")
+}
+
+// bootstrapAdminToken creates the first operator token when none exists
+// and writes it to <data>/admin.token (0600). It returns the file's path.
+func bootstrapAdminToken(st *store.Store, dataDir string) (string, error) {
+	path := filepath.Join(dataDir, "admin.token")
+	has, err := st.HasAPITokens()
+	if err != nil || has {
+		return path, err
+	}
+	token, err := st.CreateAPIToken("admin", store.RoleAdmin, time.Now().UTC())
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("writing %s: %w", path, err)
+	}
+	return path, nil
+}
+
+// enroller lets the broker redeem tokens against the store.
+type enroller struct {
+	st      *store.Store
+	tracker *fleet.Tracker
+}
+
+func (e enroller) RedeemToken(instanceID, token, publicKey string, now time.Time) error {
+	err := e.st.RedeemToken(instanceID, token, publicKey, now)
+	if errors.Is(err, store.ErrTokenRefused) {
+		return fmt.Errorf("%w: %w", broker.ErrRefused, err)
+	}
+	return err
+}
+
+func (e enroller) Enrolled(instanceID string, now time.Time) { e.tracker.Enrolled(instanceID, now) }
+
+// tokens resolves API tokens from the store.
+type tokens struct{ st *store.Store }
+
+func (t tokens) Principal(token string) (dashboardapi.Principal, error) {
+	rec, err := t.st.LookupAPIToken(token)
+	if errors.Is(err, store.ErrNotFound) {
+		return dashboardapi.Principal{}, dashboardapi.ErrUnauthorized
+	}
+	if err != nil {
+		return dashboardapi.Principal{}, err
+	}
+	return dashboardapi.Principal{Name: rec.Name, Role: string(rec.Role)}, nil
+}

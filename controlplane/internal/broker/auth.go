@@ -1,0 +1,167 @@
+package broker
+
+import (
+	"encoding/base64"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
+
+	"github.com/stackpro/stackpro/shared/protocol"
+)
+
+// keyPair is an NKey the control plane made for one of its own connections.
+type keyPair struct {
+	public string
+	kp     nkeys.KeyPair
+}
+
+func newKeyPair() (*keyPair, error) {
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		return nil, fmt.Errorf("broker: creating key: %w", err)
+	}
+	pub, err := kp.PublicKey()
+	if err != nil {
+		return nil, fmt.Errorf("broker: creating key: %w", err)
+	}
+	return &keyPair{public: pub, kp: kp}, nil
+}
+
+func (k *keyPair) sign(nonce []byte) ([]byte, error) { return k.kp.Sign(nonce) }
+
+// authenticator is the server's CustomClientAuthentication: it checks the
+// NKey signature of every connection and hands it its permissions.
+type authenticator struct {
+	log              *slog.Logger
+	server           *server.Server
+	internal, system *keyPair
+
+	mu     sync.RWMutex
+	agents map[string]string // public key → instance id
+}
+
+var _ server.Authentication = (*authenticator)(nil)
+
+func newAuthenticator(log *slog.Logger, creds map[string]string) (*authenticator, error) {
+	internal, err := newKeyPair()
+	if err != nil {
+		return nil, err
+	}
+	system, err := newKeyPair()
+	if err != nil {
+		return nil, err
+	}
+	agents := make(map[string]string, len(creds))
+	for k, v := range creds {
+		agents[k] = v
+	}
+	return &authenticator{log: log, internal: internal, system: system, agents: agents}, nil
+}
+
+func (a *authenticator) instanceOf(publicKey string) (string, bool) {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	id, ok := a.agents[publicKey]
+	return id, ok
+}
+
+func (a *authenticator) authorize(publicKey, instanceID string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.agents[publicKey] = instanceID
+}
+
+// revoke forgets instance id's keys and returns them.
+func (a *authenticator) revoke(instanceID string) map[string]struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	keys := map[string]struct{}{}
+	for k, id := range a.agents {
+		if id == instanceID {
+			keys[k] = struct{}{}
+			delete(a.agents, k)
+		}
+	}
+	return keys
+}
+
+// Check lets a connection in, with its permissions, or refuses it.
+func (a *authenticator) Check(c server.ClientAuthentication) bool {
+	if c.Kind() != server.CLIENT {
+		return false
+	}
+	opts := c.GetOpts()
+	if opts.Nkey == "" {
+		if opts.Username == protocol.EnrollUser {
+			c.RegisterUser(&server.User{Username: protocol.EnrollUser, Permissions: enrollPermissions()})
+			return true
+		}
+		a.log.Warn("connection refused: no credentials", "remote", c.RemoteAddress())
+		return false
+	}
+	if !verify(opts.Nkey, opts.Sig, c.GetNonce()) {
+		a.log.Warn("connection refused: bad signature", "remote", c.RemoteAddress(), "key", opts.Nkey)
+		return false
+	}
+	nc, ok := c.(interface{ RegisterNkeyUser(*server.NkeyUser) error })
+	if !ok {
+		return false
+	}
+	user := &server.NkeyUser{Nkey: opts.Nkey}
+	switch opts.Nkey {
+	case a.internal.public:
+		// The control plane: every subject of the global account.
+	case a.system.public:
+		user.Account = a.server.SystemAccount()
+	default:
+		id, known := a.instanceOf(opts.Nkey)
+		if !known {
+			a.log.Warn("connection refused: unknown key", "remote", c.RemoteAddress(), "key", opts.Nkey)
+			return false
+		}
+		user.Permissions = agentPermissions(id)
+	}
+	return nc.RegisterNkeyUser(user) == nil
+}
+
+// verify checks sig (base64, as clients send it) over nonce with publicKey.
+func verify(publicKey, sig string, nonce []byte) bool {
+	if !nkeys.IsValidPublicUserKey(publicKey) || len(nonce) == 0 {
+		return false
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(sig)
+	if err != nil {
+		if raw, err = base64.StdEncoding.DecodeString(sig); err != nil {
+			return false
+		}
+	}
+	pub, err := nkeys.FromPublicKey(publicKey)
+	return err == nil && pub.Verify(nonce, raw) == nil
+}
+
+// agentPermissions: an agent publishes only under its own subjects and
+// answers requests made to it; it subscribes only to its own commands, the
+// broadcast and its own inbox.
+func agentPermissions(instanceID string) *server.Permissions {
+	return &server.Permissions{
+		Publish: &server.SubjectPermission{Allow: []string{protocol.AgentSubjects(instanceID)}},
+		Subscribe: &server.SubjectPermission{Allow: []string{
+			protocol.CommandSubject(instanceID),
+			protocol.BroadcastSubject,
+			protocol.InboxPrefix(instanceID) + ".>",
+		}},
+		Response: &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
+	}
+}
+
+// enrollPermissions: ask to enroll, read the answer, nothing else.
+func enrollPermissions() *server.Permissions {
+	return &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: []string{protocol.EnrollSubject}},
+		Subscribe: &server.SubjectPermission{Allow: []string{protocol.EnrollInboxPrefix + ".>"}},
+	}
+}

@@ -1,0 +1,211 @@
+// Package broker runs the control plane's embedded NATS server with
+// JetStream on disk, decides who may connect and what each connection may
+// touch, and answers agents' enrollment requests.
+//
+// Three kinds of connections are let in:
+//
+//   - the control plane itself, in process, with a key made at start-up;
+//   - agents, each with the NKey it enrolled, limited to its own subjects;
+//   - the "enroll" user, which may only ask to enroll and read the answer.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stackpro/stackpro/shared/protocol"
+)
+
+// Options configures a Broker.
+type Options struct {
+	// Listen is host:port for agents; port 0 picks a free one.
+	Listen string
+	// StoreDir keeps JetStream's files.
+	StoreDir string
+	// Credentials maps each enrolled agent's public key to its instance id.
+	Credentials map[string]string
+	// Enroll redeems an enrollment token (see Enroller).
+	Enroll Enroller
+	Log    *slog.Logger
+}
+
+// Broker is a running embedded NATS server.
+type Broker struct {
+	ns   *server.Server
+	auth *authenticator
+	log  *slog.Logger
+	// conn is the control plane's own connection; sys reads server events.
+	conn, sys *nats.Conn
+	enroll    *nats.Subscription
+	enroller  Enroller
+}
+
+// Start starts the server and waits until it takes connections, the
+// control plane's connections are up and the streams exist.
+func Start(ctx context.Context, o Options) (*Broker, error) {
+	host, portStr, err := net.SplitHostPort(o.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("broker: listen address %q: %w", o.Listen, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("broker: listen port %q: %w", portStr, err)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	log := o.Log.With("component", "broker")
+	auth, err := newAuthenticator(log, o.Credentials)
+	if err != nil {
+		return nil, err
+	}
+	ns, err := server.NewServer(&server.Options{
+		ServerName:                 "stackpro",
+		Host:                       host,
+		Port:                       port,
+		NoSigs:                     true,
+		JetStream:                  true,
+		StoreDir:                   o.StoreDir,
+		AlwaysEnableNonce:          true,
+		CustomClientAuthentication: auth,
+		MaxPayload:                 1 << 20,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	ns.SetLoggerV2(slogAdapter{log}, false, false, false)
+	auth.server = ns
+	go ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ns.Shutdown()
+		return nil, errors.New("broker: not ready for connections after 30s")
+	}
+	b := &Broker{ns: ns, auth: auth, log: log, enroller: o.Enroll}
+	if err := b.connect(ctx); err != nil {
+		b.Shutdown()
+		return nil, err
+	}
+	return b, nil
+}
+
+// connect opens the control plane's in-process connections, creates the
+// streams and starts answering enrollments.
+func (b *Broker) connect(ctx context.Context) error {
+	var err error
+	if b.conn, err = b.inProcess("stackpro-controlplane", b.auth.internal); err != nil {
+		return err
+	}
+	if b.sys, err = b.inProcess("stackpro-controlplane-sys", b.auth.system); err != nil {
+		return err
+	}
+	js, err := jetstream.New(b.conn)
+	if err != nil {
+		return fmt.Errorf("broker: jetstream: %w", err)
+	}
+	_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:       protocol.EventsStream,
+		Subjects:   []string{protocol.AgentWildcard(protocol.KindEvent)},
+		Storage:    jetstream.FileStorage,
+		MaxAge:     30 * 24 * time.Hour,
+		Duplicates: 10 * time.Minute,
+	})
+	if err != nil {
+		return fmt.Errorf("broker: creating stream %s: %w", protocol.EventsStream, err)
+	}
+	b.enroll, err = b.conn.QueueSubscribe(protocol.EnrollSubject, "enroll", b.handleEnroll)
+	if err != nil {
+		return fmt.Errorf("broker: subscribing to %s: %w", protocol.EnrollSubject, err)
+	}
+	return nil
+}
+
+func (b *Broker) inProcess(name string, key *keyPair) (*nats.Conn, error) {
+	nc, err := nats.Connect("", nats.InProcessServer(b.ns), nats.Name(name),
+		nats.Nkey(key.public, key.sign), nats.MaxReconnects(-1),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			b.log.Error("control plane connection error", "conn", name, "err", err)
+		}))
+	if err != nil {
+		return nil, fmt.Errorf("broker: in-process connection %s: %w", name, err)
+	}
+	return nc, nil
+}
+
+// Conn is the control plane's own connection, allowed everything.
+func (b *Broker) Conn() *nats.Conn { return b.conn }
+
+// SysConn is a connection to the system account, for server events such
+// as $SYS.ACCOUNT.$G.CONNECT.
+func (b *Broker) SysConn() *nats.Conn { return b.sys }
+
+// ClientURL is where agents connect.
+func (b *Broker) ClientURL() string { return b.ns.ClientURL() }
+
+// Ready reports whether the broker takes connections and JetStream is on.
+func (b *Broker) Ready() error {
+	switch {
+	case !b.ns.Running():
+		return errors.New("broker: not running")
+	case !b.ns.JetStreamEnabled():
+		return errors.New("broker: JetStream is off")
+	case !b.conn.IsConnected():
+		return errors.New("broker: control plane connection is down")
+	}
+	return nil
+}
+
+// InstanceOf returns the instance id of an agent's public key.
+func (b *Broker) InstanceOf(publicKey string) (string, bool) { return b.auth.instanceOf(publicKey) }
+
+// Revoke forgets every key of instance id and closes its connections.
+func (b *Broker) Revoke(instanceID string) {
+	keys := b.auth.revoke(instanceID)
+	conns, err := b.ns.Connz(&server.ConnzOptions{Username: true, Limit: 1 << 30})
+	if err != nil {
+		b.log.Error("listing connections to revoke", "instance", instanceID, "err", err)
+		return
+	}
+	for _, c := range conns.Conns {
+		if _, ok := keys[c.AuthorizedUser]; ok {
+			_ = b.ns.DisconnectClientByID(c.Cid)
+		}
+	}
+}
+
+// Shutdown drains the control plane's connections and stops the server.
+func (b *Broker) Shutdown() {
+	for _, nc := range []*nats.Conn{b.conn, b.sys} {
+		if nc != nil {
+			if err := nc.Drain(); err != nil {
+				nc.Close()
+			}
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, nc := range []*nats.Conn{b.conn, b.sys} {
+		for nc != nil && !nc.IsClosed() && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	b.ns.Shutdown()
+	b.ns.WaitForShutdown()
+}
+
+// slogAdapter sends nats-server's log lines to slog.
+type slogAdapter struct{ log *slog.Logger }
+
+func (l slogAdapter) Noticef(format string, v ...any) { l.log.Info(fmt.Sprintf(format, v...)) }
+func (l slogAdapter) Warnf(format string, v ...any)   { l.log.Warn(fmt.Sprintf(format, v...)) }
+func (l slogAdapter) Fatalf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
+func (l slogAdapter) Errorf(format string, v ...any)  { l.log.Error(fmt.Sprintf(format, v...)) }
+func (l slogAdapter) Debugf(format string, v ...any)  { l.log.Debug(fmt.Sprintf(format, v...)) }
+func (l slogAdapter) Tracef(format string, v ...any)  { l.log.Debug(fmt.Sprintf(format, v...)) }

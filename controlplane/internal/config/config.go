@@ -1,0 +1,251 @@
+// Package config is the control plane's configuration: defaults, then a YAML
+// file, then STACKPRO_* environment variables, then command-line flags, each
+// layer overriding the one before. Unknown keys are errors at every layer,
+// and Validate reports every problem at once.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is everything the control plane reads at start-up. The yaml tags
+// are the file keys; the environment variable of a key is STACKPRO_ and the
+// key path in upper case with dots as underscores (http.addr → STACKPRO_HTTP_ADDR).
+type Config struct {
+	// DataDir holds the store, JetStream and local instances.
+	DataDir string `yaml:"data_dir"`
+	// Dev turns on the embedded-default conveniences: the data dir is
+	// created if missing and demo instances are launched.
+	Dev bool `yaml:"dev"`
+	// DemoInstances is how many local instances dev mode keeps launched.
+	DemoInstances int        `yaml:"demo_instances"`
+	Log           Log        `yaml:"log"`
+	HTTP          HTTP       `yaml:"http"`
+	NATS          NATS       `yaml:"nats"`
+	Fleet         Fleet      `yaml:"fleet"`
+	Enrollment    Enrollment `yaml:"enrollment"`
+	Local         Local      `yaml:"local"`
+}
+
+// Log configures the control plane's log/slog output.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // text or json
+}
+
+// HTTP configures dashboard-api's listener.
+type HTTP struct {
+	Addr string `yaml:"addr"`
+}
+
+// NATS configures the embedded broker.
+type NATS struct {
+	// Listen is host:port for agent connections.
+	Listen string `yaml:"listen"`
+	// AdvertiseURL is the URL agents are told to connect to; by default
+	// nats://<listen>.
+	AdvertiseURL string `yaml:"advertise_url"`
+}
+
+// Fleet sets how liveness is derived and how often agents report.
+type Fleet struct {
+	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
+	MetricsInterval   time.Duration `yaml:"metrics_interval"`
+	// StaleAfter without a heartbeat an instance is stale; OfflineAfter, offline.
+	StaleAfter   time.Duration `yaml:"stale_after"`
+	OfflineAfter time.Duration `yaml:"offline_after"`
+}
+
+// Enrollment configures one-time enrollment tokens.
+type Enrollment struct {
+	TokenTTL time.Duration `yaml:"token_ttl"`
+}
+
+// Local configures the local provider, which runs agents as processes on this host.
+type Local struct {
+	// AgentBin is the stackpro-agent binary; by default the one beside
+	// the control plane's own binary.
+	AgentBin string `yaml:"agent_bin"`
+}
+
+// Default is the configuration before any file, environment or flag.
+func Default() Config {
+	return Config{
+		DataDir:       "./data",
+		DemoInstances: 1,
+		Log:           Log{Level: "info", Format: "text"},
+		HTTP:          HTTP{Addr: "127.0.0.1:8080"},
+		NATS:          NATS{Listen: "127.0.0.1:4222"},
+		Fleet: Fleet{
+			HeartbeatInterval: 10 * time.Second,
+			MetricsInterval:   30 * time.Second,
+			StaleAfter:        35 * time.Second,
+			OfflineAfter:      2 * time.Minute,
+		},
+		Enrollment: Enrollment{TokenTTL: 30 * time.Minute},
+	}
+}
+
+// LoadFile decodes YAML from r over c. Unknown keys are errors.
+func (c *Config) LoadFile(r io.Reader, name string) error {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return fmt.Errorf("config: reading %s: %w", name, err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("config: %s: %w", name, err)
+	}
+	return nil
+}
+
+// EnvPrefix starts every control plane environment variable.
+const EnvPrefix = "STACKPRO_"
+
+// agentEnvPrefix belongs to the agent; the control plane leaves it alone so
+// both can share an environment.
+const agentEnvPrefix = "STACKPRO_AGENT_"
+
+// LoadEnv applies STACKPRO_* variables from environ (as os.Environ gives
+// them). A STACKPRO_ variable that names no key is an error, so a typo
+// does not pass silently. Every problem is reported at once.
+func (c *Config) LoadEnv(environ []string) error {
+	fields := map[string]reflect.Value{}
+	walk(reflect.ValueOf(c).Elem(), "", func(key string, v reflect.Value) {
+		fields[EnvPrefix+strings.ToUpper(strings.ReplaceAll(key, ".", "_"))] = v
+	})
+	var errs []error
+	for _, kv := range environ {
+		name, value, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, EnvPrefix) || strings.HasPrefix(name, agentEnvPrefix) {
+			continue
+		}
+		field, ok := fields[name]
+		if !ok {
+			errs = append(errs, fmt.Errorf("config: unknown environment variable %s", name))
+			continue
+		}
+		if err := set(field, value); err != nil {
+			errs = append(errs, fmt.Errorf("config: %s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// walk calls fn for every leaf field of v with its dotted yaml key.
+func walk(v reflect.Value, prefix string, fn func(key string, v reflect.Value)) {
+	t := v.Type()
+	for i := range t.NumField() {
+		key := prefix + t.Field(i).Tag.Get("yaml")
+		if f := v.Field(i); f.Kind() == reflect.Struct {
+			walk(f, key+".", fn)
+		} else {
+			fn(key, f)
+		}
+	}
+}
+
+// set parses s into the leaf field v.
+func set(v reflect.Value, s string) error {
+	switch v.Interface().(type) {
+	case string:
+		v.SetString(s)
+	case bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return fmt.Errorf("want true or false, got %q", s)
+		}
+		v.SetBool(b)
+	case int:
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return fmt.Errorf("want a whole number, got %q", s)
+		}
+		v.SetInt(int64(n))
+	case time.Duration:
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf("want a duration such as 10s, got %q", s)
+		}
+		v.SetInt(int64(d))
+	default:
+		return fmt.Errorf("unsupported type %s", v.Type())
+	}
+	return nil
+}
+
+// NATSURL is the URL agents are told to connect to.
+func (c Config) NATSURL() string {
+	if c.NATS.AdvertiseURL != "" {
+		return c.NATS.AdvertiseURL
+	}
+	return "nats://" + c.NATS.Listen
+}
+
+// Validate reports every problem with c at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data_dir is required"))
+	}
+	if c.DemoInstances < 0 {
+		errs = append(errs, fmt.Errorf("demo_instances must not be negative, got %d", c.DemoInstances))
+	}
+	if c.DemoInstances > 0 && !c.Dev {
+		errs = append(errs, errors.New("demo_instances needs dev mode"))
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log.level must be debug, info, warn or error, got %q", c.Log.Level))
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		errs = append(errs, fmt.Errorf("log.format must be text or json, got %q", c.Log.Format))
+	}
+	for key, addr := range map[string]string{"http.addr": c.HTTP.Addr, "nats.listen": c.NATS.Listen} {
+		if _, port, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s must be host:port, got %q", key, addr))
+		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			errs = append(errs, fmt.Errorf("%s has an invalid port in %q", key, addr))
+		}
+	}
+	if u := c.NATS.AdvertiseURL; u != "" && !strings.HasPrefix(u, "nats://") && !strings.HasPrefix(u, "tls://") {
+		errs = append(errs, fmt.Errorf("nats.advertise_url must start with nats:// or tls://, got %q", u))
+	}
+	f := c.Fleet
+	for key, d := range map[string]time.Duration{"fleet.heartbeat_interval": f.HeartbeatInterval,
+		"fleet.metrics_interval": f.MetricsInterval, "enrollment.token_ttl": c.Enrollment.TokenTTL} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive, got %s", key, d))
+		}
+	}
+	if f.StaleAfter <= f.HeartbeatInterval {
+		errs = append(errs, fmt.Errorf("fleet.stale_after (%s) must be longer than fleet.heartbeat_interval (%s)", f.StaleAfter, f.HeartbeatInterval))
+	}
+	if f.OfflineAfter <= f.StaleAfter {
+		errs = append(errs, fmt.Errorf("fleet.offline_after (%s) must be longer than fleet.stale_after (%s)", f.OfflineAfter, f.StaleAfter))
+	}
+	return errors.Join(errs...)
+}
+
+// ReadFile applies the YAML file at path over c.
+func (c *Config) ReadFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	return c.LoadFile(f, path)
+}

@@ -1,0 +1,392 @@
+// Package store keeps every record the control plane owns in one bbolt file:
+// instances, enrollment tokens, agent credentials, operator API tokens and
+// the events agents report.
+//
+// Layout of data.db:
+//
+//	instances/    <instance id>        → fleet.Instance (JSON)
+//	tokens/       sha256(token) hex    → enrollToken (JSON)
+//	credentials/  <nkey public key>    → <instance id>
+//	api_tokens/   sha256(token) hex    → APIToken (JSON)
+//	events/       <instance id>/       (one bucket per instance)
+//	                <stream seq, 8-byte big-endian> → protocol.Event (JSON)
+//
+// Secrets (enrollment and API tokens) are kept only as their SHA-256, so a
+// copy of the file grants nothing. Every change is one bbolt transaction.
+package store
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/shared/protocol"
+)
+
+var (
+	bucketInstances   = []byte("instances")
+	bucketTokens      = []byte("tokens")
+	bucketCredentials = []byte("credentials")
+	bucketAPITokens   = []byte("api_tokens")
+	bucketEvents      = []byte("events")
+	allBuckets        = [][]byte{bucketInstances, bucketTokens, bucketCredentials, bucketAPITokens, bucketEvents}
+)
+
+// Errors callers test for.
+var (
+	// ErrTokenRefused wraps every reason an enrollment token is refused.
+	ErrTokenRefused = errors.New("enrollment token refused")
+	// ErrNotFound is returned for a record that does not exist.
+	ErrNotFound = errors.New("not found")
+)
+
+// Store is the control plane's bbolt database.
+type Store struct {
+	db *bbolt.DB
+}
+
+// Open opens (or creates) the store at path. A store held by another
+// process fails after timeout instead of waiting forever.
+func Open(path string, timeout time.Duration) (*Store, error) {
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout})
+	if err != nil {
+		if errors.Is(err, bbolt.ErrTimeout) {
+			return nil, fmt.Errorf("store: opening %s: locked by another process (is a control plane already running on this data dir?): %w", path, err)
+		}
+		return nil, fmt.Errorf("store: opening %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		for _, b := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: creating buckets in %s: %w", path, err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the database file.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Ready reports whether the store can serve a read.
+func (s *Store) Ready() error {
+	return s.db.View(func(tx *bbolt.Tx) error {
+		if tx.Bucket(bucketInstances) == nil {
+			return errors.New("store: instances bucket missing")
+		}
+		return nil
+	})
+}
+
+func putJSON(b *bbolt.Bucket, key string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(key), data)
+}
+
+// PutInstances writes instances in one transaction. An instance deleted
+// meanwhile is not brought back.
+func (s *Store) PutInstances(insts ...fleet.Instance) error {
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketInstances)
+		for _, inst := range insts {
+			inst.Status = "" // derived, never stored
+			if err := putJSON(b, inst.ID, inst); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: writing instances: %w", err)
+	}
+	return nil
+}
+
+// UpdateInstances writes instances that still exist, in one transaction.
+func (s *Store) UpdateInstances(insts ...fleet.Instance) error {
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketInstances)
+		for _, inst := range insts {
+			if b.Get([]byte(inst.ID)) == nil {
+				continue
+			}
+			inst.Status = ""
+			if err := putJSON(b, inst.ID, inst); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: updating instances: %w", err)
+	}
+	return nil
+}
+
+// Instances returns every stored instance.
+func (s *Store) Instances() ([]fleet.Instance, error) {
+	var out []fleet.Instance
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketInstances).ForEach(func(k, v []byte) error {
+			var inst fleet.Instance
+			if err := json.Unmarshal(v, &inst); err != nil {
+				return fmt.Errorf("instance %s: %w", k, err)
+			}
+			out = append(out, inst)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: reading instances: %w", err)
+	}
+	return out, nil
+}
+
+// DeleteInstance removes an instance with its tokens, credentials and events.
+func (s *Store) DeleteInstance(id string) error {
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		if err := deleteWhere(tx.Bucket(bucketCredentials), func(v []byte) bool { return string(v) == id }); err != nil {
+			return err
+		}
+		err := deleteWhere(tx.Bucket(bucketTokens), func(v []byte) bool {
+			var tok enrollToken
+			return json.Unmarshal(v, &tok) == nil && tok.InstanceID == id
+		})
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketEvents).DeleteBucket([]byte(id)); err != nil && !errors.Is(err, bbolt.ErrBucketNotFound) {
+			return err
+		}
+		return tx.Bucket(bucketInstances).Delete([]byte(id))
+	})
+	if err != nil {
+		return fmt.Errorf("store: deleting instance %s: %w", id, err)
+	}
+	return nil
+}
+
+// deleteWhere deletes every key of b whose value matches.
+func deleteWhere(b *bbolt.Bucket, match func(v []byte) bool) error {
+	var keys [][]byte
+	err := b.ForEach(func(k, v []byte) error {
+		if match(v) {
+			keys = append(keys, k)
+		}
+		return nil
+	})
+	for _, k := range keys {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	return err
+}
+
+// enrollToken is the stored form of a one-time enrollment token.
+type enrollToken struct {
+	InstanceID string    `json:"instance_id"`
+	ExpiresAt  time.Time `json:"expires_at"`
+	// UsedBy is the public key that redeemed the token; empty while unused.
+	UsedBy string    `json:"used_by,omitempty"`
+	UsedAt time.Time `json:"used_at,omitzero"`
+}
+
+// newSecret returns a random token with a readable prefix.
+func newSecret(prefix string) string {
+	return prefix + rand.Text()
+}
+
+func hashKey(secret string) []byte {
+	sum := sha256.Sum256([]byte(secret))
+	return []byte(hex.EncodeToString(sum[:]))
+}
+
+// MintToken creates a one-time enrollment token for instance id, valid for
+// ttl from now, and returns it. Only its hash is stored.
+func (s *Store) MintToken(instanceID string, ttl time.Duration, now time.Time) (string, error) {
+	token := newSecret("spe_")
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		if tx.Bucket(bucketInstances).Get([]byte(instanceID)) == nil {
+			return fmt.Errorf("instance %s: %w", instanceID, ErrNotFound)
+		}
+		return putJSON(tx.Bucket(bucketTokens), string(hashKey(token)), enrollToken{InstanceID: instanceID, ExpiresAt: now.Add(ttl)})
+	})
+	if err != nil {
+		return "", fmt.Errorf("store: minting token: %w", err)
+	}
+	return token, nil
+}
+
+// RedeemToken trades an enrollment token for the right of publicKey to
+// connect as instance id, in one transaction. A token is good once: the
+// same key presenting it again (an agent that crashed before it saw the
+// answer) succeeds again; any other use is refused with ErrTokenRefused.
+func (s *Store) RedeemToken(instanceID, token, publicKey string, now time.Time) error {
+	return s.db.Update(func(tx *bbolt.Tx) error {
+		tokens := tx.Bucket(bucketTokens)
+		key := hashKey(token)
+		raw := tokens.Get(key)
+		if raw == nil {
+			return fmt.Errorf("%w: unknown token", ErrTokenRefused)
+		}
+		var tok enrollToken
+		if err := json.Unmarshal(raw, &tok); err != nil {
+			return fmt.Errorf("store: token record: %w", err)
+		}
+		switch {
+		case tok.InstanceID != instanceID:
+			return fmt.Errorf("%w: token is bound to another instance", ErrTokenRefused)
+		case tok.UsedBy == publicKey:
+			return nil
+		case tok.UsedBy != "":
+			return fmt.Errorf("%w: token already used at %s", ErrTokenRefused, tok.UsedAt.Format(time.RFC3339))
+		case !now.Before(tok.ExpiresAt):
+			return fmt.Errorf("%w: token expired at %s", ErrTokenRefused, tok.ExpiresAt.Format(time.RFC3339))
+		}
+		instances := tx.Bucket(bucketInstances)
+		rawInst := instances.Get([]byte(instanceID))
+		if rawInst == nil {
+			return fmt.Errorf("%w: instance no longer exists", ErrTokenRefused)
+		}
+		var inst fleet.Instance
+		if err := json.Unmarshal(rawInst, &inst); err != nil {
+			return fmt.Errorf("store: instance record: %w", err)
+		}
+		inst.EnrolledAt, inst.LastSeen = now, now
+		tok.UsedBy, tok.UsedAt = publicKey, now
+		if err := putJSON(tokens, string(key), tok); err != nil {
+			return err
+		}
+		if err := putJSON(instances, instanceID, inst); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketCredentials).Put([]byte(publicKey), []byte(instanceID))
+	})
+}
+
+// Credentials returns every agent public key with its instance id.
+func (s *Store) Credentials() (map[string]string, error) {
+	out := map[string]string{}
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketCredentials).ForEach(func(k, v []byte) error {
+			out[string(k)] = string(v)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: reading credentials: %w", err)
+	}
+	return out, nil
+}
+
+// Role is what an API token may do.
+type Role string
+
+// Roles.
+const (
+	RoleOperator Role = "operator"
+	RoleAdmin    Role = "admin"
+)
+
+// APIToken is an operator's bearer token for the HTTP API, stored hashed.
+type APIToken struct {
+	Name      string    `json:"name"`
+	Role      Role      `json:"role"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// CreateAPIToken mints a bearer token and returns it; only its hash is kept.
+func (s *Store) CreateAPIToken(name string, role Role, now time.Time) (string, error) {
+	token := newSecret("spt_")
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		return putJSON(tx.Bucket(bucketAPITokens), string(hashKey(token)), APIToken{Name: name, Role: role, CreatedAt: now})
+	})
+	if err != nil {
+		return "", fmt.Errorf("store: creating API token: %w", err)
+	}
+	return token, nil
+}
+
+// LookupAPIToken returns the record of a bearer token, or ErrNotFound.
+// The lookup is by hash, so it takes the same time whatever the token.
+func (s *Store) LookupAPIToken(token string) (APIToken, error) {
+	var out APIToken
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		raw := tx.Bucket(bucketAPITokens).Get(hashKey(token))
+		if raw == nil {
+			return ErrNotFound
+		}
+		return json.Unmarshal(raw, &out)
+	})
+	return out, err
+}
+
+// HasAPITokens reports whether any API token exists.
+func (s *Store) HasAPITokens() (bool, error) {
+	var has bool
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		k, _ := tx.Bucket(bucketAPITokens).Cursor().First()
+		has = k != nil
+		return nil
+	})
+	return has, err
+}
+
+// AppendEvent stores an event under its JetStream sequence; storing the
+// same sequence again changes nothing.
+func (s *Store) AppendEvent(ev protocol.Event, seq uint64) error {
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		b, err := tx.Bucket(bucketEvents).CreateBucketIfNotExists([]byte(ev.InstanceID))
+		if err != nil {
+			return err
+		}
+		return putJSON(b, string(binary.BigEndian.AppendUint64(nil, seq)), ev)
+	})
+	if err != nil {
+		return fmt.Errorf("store: appending event: %w", err)
+	}
+	return nil
+}
+
+// Events returns the last limit events of instance id, oldest first.
+func (s *Store) Events(instanceID string, limit int) ([]protocol.Event, error) {
+	var out []protocol.Event
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketEvents).Bucket([]byte(instanceID))
+		if b == nil {
+			return nil
+		}
+		c := b.Cursor()
+		for k, v := c.Last(); k != nil && len(out) < limit; k, v = c.Prev() {
+			var ev protocol.Event
+			if err := json.Unmarshal(v, &ev); err != nil {
+				return err
+			}
+			out = append(out, ev)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: reading events: %w", err)
+	}
+	slices.Reverse(out)
+	return out, nil
+}

@@ -1,0 +1,185 @@
+// Package dashboardapi is the HTTP face of the control plane: the REST API
+// the web frontend and stackctl use. It declares the small interfaces it
+// needs and the control plane's main wires them; no business logic lives here.
+package dashboardapi
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+
+	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/shared/protocol"
+)
+
+// Fleet reads instances with their current status.
+type Fleet interface {
+	List(now time.Time) []fleet.Instance
+	Get(id string, now time.Time) (fleet.Instance, error)
+}
+
+// Metrics returns an instance's latest metrics sample.
+type Metrics interface {
+	LatestMetrics(id string) (protocol.Metrics, bool)
+}
+
+// Terminator terminates an instance.
+type Terminator interface {
+	Terminate(ctx context.Context, id string) error
+}
+
+// Principal is who an API token belongs to.
+type Principal struct {
+	Name string `json:"name"`
+	Role string `json:"role"`
+}
+
+// ErrUnauthorized is what Tokens returns for a token it does not know.
+var ErrUnauthorized = errors.New("unauthorized")
+
+// Tokens resolves a bearer token to its principal, or ErrUnauthorized.
+type Tokens interface {
+	Principal(token string) (Principal, error)
+}
+
+// Check is one readiness check; nil means ready.
+type Check func() error
+
+// Options configures the API.
+type Options struct {
+	Fleet      Fleet
+	Metrics    Metrics
+	Terminator Terminator
+	Tokens     Tokens
+	// Ready maps a dependency's name to its check, for /readyz.
+	Ready map[string]Check
+	Log   *slog.Logger
+}
+
+// API serves dashboard-api.
+type API struct {
+	o   Options
+	log *slog.Logger
+}
+
+// New returns the API; Handler serves it.
+func New(o Options) *API { return &API{o: o, log: o.Log.With("component", "dashboard-api")} }
+
+// Handler is the router with every route.
+func (a *API) Handler() http.Handler {
+	r := chi.NewRouter()
+	r.Use(middleware.RequestID, a.requestID, middleware.Recoverer)
+	r.Get("/healthz", a.handle(a.healthz))
+	r.Get("/readyz", a.handle(a.readyz))
+	r.Route("/api/v1", func(r chi.Router) {
+		r.Use(a.authenticate)
+		r.Get("/instances", a.handle(a.instances))
+		r.Get("/instances/{id}", a.handle(a.instance))
+		r.Delete("/instances/{id}", a.handle(a.terminate))
+	})
+	r.NotFound(a.handle(func(http.ResponseWriter, *http.Request) error {
+		return httpError{Code: http.StatusNotFound, Msg: "no such route"}
+	}))
+	r.MethodNotAllowed(a.handle(func(http.ResponseWriter, *http.Request) error {
+		return httpError{Code: http.StatusMethodNotAllowed, Msg: "method not allowed"}
+	}))
+	return r
+}
+
+// requestID echoes chi's request id in the X-Request-Id response header.
+func (a *API) requestID(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Request-Id", middleware.GetReqID(r.Context()))
+		next.ServeHTTP(w, r)
+	})
+}
+
+type principalKey struct{}
+
+// authenticate lets through only requests with a known bearer token.
+func (a *API) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || token == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="stackpro"`)
+			a.answer(w, r, httpError{Code: http.StatusUnauthorized, Msg: "missing bearer token"})
+			return
+		}
+		p, err := a.o.Tokens.Principal(token)
+		if err != nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="stackpro", error="invalid_token"`)
+			if !errors.Is(err, ErrUnauthorized) {
+				a.answer(w, r, err)
+				return
+			}
+			a.answer(w, r, httpError{Code: http.StatusUnauthorized, Msg: "invalid bearer token"})
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+	})
+}
+
+func (a *API) healthz(w http.ResponseWriter, _ *http.Request) error {
+	return writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (a *API) readyz(w http.ResponseWriter, _ *http.Request) error {
+	checks, ready := map[string]string{}, true
+	for name, check := range a.o.Ready {
+		checks[name] = "ok"
+		if err := check(); err != nil {
+			checks[name], ready = err.Error(), false
+		}
+	}
+	code := http.StatusOK
+	if !ready {
+		code = http.StatusServiceUnavailable
+	}
+	return writeJSON(w, code, map[string]any{"ready": ready, "checks": checks})
+}
+
+func (a *API) instances(w http.ResponseWriter, _ *http.Request) error {
+	return writeJSON(w, http.StatusOK, map[string]any{"instances": a.o.Fleet.List(time.Now())})
+}
+
+// instanceView is an instance with its latest metrics.
+type instanceView struct {
+	fleet.Instance
+	Metrics *protocol.Metrics `json:"metrics,omitempty"`
+}
+
+func (a *API) instance(w http.ResponseWriter, r *http.Request) error {
+	id := chi.URLParam(r, "id")
+	inst, err := a.o.Fleet.Get(id, time.Now())
+	if errors.Is(err, fleet.ErrNotFound) {
+		return httpError{Code: http.StatusNotFound, Msg: "instance not found", Err: err}
+	}
+	if err != nil {
+		return err
+	}
+	view := instanceView{Instance: inst}
+	if m, ok := a.o.Metrics.LatestMetrics(id); ok {
+		view.Metrics = &m
+	}
+	return writeJSON(w, http.StatusOK, view)
+}
+
+func (a *API) terminate(w http.ResponseWriter, r *http.Request) error {
+	id := chi.URLParam(r, "id")
+	if _, err := a.o.Fleet.Get(id, time.Now()); errors.Is(err, fleet.ErrNotFound) {
+		return httpError{Code: http.StatusNotFound, Msg: "instance not found", Err: err}
+	}
+	p, _ := r.Context().Value(principalKey{}).(Principal)
+	a.log.Info("terminating instance", "instance", id, "by", p.Name, "request_id", middleware.GetReqID(r.Context()))
+	if err := a.o.Terminator.Terminate(r.Context(), id); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}

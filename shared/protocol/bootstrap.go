@@ -1,0 +1,19 @@
+package protocol
+
+import "time"
+
+// Bootstrap is what an instance is handed at launch, before it has any
+// credentials: the local provider writes it as the agent's config file, and
+// on EC2 cloud-init writes it from user data. The enrollment token in it is
+// good once and expires soon.
+type Bootstrap struct {
+	InstanceID      string `yaml:"instance_id"`
+	NATSURL         string `yaml:"nats_url"`
+	EnrollmentToken string `yaml:"enrollment_token"`
+	// StateDir keeps the agent's NKey seed and outbox; the agent's default
+	// is /var/lib/stackpro.
+	StateDir          string        `yaml:"state_dir,omitempty"`
+	HeartbeatInterval time.Duration `yaml:"heartbeat_interval,omitempty"`
+	MetricsInterval   time.Duration `yaml:"metrics_interval,omitempty"`
+	LogLevel          string        `yaml:"log_level,omitempty"`
+}

@@ -1,0 +1,160 @@
+package protocol
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// EnrollRequest is what an agent without credentials sends on EnrollSubject:
+// the one-time token minted for its instance and the public half of the NKey
+// it generated. The seed never leaves the instance.
+type EnrollRequest struct {
+	V            int    `json:"v"`
+	InstanceID   string `json:"instance_id"`
+	Token        string `json:"token"`
+	PublicKey    string `json:"public_key"`
+	Hostname     string `json:"hostname,omitempty"`
+	AgentVersion string `json:"agent_version,omitempty"`
+}
+
+// EnrollReply answers an EnrollRequest. A refusal carries a code and a
+// message that do not say which check failed.
+type EnrollReply struct {
+	V          int    `json:"v"`
+	OK         bool   `json:"ok"`
+	InstanceID string `json:"instance_id,omitempty"`
+	Code       string `json:"code,omitempty"`
+	Error      string `json:"error,omitempty"`
+}
+
+// Enrollment refusal codes.
+const (
+	EnrollBadRequest = "bad_request"
+	EnrollRefused    = "refused"
+	EnrollInternal   = "internal"
+)
+
+// Health is an agent's own view of its instance.
+type Health string
+
+// Health values.
+const (
+	HealthOK       Health = "ok"
+	HealthDegraded Health = "degraded"
+)
+
+// Heartbeat says an agent is alive. It is sent every 10 s (the first one
+// jittered) and never spooled: a late heartbeat means nothing.
+type Heartbeat struct {
+	V            int       `json:"v"`
+	InstanceID   string    `json:"instance_id"`
+	Seq          uint64    `json:"seq"`
+	At           time.Time `json:"at"`
+	AgentVersion string    `json:"agent_version"`
+	// Health is degraded when one of Problems needs an operator's attention.
+	Health   Health   `json:"health"`
+	Problems []string `json:"problems,omitempty"`
+	// Outbox counts what waits to be sent and what was dropped for room.
+	Outbox OutboxStats `json:"outbox"`
+}
+
+// OutboxStats describes an agent's spool of messages not yet delivered.
+type OutboxStats struct {
+	Pending        int    `json:"pending"`
+	DroppedMetrics uint64 `json:"dropped_metrics"`
+}
+
+// Metrics is a sample of the host, taken every 30 s.
+type Metrics struct {
+	V             int       `json:"v"`
+	InstanceID    string    `json:"instance_id"`
+	At            time.Time `json:"at"`
+	CPUPercent    float64   `json:"cpu_percent"`
+	Load          Load      `json:"load"`
+	Memory        Memory    `json:"memory"`
+	Disks         []Disk    `json:"disks"`
+	Network       Network   `json:"network"`
+	UptimeSeconds uint64    `json:"uptime_seconds"`
+}
+
+// Load is the system load average over 1, 5 and 15 minutes.
+type Load struct {
+	One     float64 `json:"one"`
+	Five    float64 `json:"five"`
+	Fifteen float64 `json:"fifteen"`
+}
+
+// Memory is the host's memory in bytes.
+type Memory struct {
+	TotalBytes     uint64 `json:"total_bytes"`
+	UsedBytes      uint64 `json:"used_bytes"`
+	AvailableBytes uint64 `json:"available_bytes"`
+}
+
+// Disk is one mounted filesystem, in bytes.
+type Disk struct {
+	Mount      string `json:"mount"`
+	FSType     string `json:"fs_type"`
+	TotalBytes uint64 `json:"total_bytes"`
+	UsedBytes  uint64 `json:"used_bytes"`
+	FreeBytes  uint64 `json:"free_bytes"`
+}
+
+// Network counts bytes over every interface but loopback since boot.
+type Network struct {
+	RxBytes uint64 `json:"rx_bytes"`
+	TxBytes uint64 `json:"tx_bytes"`
+}
+
+// Severity of an Event.
+type Severity string
+
+// Severity values.
+const (
+	SeverityInfo    Severity = "info"
+	SeverityWarning Severity = "warning"
+	SeverityError   Severity = "error"
+)
+
+// Event is something that happened on an instance. Events go through
+// JetStream with ID as the message id, so a retried send is stored once.
+type Event struct {
+	V          int               `json:"v"`
+	ID         string            `json:"id"`
+	InstanceID string            `json:"instance_id"`
+	At         time.Time         `json:"at"`
+	Type       string            `json:"type"`
+	Severity   Severity          `json:"severity"`
+	Message    string            `json:"message"`
+	Data       map[string]string `json:"data,omitempty"`
+}
+
+// Event types the agent sends.
+const (
+	EventAgentStarted = "agent.started"
+	EventLinkRestored = "agent.link_restored"
+)
+
+// CommandRequest asks an agent to run one command of its catalog.
+type CommandRequest struct {
+	V    int             `json:"v"`
+	ID   string          `json:"id"`
+	Name string          `json:"name"`
+	Args json.RawMessage `json:"args,omitempty"`
+}
+
+// Commands every agent answers.
+const (
+	CommandPing    = "ping"
+	CommandVersion = "agent.version"
+)
+
+// CommandReply is an agent's answer to a CommandRequest.
+type CommandReply struct {
+	V          int             `json:"v"`
+	ID         string          `json:"id"`
+	InstanceID string          `json:"instance_id"`
+	OK         bool            `json:"ok"`
+	Error      string          `json:"error,omitempty"`
+	Result     json.RawMessage `json:"result,omitempty"`
+}
