@@ -125,6 +125,10 @@ func (b *Broker) connect(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("broker: subscribing to %s: %w", protocol.EnrollSubject, err)
 	}
+	// Make sure the server has the subscription before anyone enrolls.
+	if err := b.conn.Flush(); err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
 	return nil
 }
 

@@ -214,21 +214,25 @@ func (c Config) Validate() error {
 	if c.Log.Format != "text" && c.Log.Format != "json" {
 		errs = append(errs, fmt.Errorf("log.format must be text or json, got %q", c.Log.Format))
 	}
-	for key, addr := range map[string]string{"http.addr": c.HTTP.Addr, "nats.listen": c.NATS.Listen} {
-		if _, port, err := net.SplitHostPort(addr); err != nil {
-			errs = append(errs, fmt.Errorf("%s must be host:port, got %q", key, addr))
+	// Slices, not maps, so problems are reported in a stable order.
+	for _, a := range []struct{ key, addr string }{{"http.addr", c.HTTP.Addr}, {"nats.listen", c.NATS.Listen}} {
+		if _, port, err := net.SplitHostPort(a.addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s must be host:port, got %q", a.key, a.addr))
 		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-			errs = append(errs, fmt.Errorf("%s has an invalid port in %q", key, addr))
+			errs = append(errs, fmt.Errorf("%s has an invalid port in %q", a.key, a.addr))
 		}
 	}
 	if u := c.NATS.AdvertiseURL; u != "" && !strings.HasPrefix(u, "nats://") && !strings.HasPrefix(u, "tls://") {
 		errs = append(errs, fmt.Errorf("nats.advertise_url must start with nats:// or tls://, got %q", u))
 	}
 	f := c.Fleet
-	for key, d := range map[string]time.Duration{"fleet.heartbeat_interval": f.HeartbeatInterval,
-		"fleet.metrics_interval": f.MetricsInterval, "enrollment.token_ttl": c.Enrollment.TokenTTL} {
-		if d <= 0 {
-			errs = append(errs, fmt.Errorf("%s must be positive, got %s", key, d))
+	for _, p := range []struct {
+		key string
+		d   time.Duration
+	}{{"fleet.heartbeat_interval", f.HeartbeatInterval}, {"fleet.metrics_interval", f.MetricsInterval},
+		{"enrollment.token_ttl", c.Enrollment.TokenTTL}} {
+		if p.d <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive, got %s", p.key, p.d))
 		}
 	}
 	if f.StaleAfter <= f.HeartbeatInterval {

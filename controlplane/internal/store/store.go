@@ -100,8 +100,7 @@ func putJSON(b *bbolt.Bucket, key string, v any) error {
 	return b.Put([]byte(key), data)
 }
 
-// PutInstances writes instances in one transaction. An instance deleted
-// meanwhile is not brought back.
+// PutInstances writes instances in one transaction.
 func (s *Store) PutInstances(insts ...fleet.Instance) error {
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketInstances)
@@ -261,6 +260,10 @@ func (s *Store) RedeemToken(instanceID, token, publicKey string, now time.Time) 
 		case !now.Before(tok.ExpiresAt):
 			return fmt.Errorf("%w: token expired at %s", ErrTokenRefused, tok.ExpiresAt.Format(time.RFC3339))
 		}
+		creds := tx.Bucket(bucketCredentials)
+		if owner := creds.Get([]byte(publicKey)); owner != nil && string(owner) != instanceID {
+			return fmt.Errorf("%w: key already belongs to another instance", ErrTokenRefused)
+		}
 		instances := tx.Bucket(bucketInstances)
 		rawInst := instances.Get([]byte(instanceID))
 		if rawInst == nil {
@@ -278,7 +281,7 @@ func (s *Store) RedeemToken(instanceID, token, publicKey string, now time.Time) 
 		if err := putJSON(instances, instanceID, inst); err != nil {
 			return err
 		}
-		return tx.Bucket(bucketCredentials).Put([]byte(publicKey), []byte(instanceID))
+		return creds.Put([]byte(publicKey), []byte(instanceID))
 	})
 }
 
@@ -336,6 +339,9 @@ func (s *Store) LookupAPIToken(token string) (APIToken, error) {
 		}
 		return json.Unmarshal(raw, &out)
 	})
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		err = fmt.Errorf("store: looking up API token: %w", err)
+	}
 	return out, err
 }
 
@@ -350,8 +356,8 @@ func (s *Store) HasAPITokens() (bool, error) {
 	return has, err
 }
 
-// AppendEvent stores an event under its JetStream sequence; storing the
-// same sequence again changes nothing.
+// AppendEvent stores an event under its JetStream sequence, so an event
+// redelivered by the stream is kept once.
 func (s *Store) AppendEvent(ev protocol.Event, seq uint64) error {
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		b, err := tx.Bucket(bucketEvents).CreateBucketIfNotExists([]byte(ev.InstanceID))

@@ -1,0 +1,431 @@
+package app_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stackpro/stackpro/controlplane/fleet"
+)
+
+// The end-to-end tests build the real binaries once and run them as
+// processes: a control plane on free ports, and agents it launches through
+// the local provider.
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+func binaries(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "stackpro-e2e-bin-")
+		if buildErr != nil {
+			return
+		}
+		root := filepath.Join("..", "..", "..")
+		for pkg, name := range map[string]string{
+			"./controlplane/cmd/stackpro-controlplane": "stackpro-controlplane",
+			"./agent/cmd/stackpro-agent":               "stackpro-agent",
+		} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, name), pkg)
+			cmd.Dir, cmd.Env = root, append(os.Environ(), "CGO_ENABLED=0")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binDir
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// output collects a process's output; the test reads it while it grows.
+type output struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (o *output) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.buf.Write(p)
+}
+
+func (o *output) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.buf.String()
+}
+
+// controlPlane is one run of stackpro-controlplane.
+type controlPlane struct {
+	t        testing.TB
+	cmd      *exec.Cmd
+	out      *output
+	data     string
+	httpAddr string
+	natsAddr string
+	exited   chan error
+}
+
+// fastFleet makes agents report often and statuses turn quickly.
+var fastFleet = []string{
+	"STACKPRO_FLEET_HEARTBEAT_INTERVAL=300ms",
+	"STACKPRO_FLEET_METRICS_INTERVAL=1s",
+	"STACKPRO_FLEET_STALE_AFTER=2s",
+	"STACKPRO_FLEET_OFFLINE_AFTER=6s",
+}
+
+func startControlPlane(t testing.TB, data, httpAddr, natsAddr string, demo int) *controlPlane {
+	t.Helper()
+	cp := &controlPlane{t: t, out: &output{}, data: data, httpAddr: httpAddr, natsAddr: natsAddr, exited: make(chan error, 1)}
+	cp.cmd = exec.Command(filepath.Join(binaries(t), "stackpro-controlplane"), "dev", "--data", data,
+		"--http", httpAddr, "--nats", natsAddr, "--demo-instances", strconv.Itoa(demo))
+	cp.cmd.Env = append(os.Environ(), fastFleet...)
+	cp.cmd.Stdout, cp.cmd.Stderr = cp.out, cp.out
+	if err := cp.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { cp.exited <- cp.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cp.cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("control plane output:\n%s", cp.out)
+		}
+	})
+	cp.waitReady()
+	return cp
+}
+
+func (cp *controlPlane) waitReady() {
+	cp.t.Helper()
+	waitFor(cp.t, "the control plane to be ready", func() bool {
+		select {
+		case err := <-cp.exited:
+			cp.t.Fatalf("control plane exited: %v\n%s", err, cp.out)
+		default:
+		}
+		resp, err := http.Get("http://" + cp.httpAddr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (cp *controlPlane) stop() {
+	cp.t.Helper()
+	if err := cp.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		cp.t.Fatal(err)
+	}
+	select {
+	case err := <-cp.exited:
+		if err != nil {
+			cp.t.Fatalf("control plane exit: %v\n%s", err, cp.out)
+		}
+	case <-time.After(30 * time.Second):
+		cp.t.Fatalf("control plane did not stop within 30s of SIGTERM\n%s", cp.out)
+	}
+}
+
+func (cp *controlPlane) token() string {
+	cp.t.Helper()
+	raw, err := os.ReadFile(filepath.Join(cp.data, "admin.token"))
+	if err != nil {
+		cp.t.Fatal(err)
+	}
+	return strings.TrimSpace(string(raw))
+}
+
+// api calls the HTTP API with the admin token and decodes a JSON answer.
+func (cp *controlPlane) api(method, path string, out any) int {
+	cp.t.Helper()
+	req, _ := http.NewRequest(method, "http://"+cp.httpAddr+path, nil)
+	req.Header.Set("Authorization", "Bearer "+cp.token())
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		cp.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	if out != nil && resp.StatusCode == http.StatusOK {
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			cp.t.Fatalf("%s %s: decoding: %v", method, path, err)
+		}
+	}
+	return resp.StatusCode
+}
+
+func (cp *controlPlane) instances() []fleet.Instance {
+	cp.t.Helper()
+	var list struct{ Instances []fleet.Instance }
+	if code := cp.api(http.MethodGet, "/api/v1/instances", &list); code != http.StatusOK {
+		cp.t.Fatalf("GET /api/v1/instances: %d", code)
+	}
+	return list.Instances
+}
+
+func countStatus(insts []fleet.Instance, s fleet.Status) int {
+	n := 0
+	for _, inst := range insts {
+		if inst.Status == s {
+			n++
+		}
+	}
+	return n
+}
+
+// agentPID reads the pid file the local provider keeps for an instance.
+func agentPID(t testing.TB, data, id string) int {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(data, "instances", id, "agent.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// killAgents stops every agent a test launched: they are detached and
+// would outlive the test.
+func killAgents(t testing.TB, data string) {
+	t.Helper()
+	dirs, _ := filepath.Glob(filepath.Join(data, "instances", "*"))
+	for _, dir := range dirs {
+		raw, err := os.ReadFile(filepath.Join(dir, "agent.pid"))
+		if err != nil {
+			continue
+		}
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(raw))); err == nil {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+func alive(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	return i > 0 && i+2 < len(stat) && stat[i+2] != 'Z'
+}
+
+// waitFor polls cond until it holds, failing after a generous deadline.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestFleetEndToEnd(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "data")
+	httpAddr, natsAddr := freeAddr(t), freeAddr(t)
+	t.Cleanup(func() { killAgents(t, data) })
+	cp := startControlPlane(t, data, httpAddr, natsAddr, 3)
+
+	// Without a token the API answers 401.
+	resp, err := http.Get("http://" + httpAddr + "/api/v1/instances")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("no token: %d, want 401", resp.StatusCode)
+	}
+
+	var insts []fleet.Instance
+	waitFor(t, "3 instances online and heartbeating", func() bool {
+		insts = cp.instances()
+		for _, inst := range insts {
+			if inst.AgentVersion == "" { // set by the first heartbeat
+				return false
+			}
+		}
+		return len(insts) == 3 && countStatus(insts, fleet.StatusOnline) == 3
+	})
+	enrolledAt := map[string]time.Time{}
+	for _, inst := range insts {
+		enrolledAt[inst.ID] = inst.EnrolledAt
+		if inst.LastSeen.IsZero() || inst.AgentVersion == "" {
+			t.Errorf("instance %s lacks last_seen or agent_version: %+v", inst.ID, inst)
+		}
+	}
+	var one struct {
+		fleet.Instance
+		Metrics *struct {
+			Memory struct{ TotalBytes uint64 `json:"total_bytes"` }
+		}
+	}
+	waitFor(t, "metrics of an instance", func() bool {
+		cp.api(http.MethodGet, "/api/v1/instances/"+insts[0].ID, &one)
+		return one.Metrics != nil && one.Metrics.Memory.TotalBytes > 0
+	})
+	if code := cp.api(http.MethodGet, "/api/v1/instances/i-doesnotexist", nil); code != http.StatusNotFound {
+		t.Errorf("unknown instance: %d, want 404", code)
+	}
+
+	t.Run("a second control plane on the same data dir fails fast", func(t *testing.T) {
+		cmd := exec.Command(filepath.Join(binaries(t), "stackpro-controlplane"), "dev", "--data", data,
+			"--http", freeAddr(t), "--nats", freeAddr(t), "--demo-instances", "0")
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "locked by another process") {
+			t.Errorf("second control plane: err=%v, output:\n%s", err, out)
+		}
+	})
+
+	// Kill one agent: it turns stale, then offline; nothing restarts it.
+	killed := insts[0].ID
+	if err := syscall.Kill(agentPID(t, data, killed), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	status := func(id string) fleet.Status {
+		var inst fleet.Instance
+		cp.api(http.MethodGet, "/api/v1/instances/"+id, &inst)
+		return inst.Status
+	}
+	waitFor(t, killed+" stale", func() bool { return status(killed) == fleet.StatusStale })
+	waitFor(t, killed+" offline", func() bool { return status(killed) == fleet.StatusOffline })
+
+	// Restart the control plane: the same three instances, two online,
+	// and no agent enrolls again.
+	cp.stop()
+	if !strings.Contains(cp.out.String(), "control plane stopped") {
+		t.Errorf("no clean shutdown in the log")
+	}
+	cp2 := startControlPlane(t, data, httpAddr, natsAddr, 3)
+	waitFor(t, "2 instances online after the restart", func() bool {
+		insts = cp2.instances()
+		return countStatus(insts, fleet.StatusOnline) == 2
+	})
+	if len(insts) != 3 {
+		t.Fatalf("after restart: %d instances, want the same 3: %+v", len(insts), insts)
+	}
+	for _, inst := range insts {
+		at, ok := enrolledAt[inst.ID]
+		if !ok {
+			t.Errorf("new instance %s after restart", inst.ID)
+		}
+		if !inst.EnrolledAt.Equal(at) {
+			t.Errorf("%s enrolled again: %v, was %v", inst.ID, inst.EnrolledAt, at)
+		}
+	}
+	if s := status(killed); s != fleet.StatusOffline {
+		t.Errorf("killed instance after restart: %s, want offline", s)
+	}
+	if strings.Contains(cp2.out.String(), "agent enrolled") {
+		t.Errorf("an agent enrolled again after the restart")
+	}
+
+	// Terminate an instance: its agent stops, its directory goes, and the API forgets it.
+	victim := insts[1].ID
+	if victim == killed {
+		victim = insts[2].ID
+	}
+	pid := agentPID(t, data, victim)
+	if code := cp2.api(http.MethodDelete, "/api/v1/instances/"+victim, nil); code != http.StatusNoContent {
+		t.Fatalf("DELETE: %d, want 204", code)
+	}
+	if alive(pid) {
+		t.Errorf("agent of terminated %s still runs", victim)
+	}
+	if _, err := os.Stat(filepath.Join(data, "instances", victim)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("directory of terminated %s still there: %v", victim, err)
+	}
+	if code := cp2.api(http.MethodGet, "/api/v1/instances/"+victim, nil); code != http.StatusNotFound {
+		t.Errorf("terminated instance: %d, want 404", code)
+	}
+	cp2.stop()
+}
+
+func TestBadInput(t *testing.T) {
+	bin := filepath.Join(binaries(t), "stackpro-controlplane")
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	tests := []struct {
+		name string
+		args []string
+		env  []string
+		want []string
+	}{
+		{"malformed config", []string{"serve", "--config", write("bad.yaml", "http: [oops")}, nil,
+			[]string{"bad.yaml"}},
+		{"unknown key", []string{"serve", "--config", write("unknown.yaml", "data_dir: /tmp\nhttp:\n  adress: x\n")}, nil,
+			[]string{"adress", "not found"}},
+		{"missing data dir", []string{"serve", "--data", filepath.Join(dir, "nope")}, nil,
+			[]string{"data dir", "does not exist"}},
+		{"every problem at once", []string{"serve", "--http", "nohost", "--nats", "x:99999"},
+			[]string{"STACKPRO_LOG_LEVEL=loud"}, []string{"http.addr", "nats.listen", "log.level"}},
+		{"unknown environment variable", []string{"serve"}, []string{"STACKPRO_HTTP_ADRESS=x"},
+			[]string{"STACKPRO_HTTP_ADRESS"}},
+		{"unknown command", []string{"launch"}, nil, []string{"unknown command"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cmd := exec.Command(bin, tt.args...)
+			cmd.Env = append(os.Environ(), tt.env...)
+			out, err := cmd.CombinedOutput()
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+				t.Fatalf("err = %v, want exit code 1; output:\n%s", err, out)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(string(out), w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+	if entries, _ := os.ReadDir(filepath.Join(dir, "nope")); len(entries) != 0 {
+		t.Errorf("serve created a data dir")
+	}
+}

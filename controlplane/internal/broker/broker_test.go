@@ -1,0 +1,374 @@
+package broker_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
+
+	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/internal/broker"
+	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/shared/protocol"
+)
+
+// enroller redeems tokens against a real store, as the control plane does.
+type enroller struct{ st *store.Store }
+
+func (e enroller) RedeemToken(id, token, key string, now time.Time) error {
+	if err := e.st.RedeemToken(id, token, key, now); errors.Is(err, store.ErrTokenRefused) {
+		return fmt.Errorf("%w: %w", broker.ErrRefused, err)
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
+func (e enroller) Enrolled(string, time.Time) {}
+
+type env struct {
+	st     *store.Store
+	b      *broker.Broker
+	tokens map[string]string // instance id → enrollment token
+}
+
+func start(t *testing.T, ids ...string) *env {
+	t.Helper()
+	dir := t.TempDir()
+	st, err := store.Open(filepath.Join(dir, "stackpro.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	e := &env{st: st, tokens: map[string]string{}}
+	for _, id := range ids {
+		if err := st.PutInstances(fleet.Instance{ID: id, CreatedAt: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+		if e.tokens[id], err = st.MintToken(id, time.Hour, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.b, err = broker.Start(context.Background(), broker.Options{Listen: "127.0.0.1:0", StoreDir: filepath.Join(dir, "js"),
+		Credentials: map[string]string{}, Enroll: enroller{st}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatalf("broker.Start: %v", err)
+	}
+	t.Cleanup(e.b.Shutdown)
+	return e
+}
+
+// enroll sends raw as an enrollment request as the enroll user and
+// returns the answer.
+func (e *env) enroll(t *testing.T, raw []byte) protocol.EnrollReply {
+	t.Helper()
+	nc, err := nats.Connect(e.b.ClientURL(), nats.UserInfo(protocol.EnrollUser, ""), nats.CustomInboxPrefix(protocol.EnrollInboxPrefix))
+	if err != nil {
+		t.Fatalf("connect as enroll user: %v", err)
+	}
+	defer nc.Close()
+	msg, err := nc.Request(protocol.EnrollSubject, raw, 5*time.Second)
+	if err != nil {
+		t.Fatalf("enrollment request: %v", err)
+	}
+	var reply protocol.EnrollReply
+	if err := json.Unmarshal(msg.Data, &reply); err != nil {
+		t.Fatalf("enrollment reply %q: %v", msg.Data, err)
+	}
+	return reply
+}
+
+func newKey(t *testing.T) (nkeys.KeyPair, string) {
+	t.Helper()
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := kp.PublicKey()
+	return kp, pub
+}
+
+func request(id, token, pub string) []byte {
+	raw, _ := json.Marshal(protocol.EnrollRequest{V: protocol.Version, InstanceID: id, Token: token, PublicKey: pub})
+	return raw
+}
+
+// agent enrolls instance id with a fresh key and connects with it. Async
+// errors (permission violations) arrive on the returned channel.
+func (e *env) agent(t *testing.T, id string) (*nats.Conn, <-chan error) {
+	t.Helper()
+	kp, pub := newKey(t)
+	if r := e.enroll(t, request(id, e.tokens[id], pub)); !r.OK {
+		t.Fatalf("enrolling %s: %+v", id, r)
+	}
+	errs := make(chan error, 16)
+	nc, err := nats.Connect(e.b.ClientURL(), nats.Nkey(pub, kp.Sign), nats.CustomInboxPrefix(protocol.InboxPrefix(id)),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
+	if err != nil {
+		t.Fatalf("connecting as %s: %v", id, err)
+	}
+	t.Cleanup(nc.Close)
+	return nc, errs
+}
+
+func wantViolation(t *testing.T, errs <-chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-errs:
+		if !errors.Is(err, nats.ErrPermissionViolation) {
+			t.Errorf("%s: got error %v, want a permissions violation", what, err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Errorf("%s: no permissions violation within 5s", what)
+	}
+}
+
+func TestAgentPermissions(t *testing.T) {
+	const a, b = "i-aaaa", "i-bbbb"
+	e := start(t, a, b)
+	ncA, errsA := e.agent(t, a)
+	ncB, _ := e.agent(t, b)
+
+	// The control plane sees what B publishes on B's subjects, and nothing A
+	// publishes there.
+	seen, err := e.b.Conn().SubscribeSync(protocol.AgentSubjects(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.b.Conn().Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("publish on another agent's subject", func(t *testing.T) {
+		if err := ncA.Publish(protocol.AgentSubject(b, protocol.KindHeartbeat), []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+		wantViolation(t, errsA, "publish as B")
+	})
+	t.Run("subscribe to another agent's commands", func(t *testing.T) {
+		if _, err := ncA.SubscribeSync(protocol.CommandSubject(b)); err != nil {
+			t.Fatal(err)
+		}
+		wantViolation(t, errsA, "subscribe to B's commands")
+	})
+	for _, subject := range []string{"stackpro.>", ">", protocol.AgentSubjects(b), protocol.InboxPrefix(b) + ".>", protocol.EnrollSubject} {
+		t.Run("subscribe "+subject, func(t *testing.T) {
+			if _, err := ncA.SubscribeSync(subject); err != nil {
+				t.Fatal(err)
+			}
+			wantViolation(t, errsA, "subscribe to "+subject)
+		})
+	}
+	for _, subject := range []string{protocol.CommandSubject(b), protocol.BroadcastSubject, protocol.EnrollSubject, "$JS.API.STREAM.LIST"} {
+		t.Run("publish "+subject, func(t *testing.T) {
+			if err := ncA.Publish(subject, []byte(`{}`)); err != nil {
+				t.Fatal(err)
+			}
+			wantViolation(t, errsA, "publish to "+subject)
+		})
+	}
+	t.Run("own subjects work", func(t *testing.T) {
+		if _, err := ncA.SubscribeSync(protocol.CommandSubject(a)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ncA.SubscribeSync(protocol.BroadcastSubject); err != nil {
+			t.Fatal(err)
+		}
+		if err := ncB.Publish(protocol.AgentSubject(b, protocol.KindHeartbeat), []byte(`"from b"`)); err != nil {
+			t.Fatal(err)
+		}
+		msg, err := seen.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatalf("B's own heartbeat did not arrive: %v", err)
+		}
+		if string(msg.Data) != `"from b"` {
+			t.Errorf("the control plane saw %q on B's subjects, want only B's own message", msg.Data)
+		}
+		if err := ncA.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-errsA:
+			t.Errorf("A's own subscriptions: %v", err)
+		default:
+		}
+	})
+	t.Run("reuse of a token", func(t *testing.T) {
+		_, pub := newKey(t)
+		if r := e.enroll(t, request(a, e.tokens[a], pub)); r.OK || r.Code != protocol.EnrollRefused {
+			t.Errorf("reused token: got %+v, want refused", r)
+		}
+		creds, _ := e.st.Credentials()
+		if _, ok := creds[pub]; ok {
+			t.Error("a refused key was stored")
+		}
+	})
+}
+
+func TestCommandsReachOnlyTheirAgent(t *testing.T) {
+	const a, b = "i-aaaa", "i-bbbb"
+	e := start(t, a, b)
+	ncA, _ := e.agent(t, a)
+	ncB, _ := e.agent(t, b)
+	snoop, err := ncB.SubscribeSync(protocol.CommandSubject(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ncA.Subscribe(protocol.CommandSubject(a), func(m *nats.Msg) { _ = m.Respond([]byte("pong from a")) }); err != nil {
+		t.Fatal(err)
+	}
+	_ = ncA.Flush()
+	reply, err := e.b.Conn().Request(protocol.CommandSubject(a), []byte("ping"), 5*time.Second)
+	if err != nil {
+		t.Fatalf("request to A: %v (an agent must be able to answer its own commands)", err)
+	}
+	if string(reply.Data) != "pong from a" {
+		t.Errorf("reply = %q", reply.Data)
+	}
+	if m, err := snoop.NextMsg(100 * time.Millisecond); err == nil {
+		t.Errorf("B read A's command %q", m.Data)
+	}
+}
+
+func TestUnknownAndForgedKeysAreRefused(t *testing.T) {
+	const a = "i-aaaa"
+	e := start(t, a)
+	kpA, pubA := newKey(t)
+	if r := e.enroll(t, request(a, e.tokens[a], pubA)); !r.OK {
+		t.Fatalf("enroll: %+v", r)
+	}
+	unknown, pubUnknown := newKey(t)
+	tests := []struct {
+		name string
+		opt  nats.Option
+	}{
+		{"unknown key", nats.Nkey(pubUnknown, unknown.Sign)},
+		{"A's public key signed by another key", nats.Nkey(pubA, unknown.Sign)},
+		{"no credentials", nats.Name("anonymous")},
+		{"a user and password", nats.UserInfo("admin", "admin")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			nc, err := nats.Connect(e.b.ClientURL(), tt.opt)
+			if err == nil {
+				nc.Close()
+				t.Fatal("connected, want refused")
+			}
+			if !errors.Is(err, nats.ErrAuthorization) {
+				t.Errorf("err = %v, want an authorization violation", err)
+			}
+		})
+	}
+	nc, err := nats.Connect(e.b.ClientURL(), nats.Nkey(pubA, kpA.Sign))
+	if err != nil {
+		t.Fatalf("A's own key: %v", err)
+	}
+	nc.Close()
+}
+
+func TestEnrollUserCanOnlyEnroll(t *testing.T) {
+	e := start(t, "i-aaaa")
+	errs := make(chan error, 8)
+	nc, err := nats.Connect(e.b.ClientURL(), nats.UserInfo(protocol.EnrollUser, ""),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, err := nc.SubscribeSync(protocol.EnrollSubject); err != nil {
+		t.Fatal(err)
+	}
+	wantViolation(t, errs, "enroll user reading enrollment requests")
+	if err := nc.Publish(protocol.AgentSubject("i-aaaa", protocol.KindHeartbeat), []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	wantViolation(t, errs, "enroll user publishing a heartbeat")
+}
+
+func TestEnrollmentGarbage(t *testing.T) {
+	const a = "i-aaaa"
+	e := start(t, a)
+	_, pub := newKey(t)
+	tests := []struct {
+		name string
+		raw  string
+		code string
+	}{
+		{"not JSON", "hello", protocol.EnrollBadRequest},
+		{"empty object", "{}", protocol.EnrollBadRequest},
+		{"wrong types", `{"v":"one","instance_id":5}`, protocol.EnrollBadRequest},
+		{"bad instance id", string(request("I-*", e.tokens[a], pub)), protocol.EnrollBadRequest},
+		{"not a user key", string(request(a, e.tokens[a], "SUAGARBAGE")), protocol.EnrollBadRequest},
+		{"huge token", string(request(a, string(make([]byte, 4096)), pub)), protocol.EnrollBadRequest},
+		{"wrong token", string(request(a, "spe_wrong", pub)), protocol.EnrollRefused},
+		{"token of another instance", string(request("i-bbbb", e.tokens[a], pub)), protocol.EnrollRefused},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := e.enroll(t, []byte(tt.raw))
+			if r.OK || r.Code != tt.code || r.Error == "" {
+				t.Errorf("reply = %+v, want code %s with a message", r, tt.code)
+			}
+		})
+	}
+	creds, err := e.st.Credentials()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(creds) != 0 {
+		t.Errorf("garbage stored credentials: %v", creds)
+	}
+	// The token is still good after all that.
+	if r := e.enroll(t, request(a, e.tokens[a], pub)); !r.OK {
+		t.Errorf("good request after garbage: %+v", r)
+	}
+}
+
+func TestExpiredToken(t *testing.T) {
+	const a = "i-aaaa"
+	e := start(t, a)
+	token, err := e.st.MintToken(a, -time.Second, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, pub := newKey(t)
+	if r := e.enroll(t, request(a, token, pub)); r.OK || r.Code != protocol.EnrollRefused {
+		t.Errorf("expired token: %+v, want refused", r)
+	}
+}
+
+func TestRevoke(t *testing.T) {
+	const a = "i-aaaa"
+	e := start(t, a)
+	closed := make(chan struct{})
+	kp, pub := newKey(t)
+	if r := e.enroll(t, request(a, e.tokens[a], pub)); !r.OK {
+		t.Fatal(r)
+	}
+	nc, err := nats.Connect(e.b.ClientURL(), nats.Nkey(pub, kp.Sign), nats.NoReconnect(),
+		nats.ClosedHandler(func(*nats.Conn) { close(closed) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	e.b.Revoke(a)
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("revoked agent still connected after 5s")
+	}
+	if _, ok := e.b.InstanceOf(pub); ok {
+		t.Error("revoked key still known")
+	}
+	if _, err := nats.Connect(e.b.ClientURL(), nats.Nkey(pub, kp.Sign)); !errors.Is(err, nats.ErrAuthorization) {
+		t.Errorf("reconnect after revoke: %v, want authorization violation", err)
+	}
+}

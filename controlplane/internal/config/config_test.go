@@ -1,0 +1,285 @@
+package config
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// writeFile writes content to a file in a fresh temp dir and returns its path.
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "stackpro.yaml")
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatalf("os.WriteFile: %v", err)
+	}
+	return path
+}
+
+// lines splits a joined error into its messages; nil has none.
+func lines(err error) []string {
+	if err == nil {
+		return nil
+	}
+	return strings.Split(err.Error(), "\n")
+}
+
+// wantErrContaining fails unless err mentions every one of want.
+func wantErrContaining(t *testing.T, err error, want ...string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("err = nil, want an error mentioning %q", want)
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("err = %q, want it to mention %q", err, w)
+		}
+	}
+}
+
+// The control plane never runs bare Default(): load sets Dev, and outside dev
+// mode clears DemoInstances. These are the two starting points it uses.
+func TestDefaultsValidate(t *testing.T) {
+	dev := Default()
+	dev.Dev = true
+	run := Default()
+	run.DemoInstances = 0
+	for name, cfg := range map[string]Config{"dev": dev, "run": run} {
+		t.Run(name, func(t *testing.T) {
+			if err := cfg.Validate(); err != nil {
+				t.Errorf("Validate() = %v, want nil", err)
+			}
+		})
+	}
+}
+
+func TestReadFileOverridesDefaults(t *testing.T) {
+	path := writeFile(t, `
+data_dir: /srv/stackpro
+dev: true
+demo_instances: 3
+log:
+  level: debug
+http:
+  addr: 0.0.0.0:9090
+nats:
+  advertise_url: tls://nats.example.com:4222
+fleet:
+  stale_after: 1m
+  offline_after: 5m
+`)
+	got := Default()
+	if err := got.ReadFile(path); err != nil {
+		t.Fatalf("ReadFile: %v", err)
+	}
+	want := Default()
+	want.DataDir = "/srv/stackpro"
+	want.Dev = true
+	want.DemoInstances = 3
+	want.Log.Level = "debug"
+	want.HTTP.Addr = "0.0.0.0:9090"
+	want.NATS.AdvertiseURL = "tls://nats.example.com:4222"
+	want.Fleet.StaleAfter = time.Minute
+	want.Fleet.OfflineAfter = 5 * time.Minute
+	if got != want {
+		t.Errorf("after ReadFile:\n got %+v\nwant %+v", got, want)
+	}
+	if err := got.Validate(); err != nil {
+		t.Errorf("Validate() = %v, want nil", err)
+	}
+}
+
+func TestReadFileEmptyKeepsDefaults(t *testing.T) {
+	got := Default()
+	if err := got.ReadFile(writeFile(t, "")); err != nil {
+		t.Fatalf("ReadFile of an empty file: %v", err)
+	}
+	if want := Default(); got != want {
+		t.Errorf("after ReadFile:\n got %+v\nwant %+v", got, want)
+	}
+}
+
+func TestReadFileErrors(t *testing.T) {
+	tests := []struct {
+		name    string
+		content string
+		want    []string // each must appear in the error
+	}{
+		{"unknown top-level key", "data_dir: x\nbogus: 1\n", []string{"bogus"}},
+		{"unknown nested key", "http: {adress: x}\n", []string{"adress"}},
+		{"unknown key deep in a section", "fleet:\n  stale_after: 1m\n  stael_after: 2m\n", []string{"stael_after", "line 3"}},
+		{"malformed", "http: [unclosed\n", []string{"line 1"}},
+		{"wrong type", "dev: maybe\n", []string{"maybe"}},
+		{"bad duration", "fleet: {stale_after: soon}\n", []string{"soon"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := writeFile(t, tt.content)
+			cfg := Default()
+			err := cfg.ReadFile(path)
+			wantErrContaining(t, err, append(tt.want, "config: "+path)...)
+		})
+	}
+}
+
+func TestReadFileMissing(t *testing.T) {
+	cfg := Default()
+	err := cfg.ReadFile(filepath.Join(t.TempDir(), "nope.yaml"))
+	if !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("ReadFile of a missing file = %v, want fs.ErrNotExist", err)
+	}
+}
+
+func TestLoadEnvOverridesFile(t *testing.T) {
+	cfg := Default()
+	if err := cfg.ReadFile(writeFile(t, "http: {addr: 127.0.0.1:9000}\ndev: false\n")); err != nil {
+		t.Fatalf("ReadFile: %v", err)
+	}
+	err := cfg.LoadEnv([]string{
+		"PATH=/usr/bin",
+		"STACKPRO_HTTP_ADDR=0.0.0.0:8443",
+		"STACKPRO_DEV=true",
+		"STACKPRO_DEMO_INSTANCES=4",
+		"STACKPRO_FLEET_STALE_AFTER=45s",
+		"STACKPRO_NATS_ADVERTISE_URL=nats://cp.example.com:4222",
+		"STACKPRO_LOG_FORMAT=json",
+		"STACKPRO_AGENT_INSTANCE_ID=i-ignored",      // the agent's, not ours
+		"STACKPRO_AGENT_NO_SUCH_THING=also-ignored", // even unknown ones
+	})
+	if err != nil {
+		t.Fatalf("LoadEnv: %v", err)
+	}
+	tests := []struct {
+		name      string
+		got, want any
+	}{
+		{"http.addr", cfg.HTTP.Addr, "0.0.0.0:8443"},
+		{"dev", cfg.Dev, true},
+		{"demo_instances", cfg.DemoInstances, 4},
+		{"fleet.stale_after", cfg.Fleet.StaleAfter, 45 * time.Second},
+		{"fleet.offline_after", cfg.Fleet.OfflineAfter, 2 * time.Minute}, // untouched default
+		{"nats.advertise_url", cfg.NATS.AdvertiseURL, "nats://cp.example.com:4222"},
+		{"log.format", cfg.Log.Format, "json"},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("%s = %v, want %v", tt.name, tt.got, tt.want)
+		}
+	}
+}
+
+func TestLoadEnvReportsEveryProblem(t *testing.T) {
+	cfg := Default()
+	err := cfg.LoadEnv([]string{
+		"STACKPRO_FOO=1",
+		"STACKPRO_DEV=maybe",
+		"STACKPRO_HTTP_ADDR=0.0.0.0:1", // fine, and still applied
+		"STACKPRO_DEMO_INSTANCES=two",
+		"STACKPRO_FLEET_STALE_AFTER=10",
+	})
+	want := []string{
+		"config: unknown environment variable STACKPRO_FOO",
+		`config: STACKPRO_DEV: want true or false, got "maybe"`,
+		`config: STACKPRO_DEMO_INSTANCES: want a whole number, got "two"`,
+		`config: STACKPRO_FLEET_STALE_AFTER: want a duration such as 10s, got "10"`,
+	}
+	if got := lines(err); !slices.Equal(got, want) {
+		t.Errorf("LoadEnv errors:\n got %q\nwant %q", got, want)
+	}
+	if cfg.HTTP.Addr != "0.0.0.0:1" {
+		t.Errorf("http.addr = %q, want the good variable applied despite the bad ones", cfg.HTTP.Addr)
+	}
+}
+
+func TestValidateReportsEveryProblem(t *testing.T) {
+	cfg := Default()
+	cfg.DataDir = ""
+	cfg.DemoInstances = -1
+	cfg.Log.Level = "loud"
+	cfg.Log.Format = "xml"
+	cfg.HTTP.Addr = "localhost"
+	cfg.NATS.Listen = "127.0.0.1:99999"
+	cfg.NATS.AdvertiseURL = "http://nats.example.com"
+	cfg.Fleet.HeartbeatInterval = 0
+	cfg.Fleet.MetricsInterval = -time.Second
+	cfg.Enrollment.TokenTTL = 0
+	cfg.Fleet.StaleAfter = 0
+	cfg.Fleet.OfflineAfter = 0
+
+	// The order is the order of the checks, so messages are stable.
+	want := []string{
+		"data_dir is required",
+		"demo_instances must not be negative, got -1",
+		`log.level must be debug, info, warn or error, got "loud"`,
+		`log.format must be text or json, got "xml"`,
+		`http.addr must be host:port, got "localhost"`,
+		`nats.listen has an invalid port in "127.0.0.1:99999"`,
+		`nats.advertise_url must start with nats:// or tls://, got "http://nats.example.com"`,
+		"fleet.heartbeat_interval must be positive, got 0s",
+		"fleet.metrics_interval must be positive, got -1s",
+		"enrollment.token_ttl must be positive, got 0s",
+		"fleet.stale_after (0s) must be longer than fleet.heartbeat_interval (0s)",
+		"fleet.offline_after (0s) must be longer than fleet.stale_after (0s)",
+	}
+	for range 3 { // the same every time
+		if got := lines(cfg.Validate()); !slices.Equal(got, want) {
+			t.Fatalf("Validate():\n got %q\nwant %q", got, want)
+		}
+	}
+}
+
+func TestValidateSingleProblems(t *testing.T) {
+	tests := []struct {
+		name   string
+		modify func(*Config)
+		want   string
+	}{
+		{"demo instances outside dev mode", func(c *Config) { c.Dev = false; c.DemoInstances = 2 },
+			"demo_instances needs dev mode"},
+		{"stale not after heartbeat", func(c *Config) { c.Fleet.StaleAfter = c.Fleet.HeartbeatInterval },
+			"fleet.stale_after (10s) must be longer than fleet.heartbeat_interval (10s)"},
+		{"offline not after stale", func(c *Config) { c.Fleet.OfflineAfter = c.Fleet.StaleAfter },
+			"fleet.offline_after (35s) must be longer than fleet.stale_after (35s)"},
+		{"non-numeric port", func(c *Config) { c.HTTP.Addr = "127.0.0.1:http" },
+			`http.addr has an invalid port in "127.0.0.1:http"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := Default()
+			cfg.Dev = true
+			tt.modify(&cfg)
+			if got := lines(cfg.Validate()); !slices.Equal(got, []string{tt.want}) {
+				t.Errorf("Validate() = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestNATSURL(t *testing.T) {
+	if got, want := Default().NATSURL(), "nats://127.0.0.1:4222"; got != want {
+		t.Errorf("Default().NATSURL() = %q, want %q", got, want)
+	}
+	tests := []struct {
+		name   string
+		listen string
+		adv    string
+		want   string
+	}{
+		{"from listen", "0.0.0.0:14222", "", "nats://0.0.0.0:14222"},
+		{"advertise_url wins", "0.0.0.0:4222", "tls://nats.example.com:4222", "tls://nats.example.com:4222"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := Default()
+			cfg.NATS = NATS{Listen: tt.listen, AdvertiseURL: tt.adv}
+			if got := cfg.NATSURL(); got != tt.want {
+				t.Errorf("NATSURL() = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

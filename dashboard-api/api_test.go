@@ -1,0 +1,403 @@
+package dashboardapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"maps"
+	"mime"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/shared/protocol"
+)
+
+const goodToken = "sp_good"
+
+// fakeTokens knows goodToken; "sp_broken" makes the token store fail.
+type fakeTokens struct{}
+
+func (fakeTokens) Principal(token string) (Principal, error) {
+	switch token {
+	case goodToken:
+		return Principal{Name: "alice", Role: "admin"}, nil
+	case "sp_broken":
+		return Principal{}, errors.New("token store: bucket missing")
+	}
+	return Principal{}, ErrUnauthorized
+}
+
+type fakeMetrics map[string]protocol.Metrics
+
+func (m fakeMetrics) LatestMetrics(id string) (protocol.Metrics, bool) {
+	s, ok := m[id]
+	return s, ok
+}
+
+// fakeTerminator records the ids it was asked to terminate and fails with err.
+type fakeTerminator struct {
+	mu  sync.Mutex
+	ids []string
+	err error
+}
+
+func (f *fakeTerminator) Terminate(_ context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ids = append(f.ids, id)
+	return f.err
+}
+
+func (f *fakeTerminator) calls() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.ids)
+}
+
+// syncBuffer is a log destination the server's goroutines may write to
+// while the test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+type testAPI struct {
+	srv  *httptest.Server
+	term *fakeTerminator
+	log  *syncBuffer
+}
+
+var created = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+// newTestAPI serves an API over a real tracker holding i-a (heartbeating now,
+// with metrics) and i-b (never enrolled). Options may be adjusted by opt.
+func newTestAPI(t *testing.T, opt func(*Options)) *testAPI {
+	t.Helper()
+	tr := fleet.NewTracker(fleet.Thresholds{StaleAfter: time.Hour, OfflineAfter: 2 * time.Hour}, []fleet.Instance{
+		{ID: "i-a", Provider: "local", CreatedAt: created},
+		{ID: "i-b", Provider: "local", CreatedAt: created},
+	})
+	now := time.Now()
+	tr.Enrolled("i-a", now)
+	tr.Heartbeat(protocol.Heartbeat{InstanceID: "i-a", AgentVersion: "1.0.0", Health: protocol.HealthOK}, now)
+
+	ta := &testAPI{term: &fakeTerminator{}, log: &syncBuffer{}}
+	o := Options{
+		Fleet:      tr,
+		Metrics:    fakeMetrics{"i-a": {V: 1, InstanceID: "i-a", CPUPercent: 12.5, UptimeSeconds: 3600}},
+		Terminator: ta.term,
+		Tokens:     fakeTokens{},
+		Ready:      map[string]Check{"broker": func() error { return nil }, "store": func() error { return nil }},
+		Log:        slog.New(slog.NewTextHandler(ta.log, nil)),
+	}
+	if opt != nil {
+		opt(&o)
+	}
+	ta.srv = httptest.NewServer(New(o).Handler())
+	t.Cleanup(ta.srv.Close)
+	return ta
+}
+
+type response struct {
+	code   int
+	header http.Header
+	body   []byte
+}
+
+// do sends a request with token (none if empty) and checks that the answer
+// carries a request id, as every answer must.
+func (ta *testAPI) do(t *testing.T, method, path, token string) response {
+	t.Helper()
+	req, err := http.NewRequest(method, ta.srv.URL+path, nil)
+	if err != nil {
+		t.Fatalf("http.NewRequest: %v", err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	res, err := ta.srv.Client().Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatalf("%s %s: reading body: %v", method, path, err)
+	}
+	if res.Header.Get("X-Request-Id") == "" {
+		t.Errorf("%s %s: no X-Request-Id header", method, path)
+	}
+	return response{code: res.StatusCode, header: res.Header, body: body}
+}
+
+// decode checks the content type and decodes the body into v.
+func decode(t *testing.T, res response, contentType string, v any) {
+	t.Helper()
+	if mt, _, _ := mime.ParseMediaType(res.header.Get("Content-Type")); mt != contentType {
+		t.Errorf("Content-Type = %q, want %q", res.header.Get("Content-Type"), contentType)
+	}
+	if err := json.Unmarshal(res.body, v); err != nil {
+		t.Fatalf("decoding %s: %v", res.body, err)
+	}
+}
+
+// wantProblem checks res is a problem document with code and detail, whose
+// request_id matches the header.
+func wantProblem(t *testing.T, res response, code int, detail string) {
+	t.Helper()
+	if res.code != code {
+		t.Errorf("status = %d, want %d (body %s)", res.code, code, res.body)
+	}
+	var p problem
+	decode(t, res, "application/problem+json", &p)
+	want := problem{Type: "about:blank", Title: http.StatusText(code), Status: code, Detail: detail,
+		RequestID: res.header.Get("X-Request-Id")}
+	if p != want {
+		t.Errorf("problem = %+v, want %+v", p, want)
+	}
+}
+
+func TestHealthz(t *testing.T) {
+	ta := newTestAPI(t, nil)
+	res := ta.do(t, http.MethodGet, "/healthz", "")
+	if res.code != http.StatusOK {
+		t.Fatalf("GET /healthz = %d, want 200", res.code)
+	}
+	var got map[string]string
+	decode(t, res, "application/json", &got)
+	if got["status"] != "ok" {
+		t.Errorf("GET /healthz body = %v, want status ok", got)
+	}
+}
+
+func TestReadyz(t *testing.T) {
+	tests := []struct {
+		name       string
+		store      error
+		wantCode   int
+		wantReady  bool
+		wantChecks map[string]string
+	}{
+		{"all ready", nil, http.StatusOK, true, map[string]string{"broker": "ok", "store": "ok"}},
+		{"store failing", errors.New("store closed"), http.StatusServiceUnavailable, false,
+			map[string]string{"broker": "ok", "store": "store closed"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ta := newTestAPI(t, func(o *Options) {
+				o.Ready["store"] = func() error { return tt.store }
+			})
+			res := ta.do(t, http.MethodGet, "/readyz", "")
+			if res.code != tt.wantCode {
+				t.Errorf("GET /readyz = %d, want %d", res.code, tt.wantCode)
+			}
+			var got struct {
+				Ready  bool              `json:"ready"`
+				Checks map[string]string `json:"checks"`
+			}
+			decode(t, res, "application/json", &got)
+			if got.Ready != tt.wantReady || !maps.Equal(got.Checks, tt.wantChecks) {
+				t.Errorf("GET /readyz body = %+v, want ready %v, checks %v", got, tt.wantReady, tt.wantChecks)
+			}
+		})
+	}
+}
+
+func TestAuthentication(t *testing.T) {
+	tests := []struct {
+		name       string
+		token      string
+		wantCode   int
+		wantDetail string
+		wantAuth   string // WWW-Authenticate
+	}{
+		{"no token", "", http.StatusUnauthorized, "missing bearer token", `Bearer realm="stackpro"`},
+		{"wrong token", "sp_wrong", http.StatusUnauthorized, "invalid bearer token", `Bearer realm="stackpro", error="invalid_token"`},
+		{"token store failing", "sp_broken", http.StatusInternalServerError, "internal error", `Bearer realm="stackpro", error="invalid_token"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ta := newTestAPI(t, nil)
+			res := ta.do(t, http.MethodGet, "/api/v1/instances", tt.token)
+			wantProblem(t, res, tt.wantCode, tt.wantDetail)
+			if got := res.header.Get("WWW-Authenticate"); got != tt.wantAuth {
+				t.Errorf("WWW-Authenticate = %q, want %q", got, tt.wantAuth)
+			}
+			if bytes.Contains(res.body, []byte("i-a")) {
+				t.Errorf("body %s leaks an instance", res.body)
+			}
+		})
+	}
+}
+
+func TestAuthenticationMalformedHeader(t *testing.T) {
+	ta := newTestAPI(t, nil)
+	req, err := http.NewRequest(http.MethodGet, ta.srv.URL+"/api/v1/instances", nil)
+	if err != nil {
+		t.Fatalf("http.NewRequest: %v", err)
+	}
+	req.Header.Set("Authorization", "Basic "+goodToken)
+	res, err := ta.srv.Client().Do(req)
+	if err != nil {
+		t.Fatalf("GET: %v", err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusUnauthorized {
+		t.Errorf("GET with a Basic authorization = %d, want 401", res.StatusCode)
+	}
+}
+
+func TestListInstances(t *testing.T) {
+	ta := newTestAPI(t, nil)
+	res := ta.do(t, http.MethodGet, "/api/v1/instances", goodToken)
+	if res.code != http.StatusOK {
+		t.Fatalf("GET /api/v1/instances = %d, want 200 (body %s)", res.code, res.body)
+	}
+	var got struct {
+		Instances []fleet.Instance `json:"instances"`
+	}
+	decode(t, res, "application/json", &got)
+	type row struct {
+		id     string
+		status fleet.Status
+	}
+	var rows []row
+	for _, inst := range got.Instances {
+		rows = append(rows, row{inst.ID, inst.Status})
+	}
+	want := []row{{"i-a", fleet.StatusOnline}, {"i-b", fleet.StatusProvisioning}}
+	if !slices.Equal(rows, want) {
+		t.Errorf("instances = %+v, want %+v", rows, want)
+	}
+}
+
+func TestGetInstance(t *testing.T) {
+	ta := newTestAPI(t, nil)
+	tests := []struct {
+		id          string
+		wantStatus  fleet.Status
+		wantMetrics bool
+	}{
+		{"i-a", fleet.StatusOnline, true},
+		{"i-b", fleet.StatusProvisioning, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.id, func(t *testing.T) {
+			res := ta.do(t, http.MethodGet, "/api/v1/instances/"+tt.id, goodToken)
+			if res.code != http.StatusOK {
+				t.Fatalf("GET = %d, want 200 (body %s)", res.code, res.body)
+			}
+			var got struct {
+				fleet.Instance
+				Metrics *protocol.Metrics `json:"metrics"`
+			}
+			decode(t, res, "application/json", &got)
+			if got.ID != tt.id || got.Status != tt.wantStatus {
+				t.Errorf("got id %q status %q, want %q %q", got.ID, got.Status, tt.id, tt.wantStatus)
+			}
+			if hasMetrics := got.Metrics != nil; hasMetrics != tt.wantMetrics {
+				t.Fatalf("metrics present = %v, want %v (body %s)", hasMetrics, tt.wantMetrics, res.body)
+			}
+			if tt.wantMetrics && (got.Metrics.CPUPercent != 12.5 || got.Metrics.UptimeSeconds != 3600) {
+				t.Errorf("metrics = %+v, want cpu 12.5 and uptime 3600", got.Metrics)
+			}
+		})
+	}
+}
+
+func TestGetUnknownInstance(t *testing.T) {
+	ta := newTestAPI(t, nil)
+	wantProblem(t, ta.do(t, http.MethodGet, "/api/v1/instances/i-nope", goodToken), http.StatusNotFound, "instance not found")
+}
+
+func TestTerminate(t *testing.T) {
+	ta := newTestAPI(t, nil)
+	res := ta.do(t, http.MethodDelete, "/api/v1/instances/i-a", goodToken)
+	if res.code != http.StatusNoContent || len(res.body) != 0 {
+		t.Errorf("DELETE = %d with body %q, want 204 and no body", res.code, res.body)
+	}
+	if got := ta.term.calls(); !slices.Equal(got, []string{"i-a"}) {
+		t.Errorf("Terminate calls = %v, want [i-a]", got)
+	}
+	if log := ta.log.String(); !strings.Contains(log, "instance=i-a") || !strings.Contains(log, "by=alice") {
+		t.Errorf("log = %q, want who terminated i-a", log)
+	}
+}
+
+func TestTerminateUnknownInstance(t *testing.T) {
+	ta := newTestAPI(t, nil)
+	wantProblem(t, ta.do(t, http.MethodDelete, "/api/v1/instances/i-nope", goodToken), http.StatusNotFound, "instance not found")
+	if got := ta.term.calls(); len(got) != 0 {
+		t.Errorf("Terminate calls = %v, want none", got)
+	}
+}
+
+func TestTerminateRequiresToken(t *testing.T) {
+	ta := newTestAPI(t, nil)
+	wantProblem(t, ta.do(t, http.MethodDelete, "/api/v1/instances/i-a", ""), http.StatusUnauthorized, "missing bearer token")
+	if got := ta.term.calls(); len(got) != 0 {
+		t.Errorf("Terminate calls = %v, want none", got)
+	}
+}
+
+func TestTerminateErrorIsNotShown(t *testing.T) {
+	const secret = "ec2: AccessDenied for arn:aws:iam::123456789012:role/secret"
+	ta := newTestAPI(t, func(o *Options) {
+		o.Terminator = &fakeTerminator{err: errors.New(secret)}
+	})
+	res := ta.do(t, http.MethodDelete, "/api/v1/instances/i-a", goodToken)
+	wantProblem(t, res, http.StatusInternalServerError, "internal error")
+	if bytes.Contains(res.body, []byte("AccessDenied")) {
+		t.Errorf("body %s shows the error", res.body)
+	}
+	log := ta.log.String()
+	if !strings.Contains(log, secret) {
+		t.Errorf("log = %q, want the error %q", log, secret)
+	}
+	if id := res.header.Get("X-Request-Id"); !strings.Contains(log, id) {
+		t.Errorf("log = %q, want the request id %q", log, id)
+	}
+}
+
+func TestUnknownRoutes(t *testing.T) {
+	tests := []struct {
+		name       string
+		method     string
+		path       string
+		token      string
+		wantCode   int
+		wantDetail string
+	}{
+		{"unknown path", http.MethodGet, "/nope", "", http.StatusNotFound, "no such route"},
+		{"unknown api path", http.MethodGet, "/api/v1/nope", goodToken, http.StatusNotFound, "no such route"},
+		{"unknown api path needs a token first", http.MethodGet, "/api/v1/nope", "", http.StatusUnauthorized, "missing bearer token"},
+		{"wrong method", http.MethodPost, "/healthz", "", http.StatusMethodNotAllowed, "method not allowed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ta := newTestAPI(t, nil)
+			wantProblem(t, ta.do(t, tt.method, tt.path, tt.token), tt.wantCode, tt.wantDetail)
+		})
+	}
+}
