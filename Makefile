@@ -8,7 +8,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 COMMIT   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -s -w -X github.com/stackpro/stackpro/shared/buildinfo.Version=$(VERSION) \
             -X github.com/stackpro/stackpro/shared/buildinfo.Commit=$(COMMIT)
-STATICCHECK_VERSION := 2025.1.1
+STATICCHECK_VERSION := v0.8.2
 
 # Flags for `make run`; override like `make run RUN_FLAGS="--demo-instances 3"`.
 RUN_FLAGS ?=
@@ -36,9 +36,9 @@ lint: $(BIN)/staticcheck ## go vet, gofmt and staticcheck
 run: build ## run the embedded default: control plane, NATS, one local instance, data in ./data
 	$(BIN)/stackpro-controlplane dev --data ./data --http 127.0.0.1:8080 --nats 127.0.0.1:4222 $(RUN_FLAGS)
 
-bench: build ## run the benchmarks (see BENCHMARKS.md)
-	$(GO) test -run '^$$' -bench . -benchmem ./...
-	./scripts/bench-agent-rss.sh
+bench: ## run the benchmarks (see BENCHMARKS.md)
+	$(GO) test -run '^$$' -bench . -benchmem $$($(GO) list ./... | grep -v /controlplane/internal/app)
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./controlplane/internal/app
 
 clean: ## remove bin/ (data/ is kept)
 	rm -rf $(BIN)

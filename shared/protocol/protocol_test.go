@@ -31,7 +31,7 @@ var samples = map[string]any{
 		Outbox: protocol.OutboxStats{Pending: 3, DroppedMetrics: 1}},
 	"metrics.json": &protocol.Metrics{V: protocol.Version, InstanceID: "i-0123456789abcdef", At: at,
 		CPUPercent: 12.5, Load: protocol.Load{One: 0.5, Five: 0.25, Fifteen: 0.125},
-		Memory: protocol.Memory{TotalBytes: 4 << 30, UsedBytes: 1 << 30, AvailableBytes: 3 << 30},
+		Memory:  protocol.Memory{TotalBytes: 4 << 30, UsedBytes: 1 << 30, AvailableBytes: 3 << 30},
 		Disks:   []protocol.Disk{{Mount: "/", FSType: "ext4", TotalBytes: 32 << 30, UsedBytes: 8 << 30, FreeBytes: 22 << 30}},
 		Network: protocol.Network{RxBytes: 123456, TxBytes: 654321}, UptimeSeconds: 86400},
 	"event.json": &protocol.Event{V: protocol.Version, ID: "evt-01", InstanceID: "i-0123456789abcdef", At: at,

@@ -297,7 +297,9 @@ func TestFleetEndToEnd(t *testing.T) {
 	var one struct {
 		fleet.Instance
 		Metrics *struct {
-			Memory struct{ TotalBytes uint64 `json:"total_bytes"` }
+			Memory struct {
+				TotalBytes uint64 `json:"total_bytes"`
+			}
 		}
 	}
 	waitFor(t, "metrics of an instance", func() bool {

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/shared/protocol"
@@ -59,7 +60,7 @@ type Store struct {
 func Open(path string, timeout time.Duration) (*Store, error) {
 	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: timeout})
 	if err != nil {
-		if errors.Is(err, bbolt.ErrTimeout) {
+		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("store: opening %s: locked by another process (is a control plane already running on this data dir?): %w", path, err)
 		}
 		return nil, fmt.Errorf("store: opening %s: %w", path, err)
@@ -171,7 +172,7 @@ func (s *Store) DeleteInstance(id string) error {
 		if err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketEvents).DeleteBucket([]byte(id)); err != nil && !errors.Is(err, bbolt.ErrBucketNotFound) {
+		if err := tx.Bucket(bucketEvents).DeleteBucket([]byte(id)); err != nil && !errors.Is(err, bolterrors.ErrBucketNotFound) {
 			return err
 		}
 		return tx.Bucket(bucketInstances).Delete([]byte(id))

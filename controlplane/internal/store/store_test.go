@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
@@ -168,8 +168,8 @@ func TestOpenLocked(t *testing.T) {
 	first, path := newStore(t)
 
 	_, err := store.Open(path, 100*time.Millisecond)
-	if !errors.Is(err, bbolt.ErrTimeout) {
-		t.Fatalf("second Open = %v, want %v", err, bbolt.ErrTimeout)
+	if !errors.Is(err, bolterrors.ErrTimeout) {
+		t.Fatalf("second Open = %v, want %v", err, bolterrors.ErrTimeout)
 	}
 	if !strings.Contains(err.Error(), "locked") {
 		t.Errorf("second Open = %q, want a message saying the store is locked", err)
