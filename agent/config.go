@@ -45,10 +45,7 @@ func LoadConfig(path string, environ []string) (Config, error) {
 			return cfg, fmt.Errorf("config: %s: %w", path, err)
 		}
 	}
-	if err := cfg.applyEnv(environ); err != nil {
-		return cfg, err
-	}
-	return cfg, cfg.Validate()
+	return cfg, errors.Join(cfg.applyEnv(environ), cfg.Validate())
 }
 
 // applyEnv applies STACKPRO_AGENT_* variables; an unknown one is an error.

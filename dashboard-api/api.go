@@ -174,6 +174,8 @@ func (a *API) terminate(w http.ResponseWriter, r *http.Request) error {
 	id := chi.URLParam(r, "id")
 	if _, err := a.o.Fleet.Get(id, time.Now()); errors.Is(err, fleet.ErrNotFound) {
 		return httpError{Code: http.StatusNotFound, Msg: "instance not found", Err: err}
+	} else if err != nil {
+		return err
 	}
 	p, _ := r.Context().Value(principalKey{}).(Principal)
 	a.log.Info("terminating instance", "instance", id, "by", p.Name, "request_id", middleware.GetReqID(r.Context()))

@@ -99,9 +99,14 @@ func parseUptime(text string) (uint64, error) {
 	return strconv.ParseUint(whole, 10, 64)
 }
 
+// virtualNICs are interface name prefixes whose traffic is already counted
+// on a real interface: loopback, and the bridges and veth pairs of Docker
+// and other container runtimes.
+var virtualNICs = []string{"lo", "docker", "veth", "br-", "virbr", "cni", "flannel"}
+
 // parseNetDev sums the received and transmitted bytes of every interface
-// but loopback. Each line after the two header lines reads
-// "name: rx_bytes (7 more rx fields) tx_bytes ...".
+// but the virtual ones, so a container's traffic is counted once. Each line
+// after the two header lines reads "name: rx_bytes (7 more rx fields) tx_bytes ...".
 func parseNetDev(text string) (protocol.Network, error) {
 	var n protocol.Network
 	for line := range strings.Lines(text) {
@@ -110,7 +115,7 @@ func parseNetDev(text string) (protocol.Network, error) {
 			continue
 		}
 		name = strings.TrimSpace(name)
-		if name == "lo" {
+		if slices.ContainsFunc(virtualNICs, func(p string) bool { return strings.HasPrefix(name, p) }) {
 			continue
 		}
 		f := strings.Fields(counters)

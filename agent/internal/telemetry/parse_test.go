@@ -126,11 +126,14 @@ func TestParseNetDev(t *testing.T) {
 		wantErr bool
 	}{
 		{
-			name: "loopback excluded",
+			name: "loopback and container interfaces excluded",
 			text: netDevHeader +
 				"    lo:    3193      29    0    0    0     0          0         0     3193      29    0    0    0     0       0          0\n" +
 				"  eth0:    1000      10    0    0    0     0          0         0      200       3    0    0    0     0       0          0\n" +
-				"docker0:     30       1    0    0    0     0          0         0        4       1    0    2    0     0       0          0\n",
+				"  ens5:      30       1    0    0    0     0          0         0        4       1    0    2    0     0       0          0\n" +
+				"docker0:    500       1    0    0    0     0          0         0      500       1    0    2    0     0       0          0\n" +
+				"veth12ab:   500       1    0    0    0     0          0         0      500       1    0    2    0     0       0          0\n" +
+				"br-5f3e:    500       1    0    0    0     0          0         0      500       1    0    2    0     0       0          0\n",
 			want: protocol.Network{RxBytes: 1030, TxBytes: 204},
 		},
 		{

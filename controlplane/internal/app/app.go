@@ -65,9 +65,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // load layers defaults, the config file, the environment and flags.
 func load(cmd string, args []string, stderr io.Writer) (config.Config, error) {
 	cfg := config.Default()
-	cfg.Dev = cmd == "dev"
-	if !cfg.Dev {
-		cfg.DemoInstances = 0
+	if cmd == "dev" {
+		cfg.Dev, cfg.DemoInstances = true, 1
 	}
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -88,9 +87,7 @@ func load(cmd string, args []string, stderr io.Writer) (config.Config, error) {
 			return cfg, err
 		}
 	}
-	if err := cfg.LoadEnv(os.Environ()); err != nil {
-		return cfg, err
-	}
+	envErr := cfg.LoadEnv(os.Environ())
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
 		case "data":
@@ -103,7 +100,7 @@ func load(cmd string, args []string, stderr io.Writer) (config.Config, error) {
 			cfg.DemoInstances = *demo
 		}
 	})
-	if err := cfg.Validate(); err != nil {
+	if err := errors.Join(envErr, cfg.Validate()); err != nil {
 		return cfg, fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	return cfg, nil

@@ -28,7 +28,8 @@ type Config struct {
 	// Dev turns on the embedded-default conveniences: the data dir is
 	// created if missing and demo instances are launched.
 	Dev bool `yaml:"dev"`
-	// DemoInstances is how many local instances dev mode keeps launched.
+	// DemoInstances is how many local instances dev mode keeps launched
+	// (1 unless set).
 	DemoInstances int        `yaml:"demo_instances"`
 	Log           Log        `yaml:"log"`
 	HTTP          HTTP       `yaml:"http"`
@@ -83,7 +84,6 @@ type Local struct {
 func Default() Config {
 	return Config{
 		DataDir:       "./data",
-		DemoInstances: 1,
 		Log:           Log{Level: "info", Format: "text"},
 		HTTP:          HTTP{Addr: "127.0.0.1:8080"},
 		NATS:          NATS{Listen: "127.0.0.1:4222"},

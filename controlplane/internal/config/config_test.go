@@ -42,13 +42,11 @@ func wantErrContaining(t *testing.T, err error, want ...string) {
 	}
 }
 
-// The control plane never runs bare Default(): load sets Dev, and outside dev
-// mode clears DemoInstances. These are the two starting points it uses.
+// Default() is where serve starts; dev mode adds Dev and one demo instance.
 func TestDefaultsValidate(t *testing.T) {
 	dev := Default()
-	dev.Dev = true
+	dev.Dev, dev.DemoInstances = true, 1
 	run := Default()
-	run.DemoInstances = 0
 	for name, cfg := range map[string]Config{"dev": dev, "run": run} {
 		t.Run(name, func(t *testing.T) {
 			if err := cfg.Validate(); err != nil {
