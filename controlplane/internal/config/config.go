@@ -83,10 +83,10 @@ type Local struct {
 // Default is the configuration before any file, environment or flag.
 func Default() Config {
 	return Config{
-		DataDir:       "./data",
-		Log:           Log{Level: "info", Format: "text"},
-		HTTP:          HTTP{Addr: "127.0.0.1:8080"},
-		NATS:          NATS{Listen: "127.0.0.1:4222"},
+		DataDir: "./data",
+		Log:     Log{Level: "info", Format: "text"},
+		HTTP:    HTTP{Addr: "127.0.0.1:8080"},
+		NATS:    NATS{Listen: "127.0.0.1:4222"},
 		Fleet: Fleet{
 			HeartbeatInterval: 10 * time.Second,
 			MetricsInterval:   30 * time.Second,
