@@ -147,7 +147,10 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 
 	mon := monitor.New(monitor.Options{Tracker: tracker, Store: st, Keys: brk, Conn: brk.Conn(), Sys: brk.SysConn(),
 		PersistEvery: 5 * time.Second, Log: log})
-	localProvider := local.New(filepath.Join(cfg.DataDir, "instances"), agentBin(cfg), log)
+	localProvider, err := local.New(filepath.Join(cfg.DataDir, "instances"), agentBin(cfg), log)
+	if err != nil {
+		return err
+	}
 	prov := provision.New(provision.Options{Provider: localProvider, Store: st, Tracker: tracker, Broker: brk,
 		NATSURL: cfg.NATSURL(), TokenTTL: cfg.Enrollment.TokenTTL,
 		HeartbeatInterval: cfg.Fleet.HeartbeatInterval, MetricsInterval: cfg.Fleet.MetricsInterval, Log: log})

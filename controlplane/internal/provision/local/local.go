@@ -42,8 +42,13 @@ type Provider struct {
 var _ provision.Provider = (*Provider)(nil)
 
 // New returns a provider keeping instances under dir and running agentBin.
-func New(dir, agentBin string, log *slog.Logger) *Provider {
-	return &Provider{dir: dir, agentBin: agentBin, log: log.With("component", "local-provider")}
+// A relative dir is made absolute, since each agent runs in its own directory.
+func New(dir, agentBin string, log *slog.Logger) (*Provider, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("local: %w", err)
+	}
+	return &Provider{dir: abs, agentBin: agentBin, log: log.With("component", "local-provider")}, nil
 }
 
 // Name is "local".

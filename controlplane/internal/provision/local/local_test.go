@@ -7,7 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/stackpro/stackpro/controlplane/internal/provision"
 	"github.com/stackpro/stackpro/controlplane/internal/provision/local"
@@ -15,7 +17,53 @@ import (
 
 func newProvider(t *testing.T, agentBin string) *local.Provider {
 	t.Helper()
-	return local.New(t.TempDir(), agentBin, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	p, err := local.New(t.TempDir(), agentBin, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// With a relative data dir (as `make run` gives), the agent, which runs in
+// its own directory, still finds its bootstrap file; and Terminate stops it.
+func TestLaunchFromRelativeDir(t *testing.T) {
+	t.Chdir(t.TempDir())
+	// A stand-in agent that says so, and stays, only if it can read the file it is given.
+	script := "#!/bin/sh\ntest -f \"$2\" || exit 1\ntouch \"$2.read\"\nwhile :; do sleep 1; done\n"
+	if err := os.WriteFile("agent.sh", []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin, _ := filepath.Abs("agent.sh")
+	p, err := local.New("data/instances", bin, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Launch(context.Background(), provision.LaunchSpec{InstanceID: "i-aaaa", EnrollmentToken: "t", NATSURL: "nats://127.0.0.1:1"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Terminate(context.Background(), "i-aaaa") })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := os.Stat(filepath.Join(p.InstanceDir("i-aaaa"), "bootstrap.yaml.read"))
+		if pid, ok := p.Running("i-aaaa"); ok && err == nil {
+			if err := p.Terminate(context.Background(), "i-aaaa"); err != nil {
+				t.Fatal(err)
+			}
+			if _, still := p.Running("i-aaaa"); still || processAlive(pid) {
+				t.Errorf("agent %d still runs after Terminate", pid)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the stand-in agent is not running: it could not read its bootstrap file")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func processAlive(pid int) bool {
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	return err == nil && !strings.Contains(string(stat), ") Z ")
 }
 
 // A pid file pointing at a live process that is not this instance's agent
