@@ -5,6 +5,7 @@ package dashboardapi
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -34,6 +35,27 @@ type Terminator interface {
 	Terminate(ctx context.Context, id string) error
 }
 
+// TargetSpec is a stack an operator wants an instance to run.
+type TargetSpec struct {
+	Compose string            `json:"compose"`
+	Env     map[string]string `json:"env,omitempty"`
+	Files   map[string]string `json:"files,omitempty"`
+}
+
+// Targets reads and sets the stack each instance should run. SetTarget's
+// error wraps ErrInvalid when the spec is at fault; Target's wraps
+// ErrNotFound when the instance has no target yet.
+type Targets interface {
+	SetTarget(ctx context.Context, id string, spec TargetSpec) (protocol.Target, error)
+	Target(ctx context.Context, id string) (protocol.Target, error)
+}
+
+// Errors the wired implementations wrap.
+var (
+	ErrInvalid  = errors.New("invalid")
+	ErrNotFound = errors.New("not found")
+)
+
 // Principal is who an API token belongs to.
 type Principal struct {
 	Name string `json:"name"`
@@ -56,6 +78,7 @@ type Options struct {
 	Fleet      Fleet
 	Metrics    Metrics
 	Terminator Terminator
+	Targets    Targets
 	Tokens     Tokens
 	// Ready maps a dependency's name to its check, for /readyz.
 	Ready map[string]Check
@@ -82,6 +105,8 @@ func (a *API) Handler() http.Handler {
 		r.Get("/instances", a.handle(a.instances))
 		r.Get("/instances/{id}", a.handle(a.instance))
 		r.Delete("/instances/{id}", a.handle(a.terminate))
+		r.Get("/instances/{id}/target", a.handle(a.target))
+		r.Put("/instances/{id}/target", a.handle(a.setTarget))
 	})
 	r.NotFound(a.handle(func(http.ResponseWriter, *http.Request) error {
 		return httpError{Code: http.StatusNotFound, Msg: "no such route"}
@@ -170,11 +195,61 @@ func (a *API) instance(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, view)
 }
 
-func (a *API) terminate(w http.ResponseWriter, r *http.Request) error {
-	id := chi.URLParam(r, "id")
+// knownInstance answers 404 unless instance id exists.
+func (a *API) knownInstance(id string) error {
 	if _, err := a.o.Fleet.Get(id, time.Now()); errors.Is(err, fleet.ErrNotFound) {
 		return httpError{Code: http.StatusNotFound, Msg: "instance not found", Err: err}
 	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
+func (a *API) target(w http.ResponseWriter, r *http.Request) error {
+	id := chi.URLParam(r, "id")
+	if err := a.knownInstance(id); err != nil {
+		return err
+	}
+	t, err := a.o.Targets.Target(r.Context(), id)
+	if errors.Is(err, ErrNotFound) {
+		return httpError{Code: http.StatusNotFound, Msg: "instance has no target yet", Err: err}
+	}
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, t)
+}
+
+// maxTargetBody bounds a PUT of a target; the target itself is checked
+// against tighter limits.
+const maxTargetBody = 2 << 20
+
+func (a *API) setTarget(w http.ResponseWriter, r *http.Request) error {
+	id := chi.URLParam(r, "id")
+	if err := a.knownInstance(id); err != nil {
+		return err
+	}
+	var spec TargetSpec
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxTargetBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&spec); err != nil {
+		return httpError{Code: http.StatusBadRequest, Msg: "malformed target: " + err.Error(), Err: err}
+	}
+	t, err := a.o.Targets.SetTarget(r.Context(), id, spec)
+	if errors.Is(err, ErrInvalid) {
+		return httpError{Code: http.StatusUnprocessableEntity, Msg: err.Error(), Err: err}
+	}
+	if err != nil {
+		return err
+	}
+	p, _ := r.Context().Value(principalKey{}).(Principal)
+	a.log.Info("target set", "instance", id, "version", t.Version, "by", p.Name, "request_id", middleware.GetReqID(r.Context()))
+	return writeJSON(w, http.StatusOK, t)
+}
+
+func (a *API) terminate(w http.ResponseWriter, r *http.Request) error {
+	id := chi.URLParam(r, "id")
+	if err := a.knownInstance(id); err != nil {
 		return err
 	}
 	p, _ := r.Context().Value(principalKey{}).(Principal)

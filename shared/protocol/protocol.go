@@ -15,7 +15,8 @@ import (
 // It never goes down; a side that receives a higher version than it knows
 // keeps working with the fields it understands.
 //
-//	1: initial: enrollment, heartbeat, metrics, event, command request/reply.
+//	1: initial: enrollment, heartbeat, metrics, event, command request/reply,
+//	   target.
 const Version = 1
 
 // Subjects the control plane and the agents share. Everything an agent

@@ -39,6 +39,9 @@ var samples = map[string]any{
 		Data: map[string]string{"version": "v0.1.0"}},
 	"command_request.json": &protocol.CommandRequest{V: protocol.Version, ID: "cmd-01", Name: protocol.CommandPing,
 		Args: json.RawMessage(`{"echo":"hi"}`)},
+	"target.json": &protocol.Target{V: protocol.Version, InstanceID: "i-0123456789abcdef", Version: 3,
+		Compose: "services:\n  crm:\n    image: stackpro/crm:1\n", Env: map[string]string{"SUBDOMAIN": "acme"},
+		Files: map[string]string{"config/crm.yaml": "title: Acme\n"}},
 	"command_reply.json": &protocol.CommandReply{V: protocol.Version, ID: "cmd-01", InstanceID: "i-0123456789abcdef",
 		OK: true, Result: json.RawMessage(`{"pong":true}`)},
 }
@@ -99,6 +102,8 @@ func TestSubjects(t *testing.T) {
 		{protocol.AgentWildcard(protocol.KindEvent), "stackpro.agent.*.event"},
 		{protocol.CommandSubject(id), "stackpro.cmd.i-0123456789abcdef"},
 		{protocol.InboxPrefix(id), "_INBOX.i-0123456789abcdef"},
+		{protocol.TargetSubject(id), "$KV.targets.i-0123456789abcdef"},
+		{protocol.TargetGetSubject(id), "$JS.API.DIRECT.GET.KV_targets.$KV.targets.i-0123456789abcdef"},
 	}
 	for _, tt := range tests {
 		if tt.got != tt.want {

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
@@ -25,8 +26,10 @@ import (
 	"github.com/stackpro/stackpro/controlplane/internal/provision"
 	"github.com/stackpro/stackpro/controlplane/internal/provision/local"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/controlplane/internal/targets"
 	dashboardapi "github.com/stackpro/stackpro/dashboard-api"
 	"github.com/stackpro/stackpro/shared/buildinfo"
+	"github.com/stackpro/stackpro/shared/protocol"
 )
 
 const usage = `usage: stackpro-controlplane <command> [flags]
@@ -145,13 +148,21 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	}
 	defer brk.Shutdown()
 
+	js, err := jetstream.New(brk.Conn())
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	tgts, err := targets.Open(ctx, js)
+	if err != nil {
+		return err
+	}
 	mon := monitor.New(monitor.Options{Tracker: tracker, Store: st, Keys: brk, Conn: brk.Conn(), Sys: brk.SysConn(),
 		PersistEvery: 5 * time.Second, Log: log})
 	localProvider, err := local.New(filepath.Join(cfg.DataDir, "instances"), agentBin(cfg), log)
 	if err != nil {
 		return err
 	}
-	prov := provision.New(provision.Options{Provider: localProvider, Store: st, Tracker: tracker, Broker: brk,
+	prov := provision.New(provision.Options{Provider: localProvider, Store: st, Tracker: tracker, Broker: brk, Targets: tgts,
 		NATSURL: cfg.NATSURL(), TokenTTL: cfg.Enrollment.TokenTTL,
 		HeartbeatInterval: cfg.Fleet.HeartbeatInterval, MetricsInterval: cfg.Fleet.MetricsInterval, Log: log})
 
@@ -167,7 +178,7 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		return err
 	}
 
-	api := dashboardapi.New(dashboardapi.Options{Fleet: tracker, Metrics: mon, Terminator: prov, Tokens: tokens{st},
+	api := dashboardapi.New(dashboardapi.Options{Fleet: tracker, Metrics: mon, Terminator: prov, Targets: targetsAPI{tgts}, Tokens: tokens{st},
 		Ready: map[string]dashboardapi.Check{"broker": brk.Ready, "store": st.Ready}, Log: log})
 	ln, err := net.Listen("tcp", cfg.HTTP.Addr)
 	if err != nil {
@@ -283,4 +294,23 @@ func (t tokens) Principal(token string) (dashboardapi.Principal, error) {
 		return dashboardapi.Principal{}, err
 	}
 	return dashboardapi.Principal{Name: rec.Name, Role: string(rec.Role)}, nil
+}
+
+// targetsAPI serves the targets store to dashboard-api.
+type targetsAPI struct{ st *targets.Store }
+
+func (t targetsAPI) SetTarget(ctx context.Context, id string, spec dashboardapi.TargetSpec) (protocol.Target, error) {
+	tgt, err := t.st.Set(ctx, id, targets.Spec{Compose: spec.Compose, Env: spec.Env, Files: spec.Files})
+	if errors.Is(err, targets.ErrInvalid) {
+		return tgt, fmt.Errorf("%w: %w", dashboardapi.ErrInvalid, err)
+	}
+	return tgt, err
+}
+
+func (t targetsAPI) Target(ctx context.Context, id string) (protocol.Target, error) {
+	tgt, err := t.st.Get(ctx, id)
+	if errors.Is(err, targets.ErrNotFound) {
+		return tgt, fmt.Errorf("%w: %w", dashboardapi.ErrNotFound, err)
+	}
+	return tgt, err
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/shared/protocol"
 )
 
 // The end-to-end tests build the real binaries once and run them as
@@ -176,7 +177,13 @@ func (cp *controlPlane) token() string {
 // api calls the HTTP API with the admin token and decodes a JSON answer.
 func (cp *controlPlane) api(method, path string, out any) int {
 	cp.t.Helper()
-	req, _ := http.NewRequest(method, "http://"+cp.httpAddr+path, nil)
+	return cp.send(method, path, "", out)
+}
+
+// send is api with a request body.
+func (cp *controlPlane) send(method, path, body string, out any) int {
+	cp.t.Helper()
+	req, _ := http.NewRequest(method, "http://"+cp.httpAddr+path, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+cp.token())
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -362,6 +369,8 @@ func TestFleetEndToEnd(t *testing.T) {
 		t.Errorf("an agent enrolled again after the restart")
 	}
 
+	t.Run("targets", func(t *testing.T) { testTargets(t, cp2, insts[0].ID) })
+
 	// Terminate an instance: its agent stops, its directory goes, and the API forgets it.
 	victim := insts[1].ID
 	if victim == killed {
@@ -429,5 +438,43 @@ func TestBadInput(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(filepath.Join(dir, "nope")); len(entries) != 0 {
 		t.Errorf("serve created a data dir")
+	}
+}
+
+// testTargets sets and reads an instance's target through the API, backed
+// by the real JetStream bucket.
+func testTargets(t *testing.T, cp *controlPlane, id string) {
+	path := "/api/v1/instances/" + id + "/target"
+	if code := cp.api(http.MethodGet, path, nil); code != http.StatusNotFound {
+		t.Errorf("GET target before any: %d, want 404", code)
+	}
+	spec := `{"compose":"services:\n  web:\n    image: stackpro/web:1\n","env":{"SUBDOMAIN":"acme"}}`
+	for want := uint64(1); want <= 2; want++ {
+		var got protocol.Target
+		if code := cp.send(http.MethodPut, path, spec, &got); code != http.StatusOK || got.Version != want {
+			t.Fatalf("PUT target: %d %+v, want 200 and version %d", code, got, want)
+		}
+	}
+	var got protocol.Target
+	if code := cp.api(http.MethodGet, path, &got); code != http.StatusOK || got.Version != 2 || got.Env["SUBDOMAIN"] != "acme" {
+		t.Errorf("GET target: %d %+v", code, got)
+	}
+	for _, tt := range []struct {
+		name, body string
+		code       int
+	}{
+		{"malformed JSON", `{"compose":`, http.StatusBadRequest},
+		{"unknown field", `{"compose":"services: {a: {}}","image":"x"}`, http.StatusBadRequest},
+		{"invalid target", `{"compose":"","files":{"../x":""}}`, http.StatusUnprocessableEntity},
+	} {
+		if code := cp.send(http.MethodPut, path, tt.body, nil); code != tt.code {
+			t.Errorf("PUT %s: %d, want %d", tt.name, code, tt.code)
+		}
+	}
+	if code := cp.send(http.MethodPut, "/api/v1/instances/i-doesnotexist/target", spec, nil); code != http.StatusNotFound {
+		t.Errorf("PUT target of an unknown instance: %d, want 404", code)
+	}
+	if code := cp.api(http.MethodGet, path, &got); code != http.StatusOK || got.Version != 2 {
+		t.Errorf("bad PUTs changed the target: %d %+v", code, got)
 	}
 }

@@ -143,15 +143,19 @@ func verify(publicKey, sig string, nonce []byte) bool {
 	return err == nil && pub.Verify(nonce, raw) == nil
 }
 
-// agentPermissions: an agent publishes only under its own subjects and
-// answers requests made to it; it subscribes only to its own commands, the
-// broadcast and its own inbox.
+// agentPermissions: an agent publishes only under its own subjects, asks
+// for its own target and answers requests made to it; it subscribes only to
+// its own commands, the broadcast, its own target and its own inbox.
 func agentPermissions(instanceID string) *server.Permissions {
 	return &server.Permissions{
-		Publish: &server.SubjectPermission{Allow: []string{protocol.AgentSubjects(instanceID)}},
+		Publish: &server.SubjectPermission{Allow: []string{
+			protocol.AgentSubjects(instanceID),
+			protocol.TargetGetSubject(instanceID),
+		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			protocol.CommandSubject(instanceID),
 			protocol.BroadcastSubject,
+			protocol.TargetSubject(instanceID),
 			protocol.InboxPrefix(instanceID) + ".>",
 		}},
 		Response: &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},

@@ -121,6 +121,14 @@ func (b *Broker) connect(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("broker: creating stream %s: %w", protocol.EventsStream, err)
 	}
+	_, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:  protocol.TargetsBucket,
+		History: 10,
+		Storage: jetstream.FileStorage,
+	})
+	if err != nil {
+		return fmt.Errorf("broker: creating bucket %s: %w", protocol.TargetsBucket, err)
+	}
 	b.enroll, err = b.conn.QueueSubscribe(protocol.EnrollSubject, "enroll", b.handleEnroll)
 	if err != nil {
 		return fmt.Errorf("broker: subscribing to %s: %w", protocol.EnrollSubject, err)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
@@ -370,5 +371,57 @@ func TestRevoke(t *testing.T) {
 	}
 	if _, err := nats.Connect(e.b.ClientURL(), nats.Nkey(pub, kp.Sign)); !errors.Is(err, nats.ErrAuthorization) {
 		t.Errorf("reconnect after revoke: %v, want authorization violation", err)
+	}
+}
+
+// An agent reads its own target, as it is written and on demand, and
+// nobody else's.
+func TestTargetsAreReadOnlyByTheirAgent(t *testing.T) {
+	const a, b = "i-aaaa", "i-bbbb"
+	e := start(t, a, b)
+	ncA, errsA := e.agent(t, a)
+	js, err := jetstream.New(e.b.Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	kv, err := js.KeyValue(ctx, protocol.TargetsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := ncA.SubscribeSync(protocol.TargetSubject(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ncA.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, a, []byte(`"a1"`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, b, []byte(`"b1"`)); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := own.NextMsg(5 * time.Second); err != nil || string(m.Data) != `"a1"` {
+		t.Fatalf("A's target as written: %v, %v", m, err)
+	}
+	m, err := ncA.Request(protocol.TargetGetSubject(a), nil, 5*time.Second)
+	if err != nil || string(m.Data) != `"a1"` {
+		t.Fatalf("A's direct get of its target: %v, %v", m, err)
+	}
+
+	if _, err := ncA.SubscribeSync(protocol.TargetSubject(b)); err != nil {
+		t.Fatal(err)
+	}
+	wantViolation(t, errsA, "subscribe to B's target")
+	if err := ncA.PublishRequest(protocol.TargetGetSubject(b), protocol.InboxPrefix(a)+".x", nil); err != nil {
+		t.Fatal(err)
+	}
+	wantViolation(t, errsA, "direct get of B's target")
+	for _, subject := range []string{"$JS.API.DIRECT.GET.KV_targets", "$JS.API.STREAM.MSG.GET.KV_targets", "$KV.targets." + a} {
+		if err := ncA.Publish(subject, []byte(`{"last_by_subj":"$KV.targets.i-bbbb","seq":1}`)); err != nil {
+			t.Fatal(err)
+		}
+		wantViolation(t, errsA, "publish to "+subject)
 	}
 }

@@ -40,6 +40,11 @@ type Store interface {
 	DeleteInstance(id string) error
 }
 
+// Targets forgets what an instance should run.
+type Targets interface {
+	Delete(ctx context.Context, instanceID string) error
+}
+
 // Revoker takes an instance's credentials away from the broker.
 type Revoker interface {
 	Revoke(instanceID string)
@@ -51,6 +56,7 @@ type Options struct {
 	Store    Store
 	Tracker  *fleet.Tracker
 	Broker   Revoker
+	Targets  Targets
 	NATSURL  string
 	TokenTTL time.Duration
 	// Intervals the agents are told to report at.
@@ -109,6 +115,9 @@ func (s *Service) Terminate(ctx context.Context, id string) error {
 		return fmt.Errorf("provision: terminating %s: %w", id, err)
 	}
 	s.o.Broker.Revoke(id)
+	if err := s.o.Targets.Delete(ctx, id); err != nil {
+		return fmt.Errorf("provision: %w", err)
+	}
 	if err := s.o.Store.DeleteInstance(id); err != nil {
 		return fmt.Errorf("provision: %w", err)
 	}

@@ -32,9 +32,14 @@ func (p *provider) Terminate(_ context.Context, id string) error {
 	return p.fail
 }
 
-type revoker struct{ revoked []string }
+type revoker struct{ revoked, targetsDeleted []string }
 
 func (r *revoker) Revoke(id string) { r.revoked = append(r.revoked, id) }
+
+func (r *revoker) Delete(_ context.Context, id string) error {
+	r.targetsDeleted = append(r.targetsDeleted, id)
+	return nil
+}
 
 func setup(t *testing.T, p *provider) (*provision.Service, *store.Store, *fleet.Tracker, *revoker) {
 	t.Helper()
@@ -45,7 +50,7 @@ func setup(t *testing.T, p *provider) (*provision.Service, *store.Store, *fleet.
 	t.Cleanup(func() { st.Close() })
 	tracker := fleet.NewTracker(fleet.Thresholds{StaleAfter: time.Minute, OfflineAfter: time.Hour}, nil)
 	r := &revoker{}
-	svc := provision.New(provision.Options{Provider: p, Store: st, Tracker: tracker, Broker: r,
+	svc := provision.New(provision.Options{Provider: p, Store: st, Tracker: tracker, Broker: r, Targets: r,
 		NATSURL: "nats://127.0.0.1:4222", TokenTTL: time.Hour, HeartbeatInterval: time.Second, MetricsInterval: time.Second,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	return svc, st, tracker, r
@@ -98,8 +103,8 @@ func TestTerminate(t *testing.T) {
 	if err := svc.Terminate(context.Background(), inst.ID); err != nil {
 		t.Fatal(err)
 	}
-	if len(p.terminated) != 1 || len(r.revoked) != 1 || r.revoked[0] != inst.ID {
-		t.Errorf("terminated %v, revoked %v", p.terminated, r.revoked)
+	if len(p.terminated) != 1 || len(r.revoked) != 1 || r.revoked[0] != inst.ID || len(r.targetsDeleted) != 1 {
+		t.Errorf("terminated %v, revoked %v, targets deleted %v", p.terminated, r.revoked, r.targetsDeleted)
 	}
 	if insts, _ := st.Instances(); len(insts) != 0 {
 		t.Errorf("store keeps %+v", insts)

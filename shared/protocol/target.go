@@ -1,0 +1,31 @@
+package protocol
+
+// TargetsBucket is the JetStream key-value bucket holding every instance's
+// desired stack, keyed by instance id. An agent may read only its own key.
+const TargetsBucket = "targets"
+
+// TargetSubject is the subject a put of instance id's target is stored on;
+// the agent subscribes to it to hear of every new target as it is written.
+func TargetSubject(instanceID string) string { return "$KV." + TargetsBucket + "." + instanceID }
+
+// TargetGetSubject asks JetStream directly for the latest target of
+// instance id; the agent asks on every (re)connect, so it never misses the
+// newest one.
+func TargetGetSubject(instanceID string) string {
+	return "$JS.API.DIRECT.GET.KV_" + TargetsBucket + "." + TargetSubject(instanceID)
+}
+
+// Target is the stack an instance should run. Version rises with every new
+// target of an instance, so an agent that sees two values keeps the higher.
+type Target struct {
+	V          int    `json:"v"`
+	InstanceID string `json:"instance_id"`
+	Version    uint64 `json:"version"`
+	// Compose is the docker compose file.
+	Compose string `json:"compose"`
+	// Env is written as the stack's .env file.
+	Env map[string]string `json:"env,omitempty"`
+	// Files are extra files the stack needs, by path relative to the
+	// stack's directory.
+	Files map[string]string `json:"files,omitempty"`
+}
