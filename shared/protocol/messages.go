@@ -56,6 +56,8 @@ type Heartbeat struct {
 	Problems []string `json:"problems,omitempty"`
 	// Outbox counts what waits to be sent and what was dropped for room.
 	Outbox OutboxStats `json:"outbox"`
+	// Stack is the customer's stack as the Docker engine reports it.
+	Stack *StackStatus `json:"stack,omitempty"`
 }
 
 // OutboxStats describes an agent's spool of messages not yet delivered.

@@ -15,9 +15,9 @@ import (
 // It never goes down; a side that receives a higher version than it knows
 // keeps working with the fields it understands.
 //
-//	1: initial: enrollment, heartbeat, metrics, event, command request/reply,
-//	   target.
-const Version = 1
+//	1: initial: enrollment, heartbeat, metrics, event, command request/reply.
+//	2: targets in the KV bucket; the heartbeat carries the stack's status.
+const Version = 2
 
 // Subjects the control plane and the agents share. Everything an agent
 // publishes lives under AgentSubjects(id); everything it may receive is its

@@ -28,7 +28,11 @@ var samples = map[string]any{
 		Error: "enrollment refused"},
 	"heartbeat.json": &protocol.Heartbeat{V: protocol.Version, InstanceID: "i-0123456789abcdef", Seq: 42, At: at,
 		AgentVersion: "v0.1.0", Health: protocol.HealthDegraded, Problems: []string{"disk / is 93% full"},
-		Outbox: protocol.OutboxStats{Pending: 3, DroppedMetrics: 1}},
+		Outbox: protocol.OutboxStats{Pending: 3, DroppedMetrics: 1},
+		Stack: &protocol.StackStatus{AppliedVersion: 3, FailedVersion: 4, ComposeTool: "docker-compose",
+			Services: []protocol.ServiceState{
+				{Service: "crm", State: "running", Health: "healthy", RestartCount: 1, StartedAt: at},
+				{Service: "files", State: "exited"}}}},
 	"metrics.json": &protocol.Metrics{V: protocol.Version, InstanceID: "i-0123456789abcdef", At: at,
 		CPUPercent: 12.5, Load: protocol.Load{One: 0.5, Five: 0.25, Fifteen: 0.125},
 		Memory:  protocol.Memory{TotalBytes: 4 << 30, UsedBytes: 1 << 30, AvailableBytes: 3 << 30},

@@ -1,0 +1,117 @@
+// Package stack runs an instance's docker compose stack from its target:
+// it writes the target's files, brings the stack up, waits for it to turn
+// healthy, and rolls back to the last good version when it does not. It
+// touches only containers of its own compose project.
+package stack
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/stackpro/stackpro/shared/protocol"
+)
+
+// Errors that say why no stack can run on this host.
+var (
+	ErrNoDocker  = errors.New("docker engine not available")
+	ErrNoCompose = errors.New("docker compose not available (neither the compose plugin nor docker-compose)")
+)
+
+// Engine runs docker and compose commands.
+type Engine struct {
+	// compose is the command line prefix: docker compose, or docker-compose.
+	compose []string
+}
+
+// Detect finds the Docker engine and a compose tool, preferring the
+// compose v2 plugin over the docker-compose binary.
+func Detect(ctx context.Context) (*Engine, error) {
+	if _, err := exec.LookPath("docker"); err != nil {
+		return nil, fmt.Errorf("%w: no docker command", ErrNoDocker)
+	}
+	if out, err := run(ctx, "docker", "version", "--format", "{{.Server.Version}}"); err != nil {
+		return nil, fmt.Errorf("%w: %s", ErrNoDocker, reason(out, err))
+	}
+	if _, err := run(ctx, "docker", "compose", "version"); err == nil {
+		return &Engine{compose: []string{"docker", "compose"}}, nil
+	}
+	if _, err := exec.LookPath("docker-compose"); err == nil {
+		return &Engine{compose: []string{"docker-compose"}}, nil
+	}
+	return nil, ErrNoCompose
+}
+
+// ComposeTool names the compose command in use, for the agent's facts.
+func (e *Engine) ComposeTool() string { return strings.Join(e.compose, " ") }
+
+// Compose runs a compose command for project with the files of dir.
+func (e *Engine) Compose(ctx context.Context, project, dir string, args ...string) ([]byte, error) {
+	argv := append(append([]string{}, e.compose[1:]...), "-p", project, "--project-directory", dir,
+		"-f", dir+"/"+composeFile)
+	return run(ctx, e.compose[0], append(argv, args...)...)
+}
+
+// projectLabel is the label compose puts on every container of a project.
+const projectLabel = "com.docker.compose.project"
+
+// Services returns the state of every container of project, from the engine.
+func (e *Engine) Services(ctx context.Context, project string) ([]protocol.ServiceState, error) {
+	ids, err := run(ctx, "docker", "ps", "-aq", "--filter", "label="+projectLabel+"="+project)
+	if err != nil {
+		return nil, fmt.Errorf("stack: listing containers: %s", reason(ids, err))
+	}
+	fields := strings.Fields(string(ids))
+	if len(fields) == 0 {
+		return nil, nil
+	}
+	out, err := run(ctx, "docker", append([]string{"inspect"}, fields...)...)
+	if err != nil {
+		return nil, fmt.Errorf("stack: inspecting containers: %s", reason(out, err))
+	}
+	var containers []struct {
+		RestartCount int
+		State        struct {
+			Status    string
+			StartedAt time.Time
+			Health    *struct{ Status string }
+		}
+		Config struct{ Labels map[string]string }
+	}
+	if err := json.Unmarshal(out, &containers); err != nil {
+		return nil, fmt.Errorf("stack: decoding docker inspect: %w", err)
+	}
+	states := make([]protocol.ServiceState, 0, len(containers))
+	for _, c := range containers {
+		s := protocol.ServiceState{Service: c.Config.Labels["com.docker.compose.service"], State: c.State.Status,
+			RestartCount: c.RestartCount, StartedAt: c.State.StartedAt.UTC()}
+		if c.State.Health != nil {
+			s.Health = c.State.Health.Status
+		}
+		states = append(states, s)
+	}
+	return states, nil
+}
+
+func run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.Bytes(), err
+}
+
+// reason is why a command failed, in one line: its last line of output,
+// or the error when it printed nothing.
+func reason(out []byte, err error) string {
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if last := strings.TrimSpace(lines[len(lines)-1]); last != "" {
+		return last
+	}
+	return err.Error()
+}

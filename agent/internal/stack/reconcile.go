@@ -1,0 +1,251 @@
+package stack
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/renameio/v2"
+
+	"github.com/stackpro/stackpro/shared/protocol"
+)
+
+// Files the agent writes for every target version, in <dir>/v<version>/.
+const (
+	composeFile = "compose.yaml"
+	envFile     = ".env"
+	stateFile   = "state.json"
+)
+
+// Event types the reconciler reports.
+const (
+	EventApplied    = "stack.applied"
+	EventFailed     = "stack.failed"
+	EventRolledBack = "stack.rolled_back"
+)
+
+// Options configures a Reconciler.
+type Options struct {
+	Engine *Engine
+	// Dir keeps one directory per target version and the reconciler's state.
+	Dir string
+	// Project is the compose project name: the instance id.
+	Project string
+	// HealthTimeout is how long a new version has to turn healthy.
+	HealthTimeout time.Duration
+	// Emit reports an event.
+	Emit func(typ string, sev protocol.Severity, msg string, data map[string]string)
+	Log  *slog.Logger
+}
+
+// state survives agent restarts, so a restart neither re-applies a good
+// version (which would touch running containers) nor retries a failed one.
+type state struct {
+	Applied  uint64 `json:"applied"`
+	LastGood uint64 `json:"last_good"`
+	Failed   uint64 `json:"failed"`
+}
+
+// Reconciler converges the stack to its target, one target at a time.
+type Reconciler struct {
+	o  Options
+	mu sync.Mutex // serializes Apply; guards st
+	st state
+}
+
+// New loads the reconciler's state from o.Dir.
+func New(o Options) (*Reconciler, error) {
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("stack: %w", err)
+	}
+	r := &Reconciler{o: o}
+	raw, err := os.ReadFile(filepath.Join(o.Dir, stateFile))
+	if err == nil {
+		err = json.Unmarshal(raw, &r.st)
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("stack: reading state: %w", err)
+	}
+	return r, nil
+}
+
+func (r *Reconciler) save() error {
+	raw, _ := json.Marshal(r.st)
+	if err := renameio.WriteFile(filepath.Join(r.o.Dir, stateFile), raw, 0o600); err != nil {
+		return fmt.Errorf("stack: saving state: %w", err)
+	}
+	return nil
+}
+
+func (r *Reconciler) versionDir(v uint64) string {
+	return filepath.Join(r.o.Dir, "v"+strconv.FormatUint(v, 10))
+}
+
+// Apply converges to t. A version already applied, older than the applied
+// one, or that failed before is left alone: nothing restarts a running
+// stack for a target it already runs, and a failed version is not retried
+// in a loop. A new version that does not turn healthy within the timeout is
+// rolled back to the last good one.
+func (r *Reconciler) Apply(ctx context.Context, t protocol.Target) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if t.Version <= r.st.Applied || t.Version == r.st.Failed {
+		return nil
+	}
+	v := strconv.FormatUint(t.Version, 10)
+	dir := r.versionDir(t.Version)
+	err := writeTarget(dir, t)
+	if err == nil {
+		err = r.up(ctx, dir)
+	}
+	if err == nil {
+		err = r.waitHealthy(ctx)
+	}
+	if err == nil {
+		r.st.Applied, r.st.LastGood = t.Version, t.Version
+		r.o.Emit(EventApplied, protocol.SeverityInfo, "stack version "+v+" applied and healthy", map[string]string{"version": v})
+		r.prune()
+		return r.save()
+	}
+	if ctx.Err() != nil {
+		return ctx.Err() // the agent is stopping: try again on the next start
+	}
+	r.st.Failed = t.Version
+	r.o.Emit(EventFailed, protocol.SeverityError, "stack version "+v+" failed: "+err.Error(),
+		map[string]string{"version": v, "error": err.Error()})
+	if r.st.LastGood > 0 {
+		good := strconv.FormatUint(r.st.LastGood, 10)
+		rerr := r.up(ctx, r.versionDir(r.st.LastGood))
+		if rerr == nil {
+			rerr = r.waitHealthy(ctx)
+		}
+		if rerr != nil {
+			err = errors.Join(err, fmt.Errorf("rolling back to version %s: %w", good, rerr))
+		} else {
+			r.st.Applied = r.st.LastGood
+			r.o.Emit(EventRolledBack, protocol.SeverityWarning, "stack rolled back from version "+v+" to "+good,
+				map[string]string{"from": v, "to": good})
+		}
+	}
+	return errors.Join(err, r.save())
+}
+
+func (r *Reconciler) up(ctx context.Context, dir string) error {
+	out, err := r.o.Engine.Compose(ctx, r.o.Project, dir, "up", "-d", "--remove-orphans")
+	if err != nil {
+		return fmt.Errorf("compose up: %s", reason(out, err))
+	}
+	return nil
+}
+
+// waitHealthy polls the engine until every service runs and every
+// healthcheck passes. It gives up when the timeout ends, or at once when
+// the engine has given up on a service (its healthcheck ran out of retries,
+// or it exited and will not be restarted).
+func (r *Reconciler) waitHealthy(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, r.o.HealthTimeout)
+	defer cancel()
+	for {
+		services, err := r.o.Engine.Services(ctx, r.o.Project)
+		bad := unhealthy(services)
+		if err == nil && len(services) > 0 && len(bad) == 0 {
+			return nil
+		}
+		for _, s := range services {
+			if s.Health == "unhealthy" || s.State == "dead" {
+				return fmt.Errorf("%s is %s", s.Service, strings.TrimSpace(s.State+" "+s.Health))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if err != nil {
+				return err
+			}
+			return fmt.Errorf("not healthy after %s: %s", r.o.HealthTimeout, strings.Join(bad, ", "))
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// unhealthy lists the services that are not running, or failing their healthcheck.
+func unhealthy(services []protocol.ServiceState) []string {
+	var bad []string
+	for _, s := range services {
+		if s.State != "running" || (s.Health != "" && s.Health != "healthy") {
+			bad = append(bad, s.Service+" "+strings.TrimSpace(s.State+" "+s.Health))
+		}
+	}
+	return bad
+}
+
+// prune removes version directories other than the applied one.
+func (r *Reconciler) prune() {
+	dirs, _ := filepath.Glob(filepath.Join(r.o.Dir, "v*"))
+	for _, d := range dirs {
+		if d != r.versionDir(r.st.Applied) {
+			if err := os.RemoveAll(d); err != nil {
+				r.o.Log.Warn("pruning old stack version", "dir", d, "err", err)
+			}
+		}
+	}
+}
+
+// Status is the stack as it is now.
+func (r *Reconciler) Status(ctx context.Context) protocol.StackStatus {
+	r.mu.Lock()
+	st := protocol.StackStatus{AppliedVersion: r.st.Applied, FailedVersion: r.st.Failed, ComposeTool: r.o.Engine.ComposeTool()}
+	r.mu.Unlock()
+	services, err := r.o.Engine.Services(ctx, r.o.Project)
+	if err != nil {
+		st.Error = err.Error()
+	}
+	st.Services = services
+	return st
+}
+
+// writeTarget writes t's files into a fresh directory and moves it into
+// place at dir, so compose never reads half a target.
+func writeTarget(dir string, t protocol.Target) error {
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".tmp-")
+	if err != nil {
+		return fmt.Errorf("writing target: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	var env strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(t.Env)) {
+		fmt.Fprintf(&env, "%s=%s\n", k, t.Env[k])
+	}
+	files := map[string]string{composeFile: t.Compose, envFile: env.String()}
+	for path, content := range t.Files {
+		if _, reserved := files[path]; reserved || !filepath.IsLocal(path) {
+			return fmt.Errorf("writing target: refusing file path %q", path)
+		}
+		files[path] = content
+	}
+	for path, content := range files {
+		full := filepath.Join(tmp, path)
+		if err := os.MkdirAll(filepath.Dir(full), 0o700); err != nil {
+			return fmt.Errorf("writing target: %w", err)
+		}
+		if err := os.WriteFile(full, []byte(content), 0o600); err != nil {
+			return fmt.Errorf("writing target: %w", err)
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("writing target: %w", err)
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		return fmt.Errorf("writing target: %w", err)
+	}
+	return nil
+}
