@@ -15,6 +15,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/stackpro/stackpro/agent/internal/link"
 	"github.com/stackpro/stackpro/agent/internal/outbox"
+	"github.com/stackpro/stackpro/agent/internal/stack"
 	"github.com/stackpro/stackpro/agent/internal/telemetry"
 	"github.com/stackpro/stackpro/shared/buildinfo"
 	"github.com/stackpro/stackpro/shared/protocol"
@@ -64,6 +66,11 @@ type Agent struct {
 	problems chan []string
 	// restored carries how long the link was down each time it comes back.
 	restored chan time.Duration
+	// refetch asks the target watcher for the latest target.
+	refetch chan struct{}
+	// stack runs the customer's stack; nil when this host cannot (stackErr says why).
+	stack    *stack.Reconciler
+	stackErr string
 }
 
 // Run enrolls if needed, connects and reports until ctx ends. Losing the
@@ -90,7 +97,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}
 	a := &Agent{cfg: cfg, log: log, box: box, sampler: telemetry.NewSampler("/proc"), started: time.Now(),
-		problems: make(chan []string, 1), restored: make(chan time.Duration, 1)}
+		problems: make(chan []string, 1), restored: make(chan time.Duration, 1), refetch: make(chan struct{}, 1)}
+	if engine, err := stack.Detect(ctx); err != nil {
+		a.stackErr = err.Error()
+		log.Error("the stack cannot run on this host", "err", err)
+	} else if a.stack, err = stack.New(stack.Options{Engine: engine, Dir: filepath.Join(cfg.StateDir, "stack"),
+		Project: cfg.InstanceID, HealthTimeout: cfg.HealthTimeout, Emit: a.emit, Log: log}); err != nil {
+		return err
+	}
 	a.nc, err = link.Connect(lo, id, link.Handlers{Reconnected: func(down time.Duration) {
 		select {
 		case a.restored <- down:
@@ -114,6 +128,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { return a.metrics(gctx) })
 	g.Go(func() error { return a.serveCommands(gctx) })
 	g.Go(func() error { return a.watchLink(gctx) })
+	if a.stack != nil {
+		g.Go(func() error { return a.watchTargets(gctx, a.stack) })
+	}
 	err = g.Wait()
 	if derr := a.nc.Drain(); derr != nil && !errors.Is(derr, nats.ErrConnectionClosed) {
 		log.Warn("draining link", "err", derr)
@@ -125,7 +142,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return err
 }
 
-// watchLink reports each restored link as an event, which also wakes the flusher.
+// watchLink reports each restored link as an event, which also wakes the
+// flusher, and has the target watcher ask for the latest target.
 func (a *Agent) watchLink(ctx context.Context) error {
 	for {
 		select {
@@ -134,6 +152,10 @@ func (a *Agent) watchLink(ctx context.Context) error {
 		case down := <-a.restored:
 			_ = a.rep.Emit(protocol.EventLinkRestored, protocol.SeverityInfo, "link to the control plane restored",
 				map[string]string{"down_for": down.Round(time.Second).String()})
+			select {
+			case a.refetch <- struct{}{}:
+			default:
+			}
 		}
 	}
 }
@@ -169,10 +191,12 @@ func (a *Agent) heartbeats(ctx context.Context) error {
 		}
 		seq++
 		pending, dropped := a.box.Stats()
+		st := a.stackStatus(ctx)
 		hb := protocol.Heartbeat{V: protocol.Version, InstanceID: a.cfg.InstanceID, Seq: seq, At: time.Now().UTC(),
-			AgentVersion: buildinfo.Version, Health: protocol.HealthOK, Problems: problems,
-			Outbox: protocol.OutboxStats{Pending: pending, DroppedMetrics: dropped}}
-		if len(problems) > 0 {
+			AgentVersion: buildinfo.Version, Health: protocol.HealthOK,
+			Problems: append(slices.Clone(problems), stack.Problems(st)...),
+			Outbox:   protocol.OutboxStats{Pending: pending, DroppedMetrics: dropped}, Stack: &st}
+		if len(hb.Problems) > 0 {
 			hb.Health = protocol.HealthDegraded
 		}
 		data, _ := json.Marshal(hb)
@@ -180,6 +204,21 @@ func (a *Agent) heartbeats(ctx context.Context) error {
 			a.log.Debug("heartbeat not sent", "err", err)
 		}
 	})
+}
+
+// stackStatus is the stack as the engine reports it, or why there is none.
+func (a *Agent) stackStatus(ctx context.Context) protocol.StackStatus {
+	if a.stack == nil {
+		return protocol.StackStatus{Error: a.stackErr}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return a.stack.Status(ctx)
+}
+
+// emit reports an event; a failure to spool it is logged by the reporter.
+func (a *Agent) emit(typ string, sev protocol.Severity, msg string, data map[string]string) {
+	_ = a.rep.Emit(typ, sev, msg, data)
 }
 
 // diskFullPercent is the share of a disk in use past which the instance

@@ -26,6 +26,7 @@ func defaults() Config {
 		StateDir:          "/var/lib/stackpro",
 		HeartbeatInterval: 10 * time.Second,
 		MetricsInterval:   30 * time.Second,
+		HealthTimeout:     2 * time.Minute,
 		LogLevel:          "info",
 	}}
 }
@@ -60,6 +61,7 @@ func (c *Config) applyEnv(environ []string) error {
 	durations := map[string]*time.Duration{
 		"STACKPRO_AGENT_HEARTBEAT_INTERVAL": &c.HeartbeatInterval,
 		"STACKPRO_AGENT_METRICS_INTERVAL":   &c.MetricsInterval,
+		"STACKPRO_AGENT_HEALTH_TIMEOUT":     &c.HealthTimeout,
 	}
 	var errs []error
 	for _, kv := range environ {
@@ -99,6 +101,9 @@ func (c Config) Validate() error {
 	}
 	if c.MetricsInterval <= 0 {
 		errs = append(errs, fmt.Errorf("metrics_interval must be positive, got %s", c.MetricsInterval))
+	}
+	if c.HealthTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("health_timeout must be positive, got %s", c.HealthTimeout))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -53,7 +53,7 @@ func TestLoadConfig(t *testing.T) {
 			content: minimalBootstrap,
 			want: protocol.Bootstrap{InstanceID: "i-0abc123", NATSURL: "nats://127.0.0.1:4222",
 				EnrollmentToken: "tok-123", StateDir: "/var/lib/stackpro",
-				HeartbeatInterval: 10 * time.Second, MetricsInterval: 30 * time.Second, LogLevel: "info"},
+				HeartbeatInterval: 10 * time.Second, MetricsInterval: 30 * time.Second, HealthTimeout: 2 * time.Minute, LogLevel: "info"},
 		},
 		{
 			name: "the file overrides defaults",
@@ -65,7 +65,7 @@ log_level: debug
 `,
 			want: protocol.Bootstrap{InstanceID: "i-0abc123", NATSURL: "nats://127.0.0.1:4222",
 				EnrollmentToken: "tok-123", StateDir: "/tmp/agent",
-				HeartbeatInterval: 2 * time.Second, MetricsInterval: time.Minute, LogLevel: "debug"},
+				HeartbeatInterval: 2 * time.Second, MetricsInterval: time.Minute, HealthTimeout: 2 * time.Minute, LogLevel: "debug"},
 		},
 		{
 			name:    "the environment overrides the file",
@@ -83,7 +83,7 @@ log_level: debug
 			},
 			want: protocol.Bootstrap{InstanceID: "i-from-env", NATSURL: "tls://nats.example.com:4222",
 				EnrollmentToken: "tok-env", StateDir: "/srv/agent",
-				HeartbeatInterval: 5 * time.Second, MetricsInterval: 15 * time.Second, LogLevel: "warn"},
+				HeartbeatInterval: 5 * time.Second, MetricsInterval: 15 * time.Second, HealthTimeout: 2 * time.Minute, LogLevel: "warn"},
 		},
 	}
 	for _, tt := range tests {

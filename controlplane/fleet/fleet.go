@@ -47,7 +47,9 @@ type Instance struct {
 	AgentVersion string          `json:"agent_version,omitempty"`
 	Health       protocol.Health `json:"health,omitempty"`
 	Problems     []string        `json:"problems,omitempty"`
-	Status       Status          `json:"status"`
+	// Stack is the customer's stack as the agent last reported it.
+	Stack  *protocol.StackStatus `json:"stack,omitempty"`
+	Status Status                `json:"status"`
 }
 
 // Thresholds set when silence turns an instance stale, then offline.
@@ -133,7 +135,7 @@ func (t *Tracker) update(id string, fn func(*Instance)) bool {
 func (t *Tracker) Heartbeat(hb protocol.Heartbeat, now time.Time) bool {
 	return t.update(hb.InstanceID, func(inst *Instance) {
 		inst.LastSeen, inst.Connected = now, true
-		inst.AgentVersion, inst.Health, inst.Problems = hb.AgentVersion, hb.Health, hb.Problems
+		inst.AgentVersion, inst.Health, inst.Problems, inst.Stack = hb.AgentVersion, hb.Health, hb.Problems, hb.Stack
 	})
 }
 

@@ -15,5 +15,8 @@ type Bootstrap struct {
 	StateDir          string        `yaml:"state_dir,omitempty"`
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval,omitempty"`
 	MetricsInterval   time.Duration `yaml:"metrics_interval,omitempty"`
+	// HealthTimeout is how long a new stack version has to turn healthy
+	// before it is rolled back.
+	HealthTimeout time.Duration `yaml:"health_timeout,omitempty"`
 	LogLevel          string        `yaml:"log_level,omitempty"`
 }

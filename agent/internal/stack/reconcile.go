@@ -177,6 +177,18 @@ func (r *Reconciler) waitHealthy(ctx context.Context) error {
 	}
 }
 
+// Problems lists what an operator should know about st, for the heartbeat.
+func Problems(st protocol.StackStatus) []string {
+	var out []string
+	if st.Error != "" {
+		out = append(out, "stack: "+st.Error)
+	}
+	for _, s := range unhealthy(st.Services) {
+		out = append(out, "service "+s)
+	}
+	return out
+}
+
 // unhealthy lists the services that are not running, or failing their healthcheck.
 func unhealthy(services []protocol.ServiceState) []string {
 	var bad []string
