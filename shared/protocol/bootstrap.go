@@ -18,5 +18,5 @@ type Bootstrap struct {
 	// HealthTimeout is how long a new stack version has to turn healthy
 	// before it is rolled back.
 	HealthTimeout time.Duration `yaml:"health_timeout,omitempty"`
-	LogLevel          string        `yaml:"log_level,omitempty"`
+	LogLevel      string        `yaml:"log_level,omitempty"`
 }
