@@ -130,6 +130,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { return a.watchLink(gctx) })
 	if a.stack != nil {
 		g.Go(func() error { return a.watchTargets(gctx, a.stack) })
+		g.Go(func() error { return a.stack.WatchContainers(gctx) })
 	}
 	err = g.Wait()
 	if derr := a.nc.Drain(); derr != nil && !errors.Is(derr, nats.ErrConnectionClosed) {

@@ -115,3 +115,41 @@ func reason(out []byte, err error) string {
 	}
 	return err.Error()
 }
+
+// Event is a change the engine reports for a container of the project.
+type Event struct {
+	Service string
+	// Action is die, start or health_status: healthy/unhealthy.
+	Action   string
+	ExitCode string
+}
+
+// Events streams the engine's container events for project to fn until
+// ctx ends or the stream breaks.
+func (e *Engine) Events(ctx context.Context, project string, fn func(Event)) error {
+	cmd := exec.CommandContext(ctx, "docker", "events", "--format", "{{json .}}",
+		"--filter", "type=container", "--filter", "label="+projectLabel+"="+project)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return fmt.Errorf("stack: docker events: %w", err)
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("stack: docker events: %w", err)
+	}
+	dec := json.NewDecoder(stdout)
+	for {
+		var ev struct {
+			Action string
+			Actor  struct{ Attributes map[string]string }
+		}
+		if err := dec.Decode(&ev); err != nil {
+			_ = cmd.Wait()
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("stack: docker events: %w", err)
+		}
+		fn(Event{Service: ev.Actor.Attributes["com.docker.compose.service"], Action: ev.Action,
+			ExitCode: ev.Actor.Attributes["exitCode"]})
+	}
+}

@@ -32,6 +32,9 @@ const (
 	EventApplied    = "stack.applied"
 	EventFailed     = "stack.failed"
 	EventRolledBack = "stack.rolled_back"
+	EventDied       = "stack.container_died"
+	EventRestarted  = "stack.container_restarted"
+	EventUnhealthy  = "stack.service_unhealthy"
 )
 
 // Options configures a Reconciler.
@@ -258,6 +261,38 @@ func writeTarget(dir string, t protocol.Target) error {
 	}
 	if err := os.Rename(tmp, dir); err != nil {
 		return fmt.Errorf("writing target: %w", err)
+	}
+	return nil
+}
+
+// WatchContainers reports every container of the stack that dies, comes
+// back, or turns unhealthy, until ctx ends. If the engine's event stream
+// breaks (the daemon restarted), it is opened again.
+func (r *Reconciler) WatchContainers(ctx context.Context) error {
+	died := map[string]bool{}
+	for ctx.Err() == nil {
+		err := r.o.Engine.Events(ctx, r.o.Project, func(ev Event) {
+			switch {
+			case ev.Action == "die":
+				died[ev.Service] = true
+				r.o.Emit(EventDied, protocol.SeverityWarning, "service "+ev.Service+" exited with code "+ev.ExitCode,
+					map[string]string{"service": ev.Service, "exit_code": ev.ExitCode})
+			case ev.Action == "start" && died[ev.Service]:
+				delete(died, ev.Service)
+				r.o.Emit(EventRestarted, protocol.SeverityInfo, "service "+ev.Service+" is running again",
+					map[string]string{"service": ev.Service})
+			case ev.Action == "health_status: unhealthy":
+				r.o.Emit(EventUnhealthy, protocol.SeverityWarning, "service "+ev.Service+" turned unhealthy",
+					map[string]string{"service": ev.Service})
+			}
+		})
+		if err != nil {
+			r.o.Log.Warn("container events interrupted", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(5 * time.Second):
+		}
 	}
 	return nil
 }

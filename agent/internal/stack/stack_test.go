@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -37,33 +38,19 @@ var (
 	imageErr  error
 )
 
-// demoImage builds the stand-in service FROM scratch (no registry is
-// reachable) once per test binary and returns its tag.
+// demoImage builds the stand-in service's image FROM scratch (no registry
+// is reachable) once per test binary, with the script make run uses, and
+// returns its tag.
 func demoImage(t *testing.T) string {
 	t.Helper()
 	imageOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "stackpro-demo-image-")
+		tag := "stackpro-test/demo:" + randomSuffix()
+		out, err := exec.Command("bash", filepath.Join("..", "..", "..", "deploy", "stacks", "build-images.sh"), tag).CombinedOutput()
 		if err != nil {
-			imageErr = err
+			imageErr = fmt.Errorf("%v\n%s", err, out)
 			return
 		}
-		defer os.RemoveAll(dir)
-		build := exec.Command("go", "build", "-o", filepath.Join(dir, "demo"), "./deploy/stacks/demo")
-		build.Dir, build.Env = filepath.Join("..", "..", ".."), append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := build.CombinedOutput(); err != nil {
-			imageErr = err
-			t.Logf("%s", out)
-			return
-		}
-		dockerfile := "FROM scratch\nCOPY demo /demo\nENTRYPOINT [\"/demo\"]\n"
-		if imageErr = os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(dockerfile), 0o600); imageErr != nil {
-			return
-		}
-		image = "stackpro-test-demo:" + randomSuffix()
-		if out, err := exec.Command("docker", "build", "-q", "-t", image, dir).CombinedOutput(); err != nil {
-			imageErr = err
-			t.Logf("%s", out)
-		}
+		image = tag
 	})
 	if imageErr != nil {
 		t.Fatalf("building the demo image: %v", imageErr)
@@ -211,6 +198,62 @@ func TestStackLifecycle(t *testing.T) {
 
 	if out, err := exec.Command("docker", "inspect", "-f", "{{.State.Running}}", foreign).CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "true" {
 		t.Errorf("the foreign container was touched: %s %v", out, err)
+	}
+
+	// A killed container is reported, and comes back by its restart policy.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	watched := &recorder{}
+	watcher := newReconciler(t, e, dir, project, watched)
+	go func() { _ = watcher.WatchContainers(ctx) }()
+	before := startTimes(t, r2)["crm"]
+	waitFor(t, "the event stream to open", func() bool {
+		// docker events only reports what happens after it started: poke
+		// until the watcher sees something.
+		return eventsStreamUp(t, project)
+	})
+	// Kill the process itself, as a crash would: docker kill counts as an
+	// operator's stop, which a restart policy respects.
+	// Found by label: compose v1 and v2 name containers differently.
+	id, err := exec.Command("docker", "ps", "-q", "--filter", "label=com.docker.compose.project="+project,
+		"--filter", "label=com.docker.compose.service=crm").Output()
+	if err != nil || len(strings.Fields(string(id))) != 1 {
+		t.Fatalf("finding crm's container: %q %v", id, err)
+	}
+	pid, err := exec.Command("docker", "inspect", "-f", "{{.State.Pid}}", strings.TrimSpace(string(id))).Output()
+	if err != nil {
+		t.Fatalf("docker inspect: %v", err)
+	}
+	if out, err := exec.Command("kill", "-KILL", strings.TrimSpace(string(pid))).CombinedOutput(); err != nil {
+		t.Fatalf("kill: %v\n%s", err, out)
+	}
+	waitFor(t, "crm to die and come back", func() bool {
+		got := strings.Join(watched.got(), ",")
+		return strings.Contains(got, EventDied) && strings.Contains(got, EventRestarted)
+	})
+	waitFor(t, "crm running again", func() bool {
+		after, ok := startTimes(t, r2)["crm"]
+		return ok && after.After(before)
+	})
+}
+
+// eventsStreamUp reports whether a docker events stream for project is open
+// (the watcher's command shows in the process list).
+func eventsStreamUp(t *testing.T, project string) bool {
+	t.Helper()
+	out, _ := exec.Command("pgrep", "-f", "docker events .*"+project).Output()
+	return len(strings.TrimSpace(string(out))) > 0
+}
+
+// waitFor polls cond until it holds, failing after a generous deadline.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

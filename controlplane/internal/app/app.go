@@ -163,7 +163,7 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		return err
 	}
 	prov := provision.New(provision.Options{Provider: localProvider, Store: st, Tracker: tracker, Broker: brk, Targets: tgts,
-		NATSURL: cfg.NATSURL(), TokenTTL: cfg.Enrollment.TokenTTL,
+		NATSURL: cfg.NATSURL(), TokenTTL: cfg.Enrollment.TokenTTL, Plan: cfg.Stacks.Plan, StackImage: cfg.Stacks.Image,
 		HeartbeatInterval: cfg.Fleet.HeartbeatInterval, MetricsInterval: cfg.Fleet.MetricsInterval, Log: log})
 
 	var localIDs []string

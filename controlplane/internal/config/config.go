@@ -37,6 +37,15 @@ type Config struct {
 	Fleet         Fleet      `yaml:"fleet"`
 	Enrollment    Enrollment `yaml:"enrollment"`
 	Local         Local      `yaml:"local"`
+	Stacks        Stacks     `yaml:"stacks"`
+}
+
+// Stacks configures the stack new instances start with.
+type Stacks struct {
+	// Plan names the template under deploy/stacks/ (starter).
+	Plan string `yaml:"plan"`
+	// Image is the image of the stand-in services; make run builds it.
+	Image string `yaml:"image"`
 }
 
 // Log configures the control plane's log/slog output.
@@ -94,6 +103,7 @@ func Default() Config {
 			OfflineAfter:      2 * time.Minute,
 		},
 		Enrollment: Enrollment{TokenTTL: 30 * time.Minute},
+		Stacks:     Stacks{Plan: "starter", Image: "stackpro/demo:dev"},
 	}
 }
 
@@ -224,6 +234,9 @@ func (c Config) Validate() error {
 	}
 	if u := c.NATS.AdvertiseURL; u != "" && !strings.HasPrefix(u, "nats://") && !strings.HasPrefix(u, "tls://") {
 		errs = append(errs, fmt.Errorf("nats.advertise_url must start with nats:// or tls://, got %q", u))
+	}
+	if c.Stacks.Plan == "" || c.Stacks.Image == "" {
+		errs = append(errs, errors.New("stacks.plan and stacks.image are required"))
 	}
 	f := c.Fleet
 	for _, p := range []struct {

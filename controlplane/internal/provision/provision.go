@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/internal/targets"
+	"github.com/stackpro/stackpro/deploy/stacks"
+	"github.com/stackpro/stackpro/shared/protocol"
 )
 
 // LaunchSpec is what a provider needs to start an instance whose agent can enroll.
@@ -40,8 +43,9 @@ type Store interface {
 	DeleteInstance(id string) error
 }
 
-// Targets forgets what an instance should run.
+// Targets keeps what each instance should run.
 type Targets interface {
+	Set(ctx context.Context, instanceID string, spec targets.Spec) (protocol.Target, error)
 	Delete(ctx context.Context, instanceID string) error
 }
 
@@ -59,6 +63,9 @@ type Options struct {
 	Targets  Targets
 	NATSURL  string
 	TokenTTL time.Duration
+	// Plan names the stack template new instances start with, and
+	// StackImage the image its services run.
+	Plan, StackImage string
 	// Intervals the agents are told to report at.
 	HeartbeatInterval, MetricsInterval time.Duration
 	Log                                *slog.Logger
@@ -92,6 +99,9 @@ func (s *Service) Launch(ctx context.Context) (fleet.Instance, error) {
 	}
 	token, err := s.o.Store.MintToken(inst.ID, s.o.TokenTTL, now)
 	if err == nil {
+		err = s.setInitialTarget(ctx, inst.ID)
+	}
+	if err == nil {
 		s.o.Tracker.Put(inst)
 		err = s.o.Provider.Launch(ctx, LaunchSpec{
 			InstanceID: inst.ID, EnrollmentToken: token, NATSURL: s.o.NATSURL,
@@ -100,13 +110,22 @@ func (s *Service) Launch(ctx context.Context) (fleet.Instance, error) {
 	}
 	if err != nil {
 		s.o.Tracker.Remove(inst.ID)
-		if derr := s.o.Store.DeleteInstance(inst.ID); derr != nil {
-			err = errors.Join(err, derr)
-		}
+		err = errors.Join(err, s.o.Targets.Delete(ctx, inst.ID), s.o.Store.DeleteInstance(inst.ID))
 		return fleet.Instance{}, fmt.Errorf("provision: launching %s: %w", inst.ID, err)
 	}
 	s.log.Info("instance launched", "instance", inst.ID)
 	return inst, nil
+}
+
+// setInitialTarget renders the plan's stack template for instance id and
+// makes it the instance's first target.
+func (s *Service) setInitialTarget(ctx context.Context, id string) error {
+	compose, err := stacks.Render(s.o.Plan, stacks.Params{InstanceID: id, Subdomain: id, Image: s.o.StackImage})
+	if err != nil {
+		return err
+	}
+	_, err = s.o.Targets.Set(ctx, id, targets.Spec{Compose: compose})
+	return err
 }
 
 // Terminate stops instance id, revokes its credentials and forgets it.

@@ -6,12 +6,14 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/provision"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/controlplane/internal/targets"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -32,7 +34,19 @@ func (p *provider) Terminate(_ context.Context, id string) error {
 	return p.fail
 }
 
-type revoker struct{ revoked, targetsDeleted []string }
+// revoker stands in for the broker and the targets store.
+type revoker struct {
+	revoked, targetsDeleted []string
+	targets                 map[string]targets.Spec
+}
+
+func (r *revoker) Set(_ context.Context, id string, spec targets.Spec) (protocol.Target, error) {
+	if r.targets == nil {
+		r.targets = map[string]targets.Spec{}
+	}
+	r.targets[id] = spec
+	return protocol.Target{InstanceID: id, Version: 1, Compose: spec.Compose}, nil
+}
 
 func (r *revoker) Revoke(id string) { r.revoked = append(r.revoked, id) }
 
@@ -51,14 +65,14 @@ func setup(t *testing.T, p *provider) (*provision.Service, *store.Store, *fleet.
 	tracker := fleet.NewTracker(fleet.Thresholds{StaleAfter: time.Minute, OfflineAfter: time.Hour}, nil)
 	r := &revoker{}
 	svc := provision.New(provision.Options{Provider: p, Store: st, Tracker: tracker, Broker: r, Targets: r,
-		NATSURL: "nats://127.0.0.1:4222", TokenTTL: time.Hour, HeartbeatInterval: time.Second, MetricsInterval: time.Second,
+		NATSURL: "nats://127.0.0.1:4222", TokenTTL: time.Hour, Plan: "starter", StackImage: "stackpro/demo:test", HeartbeatInterval: time.Second, MetricsInterval: time.Second,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	return svc, st, tracker, r
 }
 
 func TestLaunch(t *testing.T) {
 	p := &provider{}
-	svc, st, tracker, _ := setup(t, p)
+	svc, st, tracker, r := setup(t, p)
 	inst, err := svc.Launch(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -72,6 +86,10 @@ func TestLaunch(t *testing.T) {
 	if got, _ := tracker.Get(inst.ID, time.Now()); got.Status != fleet.StatusProvisioning {
 		t.Errorf("status = %s, want provisioning", got.Status)
 	}
+	// The instance starts with its plan's stack.
+	if spec, ok := r.targets[inst.ID]; !ok || !strings.Contains(spec.Compose, "stackpro/demo:test") || spec.Validate() != nil {
+		t.Errorf("initial target = %+v, want the starter stack", spec)
+	}
 	// The token handed to the provider is the one the store will redeem.
 	if err := st.RedeemToken(inst.ID, p.launched[0].EnrollmentToken, "UKEY", time.Now()); err != nil {
 		t.Errorf("redeeming the launched token: %v", err)
@@ -81,9 +99,12 @@ func TestLaunch(t *testing.T) {
 // A failed launch leaves no instance behind, in the store or the tracker.
 func TestLaunchFailureCompensates(t *testing.T) {
 	p := &provider{fail: errors.New("no capacity")}
-	svc, st, tracker, _ := setup(t, p)
+	svc, st, tracker, r := setup(t, p)
 	if _, err := svc.Launch(context.Background()); err == nil {
 		t.Fatal("Launch succeeded, want the provider's error")
+	}
+	if len(r.targetsDeleted) != 1 {
+		t.Errorf("the failed instance's target was not removed: %v", r.targetsDeleted)
 	}
 	if insts, _ := st.Instances(); len(insts) != 0 {
 		t.Errorf("store keeps %+v after a failed launch", insts)
