@@ -13,7 +13,7 @@ STATICCHECK_VERSION := v0.8.2
 # Flags for `make run`; override like `make run RUN_FLAGS="--demo-instances 3"`.
 RUN_FLAGS ?=
 
-.PHONY: help build test lint run bench clean
+.PHONY: help build images test lint run bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -21,6 +21,10 @@ help: ## list the targets
 build: ## build static binaries into bin/
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/stackpro-controlplane ./controlplane/cmd/stackpro-controlplane
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/stackpro-agent ./agent/cmd/stackpro-agent
+
+images: ## build the starter stack's image FROM scratch (no registry needed), when Docker is here
+	@if docker version >/dev/null 2>&1; then deploy/stacks/build-images.sh stackpro/demo:dev; \
+	else echo "no Docker engine: instances will report 'docker engine not available'"; fi
 
 test: ## run every test with the race detector
 	$(GO) test -race -count=1 -timeout 12m ./...
@@ -33,7 +37,7 @@ lint: $(BIN)/staticcheck ## go vet, gofmt and staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(BIN)/staticcheck ./...
 
-run: build ## run the embedded default: control plane, NATS, one local instance, data in ./data
+run: build images ## run the embedded default: control plane, NATS, one local instance, data in ./data
 	$(BIN)/stackpro-controlplane dev --data ./data --http 127.0.0.1:8080 --nats 127.0.0.1:4222 $(RUN_FLAGS)
 
 bench: ## run the benchmarks (see BENCHMARKS.md)

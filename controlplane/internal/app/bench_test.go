@@ -34,9 +34,10 @@ func BenchmarkAgentIdle(b *testing.B) {
 		sizes[name+"-MiB"] = float64(info.Size()) / (1 << 20)
 	}
 	data := filepath.Join(dir, "data")
-	b.Cleanup(func() { killAgents(b, data) })
+	b.Cleanup(func() { destroyInstances(b, data) })
 	cmd := exec.Command(filepath.Join(dir, "stackpro-controlplane"), "dev", "--data", data,
 		"--http", freeAddr(b), "--nats", freeAddr(b), "--demo-instances", "1")
+	cmd.Env = append(os.Environ(), "STACKPRO_STACKS_IMAGE="+demoImage(b))
 	out := &output{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {

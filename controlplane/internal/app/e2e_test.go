@@ -2,9 +2,13 @@ package app_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -18,6 +22,7 @@ import (
 	"time"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/internal/provision/local"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -56,10 +61,45 @@ func binaries(t testing.TB) string {
 	return binDir
 }
 
+var (
+	imageOnce  sync.Once
+	stackImage string
+	imageErr   error
+)
+
+// demoImage builds the starter stack's image with the script make run
+// uses, once, under a tag of the test's own. The instances' stacks need
+// the Docker engine: without one the test skips, but fails under CI=true.
+func demoImage(t testing.TB) string {
+	t.Helper()
+	if err := exec.Command("docker", "version").Run(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true and the Docker engine does not answer: %v", err)
+		}
+		t.Skipf("no Docker engine here: %v", err)
+	}
+	imageOnce.Do(func() {
+		tag := fmt.Sprintf("stackpro-test/demo:%d", time.Now().UnixNano())
+		out, err := exec.Command("bash", filepath.Join("..", "..", "..", "deploy", "stacks", "build-images.sh"), tag).CombinedOutput()
+		if err != nil {
+			imageErr = fmt.Errorf("build-images.sh: %v\n%s", err, out)
+			return
+		}
+		stackImage = tag
+	})
+	if imageErr != nil {
+		t.Fatal(imageErr)
+	}
+	return stackImage
+}
+
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)
+	}
+	if stackImage != "" {
+		_ = exec.Command("docker", "rmi", "-f", stackImage).Run()
 	}
 	os.Exit(code)
 }
@@ -116,7 +156,7 @@ func startControlPlane(t testing.TB, data, httpAddr, natsAddr string, demo int) 
 	cp := &controlPlane{t: t, out: &output{}, data: data, httpAddr: httpAddr, natsAddr: natsAddr, exited: make(chan error, 1)}
 	cp.cmd = exec.Command(filepath.Join(binaries(t), "stackpro-controlplane"), "dev", "--data", data,
 		"--http", httpAddr, "--nats", natsAddr, "--demo-instances", strconv.Itoa(demo))
-	cp.cmd.Env = append(os.Environ(), fastFleet...)
+	cp.cmd.Env = append(append(os.Environ(), fastFleet...), "STACKPRO_STACKS_IMAGE="+demoImage(t))
 	cp.cmd.Stdout, cp.cmd.Stderr = cp.out, cp.out
 	if err := cp.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -231,18 +271,18 @@ func agentPID(t testing.TB, data, id string) int {
 	return pid
 }
 
-// killAgents stops every agent a test launched: they are detached and
-// would outlive the test.
-func killAgents(t testing.TB, data string) {
+// destroyInstances terminates every instance a test launched, as the
+// local provider does: agents and stacks would outlive the test otherwise.
+func destroyInstances(t testing.TB, data string) {
 	t.Helper()
-	dirs, _ := filepath.Glob(filepath.Join(data, "instances", "*"))
+	p, err := local.New(filepath.Join(data, "instances"), "", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirs, _ := filepath.Glob(filepath.Join(data, "instances", "i-*"))
 	for _, dir := range dirs {
-		raw, err := os.ReadFile(filepath.Join(dir, "agent.pid"))
-		if err != nil {
-			continue
-		}
-		if pid, err := strconv.Atoi(strings.TrimSpace(string(raw))); err == nil {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
+		if err := p.Terminate(context.Background(), filepath.Base(dir)); err != nil {
+			t.Errorf("cleaning up %s: %v", dir, err)
 		}
 	}
 }
@@ -271,7 +311,7 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 func TestFleetEndToEnd(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "data")
 	httpAddr, natsAddr := freeAddr(t), freeAddr(t)
-	t.Cleanup(func() { killAgents(t, data) })
+	t.Cleanup(func() { destroyInstances(t, data) })
 	cp := startControlPlane(t, data, httpAddr, natsAddr, 3)
 
 	// Without a token the API answers 401.
@@ -285,15 +325,19 @@ func TestFleetEndToEnd(t *testing.T) {
 	}
 
 	var insts []fleet.Instance
-	waitFor(t, "3 instances online and heartbeating", func() bool {
+	waitFor(t, "3 instances online, each running its starter stack", func() bool {
 		insts = cp.instances()
 		for _, inst := range insts {
-			if inst.AgentVersion == "" { // set by the first heartbeat
+			if !stackHealthy(inst, 1) {
 				return false
 			}
 		}
 		return len(insts) == 3 && countStatus(insts, fleet.StatusOnline) == 3
 	})
+	started := map[string]map[string]time.Time{} // instance → service → start time
+	for _, inst := range insts {
+		started[inst.ID] = serviceStarts(inst)
+	}
 	enrolledAt := map[string]time.Time{}
 	for _, inst := range insts {
 		enrolledAt[inst.ID] = inst.EnrolledAt
@@ -346,7 +390,7 @@ func TestFleetEndToEnd(t *testing.T) {
 		t.Errorf("no clean shutdown in the log")
 	}
 	cp2 := startControlPlane(t, data, httpAddr, natsAddr, 3)
-	waitFor(t, "2 instances online after the restart", func() bool {
+	waitFor(t, "2 instances online after the restart, the killed one's stack still reported", func() bool {
 		insts = cp2.instances()
 		return countStatus(insts, fleet.StatusOnline) == 2
 	})
@@ -354,6 +398,10 @@ func TestFleetEndToEnd(t *testing.T) {
 		t.Fatalf("after restart: %d instances, want the same 3: %+v", len(insts), insts)
 	}
 	for _, inst := range insts {
+		// Neither the agent nor the control plane restarted a container.
+		if got := serviceStarts(inst); len(got) != 2 || !maps.EqualFunc(got, started[inst.ID], time.Time.Equal) {
+			t.Errorf("%s: service start times %v after the restart, were %v", inst.ID, got, started[inst.ID])
+		}
 		at, ok := enrolledAt[inst.ID]
 		if !ok {
 			t.Errorf("new instance %s after restart", inst.ID)
@@ -369,19 +417,39 @@ func TestFleetEndToEnd(t *testing.T) {
 		t.Errorf("an agent enrolled again after the restart")
 	}
 
-	t.Run("targets", func(t *testing.T) { testTargets(t, cp2, insts[0].ID) })
+	var online []string
+	for _, inst := range insts {
+		if inst.ID != killed {
+			online = append(online, inst.ID)
+		}
+	}
+
+	// Restart an agent: it comes back without enrolling and restarts nothing.
+	restartAgent(t, data, online[0])
+	waitFor(t, "the restarted agent online", func() bool {
+		var inst fleet.Instance
+		cp2.api(http.MethodGet, "/api/v1/instances/"+online[0], &inst)
+		return inst.Status == fleet.StatusOnline && stackHealthy(inst, 1)
+	})
+	var inst fleet.Instance
+	cp2.api(http.MethodGet, "/api/v1/instances/"+online[0], &inst)
+	if got := serviceStarts(inst); !maps.EqualFunc(got, started[online[0]], time.Time.Equal) {
+		t.Errorf("restarting the agent restarted containers: %v, were %v", got, started[online[0]])
+	}
+
+	t.Run("targets", func(t *testing.T) { testTargets(t, cp2, online[0]) })
 
 	// Terminate an instance: its agent stops, its directory goes, and the API forgets it.
-	victim := insts[1].ID
-	if victim == killed {
-		victim = insts[2].ID
-	}
+	victim := online[1]
 	pid := agentPID(t, data, victim)
 	if code := cp2.api(http.MethodDelete, "/api/v1/instances/"+victim, nil); code != http.StatusNoContent {
 		t.Fatalf("DELETE: %d, want 204", code)
 	}
 	if alive(pid) {
 		t.Errorf("agent of terminated %s still runs", victim)
+	}
+	if out, err := exec.Command("docker", "ps", "-aq", "--filter", "label=com.docker.compose.project="+victim).Output(); err != nil || len(out) > 0 {
+		t.Errorf("containers of terminated %s remain: %q %v", victim, out, err)
 	}
 	if _, err := os.Stat(filepath.Join(data, "instances", victim)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("directory of terminated %s still there: %v", victim, err)
@@ -390,6 +458,33 @@ func TestFleetEndToEnd(t *testing.T) {
 		t.Errorf("terminated instance: %d, want 404", code)
 	}
 	cp2.stop()
+}
+
+// restartAgent stops instance id's agent and starts it again the way the
+// local provider does, as a reboot of its agent would.
+func restartAgent(t *testing.T, data, id string) {
+	t.Helper()
+	pid := agentPID(t, data, id)
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the agent to stop", func() bool { return !alive(pid) })
+	dir := filepath.Join(data, "instances", id)
+	logf, err := os.OpenFile(filepath.Join(dir, "agent.log"), os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(filepath.Join(binaries(t), "stackpro-agent"), "--config", filepath.Join(dir, "bootstrap.yaml"))
+	cmd.Dir, cmd.Stdout, cmd.Stderr = dir, logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = cmd.Wait() }()
+	if err := os.WriteFile(filepath.Join(dir, "agent.pid"), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestBadInput(t *testing.T) {
@@ -441,24 +536,29 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-// testTargets sets and reads an instance's target through the API, backed
-// by the real JetStream bucket.
+// testTargets reads and sets an instance's target through the API, backed
+// by the real JetStream bucket, and sees the agent roll back a version that
+// cannot run.
 func testTargets(t *testing.T, cp *controlPlane, id string) {
 	path := "/api/v1/instances/" + id + "/target"
-	if code := cp.api(http.MethodGet, path, nil); code != http.StatusNotFound {
-		t.Errorf("GET target before any: %d, want 404", code)
-	}
-	spec := `{"compose":"services:\n  web:\n    image: stackpro/web:1\n","env":{"SUBDOMAIN":"acme"}}`
-	for want := uint64(1); want <= 2; want++ {
-		var got protocol.Target
-		if code := cp.send(http.MethodPut, path, spec, &got); code != http.StatusOK || got.Version != want {
-			t.Fatalf("PUT target: %d %+v, want 200 and version %d", code, got, want)
-		}
-	}
 	var got protocol.Target
+	if code := cp.api(http.MethodGet, path, &got); code != http.StatusOK || got.Version != 1 || !strings.Contains(got.Compose, "crm:") {
+		t.Fatalf("GET the initial target: %d %+v, want version 1 from the starter template", code, got)
+	}
+	// Version 2 names an image that does not exist: compose fails, and the
+	// agent goes back to version 1.
+	broken := `{"compose":"services:\n  web:\n    image: stackpro-test/missing:0\n","env":{"SUBDOMAIN":"acme"}}`
+	if code := cp.send(http.MethodPut, path, broken, &got); code != http.StatusOK || got.Version != 2 {
+		t.Fatalf("PUT target: %d %+v, want 200 and version 2", code, got)
+	}
 	if code := cp.api(http.MethodGet, path, &got); code != http.StatusOK || got.Version != 2 || got.Env["SUBDOMAIN"] != "acme" {
 		t.Errorf("GET target: %d %+v", code, got)
 	}
+	waitFor(t, "the agent to roll version 2 back to 1", func() bool {
+		var inst fleet.Instance
+		cp.api(http.MethodGet, "/api/v1/instances/"+id, &inst)
+		return inst.Stack != nil && inst.Stack.FailedVersion == 2 && stackHealthy(inst, 1)
+	})
 	for _, tt := range []struct {
 		name, body string
 		code       int
@@ -471,10 +571,35 @@ func testTargets(t *testing.T, cp *controlPlane, id string) {
 			t.Errorf("PUT %s: %d, want %d", tt.name, code, tt.code)
 		}
 	}
-	if code := cp.send(http.MethodPut, "/api/v1/instances/i-doesnotexist/target", spec, nil); code != http.StatusNotFound {
+	if code := cp.send(http.MethodPut, "/api/v1/instances/i-doesnotexist/target", broken, nil); code != http.StatusNotFound {
 		t.Errorf("PUT target of an unknown instance: %d, want 404", code)
 	}
 	if code := cp.api(http.MethodGet, path, &got); code != http.StatusOK || got.Version != 2 {
 		t.Errorf("bad PUTs changed the target: %d %+v", code, got)
 	}
+}
+
+// stackHealthy reports whether inst's agent runs target version with every
+// service healthy.
+func stackHealthy(inst fleet.Instance, version uint64) bool {
+	st := inst.Stack
+	if st == nil || st.AppliedVersion != version || len(st.Services) == 0 {
+		return false
+	}
+	for _, s := range st.Services {
+		if s.State != "running" || s.Health != "healthy" {
+			return false
+		}
+	}
+	return true
+}
+
+func serviceStarts(inst fleet.Instance) map[string]time.Time {
+	out := map[string]time.Time{}
+	if inst.Stack != nil {
+		for _, s := range inst.Stack.Services {
+			out[s.Service] = s.StartedAt
+		}
+	}
+	return out
 }

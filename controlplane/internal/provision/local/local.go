@@ -154,8 +154,40 @@ func (p *Provider) Terminate(ctx context.Context, id string) error {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
+	if err := p.removeStack(ctx, id); err != nil {
+		return err
+	}
 	if err := os.RemoveAll(p.InstanceDir(id)); err != nil {
 		return fmt.Errorf("local: removing %s: %w", id, err)
+	}
+	return nil
+}
+
+// removeStack removes the containers, volumes and networks of the
+// instance's compose project, as deleting its VM would. Only what carries
+// the project's label is touched. Without a Docker engine there is nothing
+// to remove.
+func (p *Provider) removeStack(ctx context.Context, id string) error {
+	if err := exec.CommandContext(ctx, "docker", "version").Run(); err != nil {
+		p.log.Warn("no Docker engine: not removing the instance's containers", "instance", id, "err", err)
+		return nil
+	}
+	label := "label=com.docker.compose.project=" + id
+	for _, kind := range [][2][]string{
+		{{"ps", "-aq", "--filter", label}, {"rm", "-f"}},
+		{{"volume", "ls", "-q", "--filter", label}, {"volume", "rm", "-f"}},
+		{{"network", "ls", "-q", "--filter", label}, {"network", "rm"}},
+	} {
+		list, remove := kind[0], kind[1]
+		out, err := exec.CommandContext(ctx, "docker", list...).Output()
+		if err != nil {
+			return fmt.Errorf("local: listing %s of %s: %w", list[0], id, err)
+		}
+		if ids := strings.Fields(string(out)); len(ids) > 0 {
+			if out, err := exec.CommandContext(ctx, "docker", append(remove, ids...)...).CombinedOutput(); err != nil {
+				return fmt.Errorf("local: removing %s of %s: %v: %s", list[0], id, err, out)
+			}
+		}
 	}
 	return nil
 }
