@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -252,27 +253,42 @@ func (a *Agent) metrics(ctx context.Context) error {
 }
 
 // serveCommands answers requests on the agent's command subject and the
-// broadcast subject until ctx ends.
+// broadcast subject until ctx ends, each in its own goroutine so that a
+// slow pull does not hold up a ping.
 func (a *Agent) serveCommands(ctx context.Context) error {
+	msgs := make(chan *nats.Msg, 64)
 	for _, subject := range []string{protocol.CommandSubject(a.cfg.InstanceID), protocol.BroadcastSubject} {
-		sub, err := a.nc.Subscribe(subject, a.handleCommand)
+		sub, err := a.nc.ChanSubscribe(subject, msgs)
 		if err != nil {
 			return fmt.Errorf("agent: subscribing to %s: %w", subject, err)
 		}
 		defer sub.Unsubscribe()
 	}
-	<-ctx.Done()
-	return nil
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case m := <-msgs:
+			wg.Go(func() { a.handleCommand(ctx, m) })
+		}
+	}
 }
 
-func (a *Agent) handleCommand(m *nats.Msg) {
+// commandTimeout bounds one command; a pull of large images is the slowest.
+const commandTimeout = 10 * time.Minute
+
+func (a *Agent) handleCommand(ctx context.Context, m *nats.Msg) {
+	ctx, cancel := context.WithTimeout(ctx, commandTimeout)
+	defer cancel()
 	var req protocol.CommandRequest
 	reply := protocol.CommandReply{V: protocol.Version, InstanceID: a.cfg.InstanceID}
 	if err := json.Unmarshal(m.Data, &req); err != nil {
 		reply.Error = "malformed command request"
 	} else {
 		reply.ID = req.ID
-		reply.Result, err = a.run(req)
+		reply.Result, err = a.run(ctx, req)
 		reply.OK = err == nil
 		if err != nil {
 			reply.Error = err.Error()
@@ -287,16 +303,47 @@ func (a *Agent) handleCommand(m *nats.Msg) {
 }
 
 // run runs one command of the catalog; there is no other way in.
-func (a *Agent) run(req protocol.CommandRequest) (json.RawMessage, error) {
-	var result any
+func (a *Agent) run(ctx context.Context, req protocol.CommandRequest) (json.RawMessage, error) {
+	var args protocol.StackArgs
+	if len(req.Args) > 0 {
+		if err := json.Unmarshal(req.Args, &args); err != nil {
+			return nil, fmt.Errorf("malformed arguments: %w", err)
+		}
+	}
+	var result any = map[string]bool{"done": true}
+	var err error
 	switch req.Name {
 	case protocol.CommandPing:
 		result = map[string]any{"pong": true, "at": time.Now().UTC()}
 	case protocol.CommandVersion:
 		result = map[string]any{"version": buildinfo.Version, "commit": buildinfo.Commit,
 			"protocol": protocol.Version, "uptime_seconds": int(time.Since(a.started).Seconds())}
+	case protocol.CommandStackStatus:
+		result = a.stackStatus(ctx)
+	case protocol.CommandStackRestart, protocol.CommandStackStop, protocol.CommandStackStart,
+		protocol.CommandStackPull, protocol.CommandStackLogs:
+		if a.stack == nil {
+			return nil, errors.New(a.stackErr)
+		}
+		switch req.Name {
+		case protocol.CommandStackRestart:
+			err = a.stack.Restart(ctx, args.Service)
+		case protocol.CommandStackStop:
+			err = a.stack.Stop(ctx)
+		case protocol.CommandStackStart:
+			err = a.stack.Start(ctx)
+		case protocol.CommandStackPull:
+			err = a.stack.Pull(ctx)
+		case protocol.CommandStackLogs:
+			var logs string
+			logs, err = a.stack.Logs(ctx, args.Service, args.Lines)
+			result = map[string]string{"logs": logs}
+		}
 	default:
 		return nil, fmt.Errorf("unknown command %q", req.Name)
+	}
+	if err != nil {
+		return nil, err
 	}
 	return json.Marshal(result)
 }

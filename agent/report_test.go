@@ -170,19 +170,22 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestCommands(t *testing.T) {
-	a := &Agent{cfg: Config{protocol.Bootstrap{InstanceID: testInstance}}, started: time.Now()}
+	a := &Agent{cfg: Config{protocol.Bootstrap{InstanceID: testInstance}}, started: time.Now(),
+		stackErr: "docker engine not available"}
 	tests := []struct {
 		name, command string
 		ok            bool
 	}{
 		{"ping", protocol.CommandPing, true},
+		{"stack status without an engine", protocol.CommandStackStatus, true},
+		{"stack command without an engine", protocol.CommandStackRestart, false},
 		{"version", protocol.CommandVersion, true},
 		{"not in the catalog", "shell", false},
 		{"empty", "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			result, err := a.run(protocol.CommandRequest{V: protocol.Version, ID: "c1", Name: tt.command})
+			result, err := a.run(context.Background(), protocol.CommandRequest{V: protocol.Version, ID: "c1", Name: tt.command})
 			if (err == nil) != tt.ok {
 				t.Fatalf("run(%q) error = %v, want ok=%v", tt.command, err, tt.ok)
 			}

@@ -56,6 +56,15 @@ var (
 	ErrNotFound = errors.New("not found")
 )
 
+// Commander sends a command to an instance's agent and waits for its
+// answer. Its error wraps ErrUnreachable when no agent is connected.
+type Commander interface {
+	Command(ctx context.Context, id string, req protocol.CommandRequest) (protocol.CommandReply, error)
+}
+
+// ErrUnreachable is what Commander's errors wrap when the agent is not connected.
+var ErrUnreachable = errors.New("unreachable")
+
 // Principal is who an API token belongs to.
 type Principal struct {
 	Name string `json:"name"`
@@ -79,6 +88,7 @@ type Options struct {
 	Metrics    Metrics
 	Terminator Terminator
 	Targets    Targets
+	Commander  Commander
 	Tokens     Tokens
 	// Ready maps a dependency's name to its check, for /readyz.
 	Ready map[string]Check
@@ -107,6 +117,7 @@ func (a *API) Handler() http.Handler {
 		r.Delete("/instances/{id}", a.handle(a.terminate))
 		r.Get("/instances/{id}/target", a.handle(a.target))
 		r.Put("/instances/{id}/target", a.handle(a.setTarget))
+		r.Post("/instances/{id}/commands", a.handle(a.command))
 	})
 	r.NotFound(a.handle(func(http.ResponseWriter, *http.Request) error {
 		return httpError{Code: http.StatusNotFound, Msg: "no such route"}
@@ -245,6 +256,49 @@ func (a *API) setTarget(w http.ResponseWriter, r *http.Request) error {
 	p, _ := r.Context().Value(principalKey{}).(Principal)
 	a.log.Info("target set", "instance", id, "version", t.Version, "by", p.Name, "request_id", middleware.GetReqID(r.Context()))
 	return writeJSON(w, http.StatusOK, t)
+}
+
+// commandRequest is the body of POST /api/v1/instances/{id}/commands.
+type commandRequest struct {
+	Name string          `json:"name"`
+	Args json.RawMessage `json:"args,omitempty"`
+}
+
+// commandTimeout is how long the API waits for an agent's answer; a pull
+// may take minutes, anything else seconds.
+func commandTimeout(name string) time.Duration {
+	if name == protocol.CommandStackPull {
+		return 10 * time.Minute
+	}
+	return time.Minute
+}
+
+func (a *API) command(w http.ResponseWriter, r *http.Request) error {
+	id := chi.URLParam(r, "id")
+	if err := a.knownInstance(id); err != nil {
+		return err
+	}
+	var body commandRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&body); err != nil || body.Name == "" {
+		return httpError{Code: http.StatusBadRequest, Msg: "want a JSON body {\"name\": ..., \"args\": {...}}", Err: err}
+	}
+	p, _ := r.Context().Value(principalKey{}).(Principal)
+	reqID := middleware.GetReqID(r.Context())
+	a.log.Info("command sent", "instance", id, "command", body.Name, "by", p.Name, "request_id", reqID)
+	ctx, cancel := context.WithTimeout(r.Context(), commandTimeout(body.Name))
+	defer cancel()
+	reply, err := a.o.Commander.Command(ctx, id, protocol.CommandRequest{V: protocol.Version, ID: reqID, Name: body.Name, Args: body.Args})
+	switch {
+	case errors.Is(err, ErrUnreachable):
+		return httpError{Code: http.StatusServiceUnavailable, Msg: "the instance's agent is not connected", Err: err}
+	case errors.Is(err, context.DeadlineExceeded):
+		return httpError{Code: http.StatusGatewayTimeout, Msg: "the agent did not answer in time", Err: err}
+	case err != nil:
+		return err
+	}
+	return writeJSON(w, http.StatusOK, reply)
 }
 
 func (a *API) terminate(w http.ResponseWriter, r *http.Request) error {

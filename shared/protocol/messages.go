@@ -145,11 +145,30 @@ type CommandRequest struct {
 	Args json.RawMessage `json:"args,omitempty"`
 }
 
-// Commands every agent answers.
+// Commands every agent answers. Arguments are JSON objects: StackArgs for
+// the stack commands that name a service or a number of log lines.
 const (
 	CommandPing    = "ping"
 	CommandVersion = "agent.version"
+	// CommandStackStatus answers a StackStatus.
+	CommandStackStatus = "stack.status"
+	// CommandStackRestart restarts one service (StackArgs.Service).
+	CommandStackRestart = "stack.restart"
+	// CommandStackStop and CommandStackStart stop and start the whole stack.
+	CommandStackStop  = "stack.stop"
+	CommandStackStart = "stack.start"
+	// CommandStackPull pulls the images of the applied version.
+	CommandStackPull = "stack.pull"
+	// CommandStackLogs answers the last StackArgs.Lines lines of a
+	// service's logs, at most 64 KiB.
+	CommandStackLogs = "stack.logs"
 )
+
+// StackArgs are the arguments of the stack commands.
+type StackArgs struct {
+	Service string `json:"service,omitempty"`
+	Lines   int    `json:"lines,omitempty"`
+}
 
 // CommandReply is an agent's answer to a CommandRequest.
 type CommandReply struct {

@@ -296,3 +296,75 @@ func (r *Reconciler) WatchContainers(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Errors of the stack commands.
+var (
+	ErrNothingApplied = errors.New("no stack version applied yet")
+	ErrBadService     = errors.New("no such service")
+)
+
+// MaxLogBytes bounds what Logs returns.
+const MaxLogBytes = 64 << 10
+
+// Restart restarts one service of the applied version.
+func (r *Reconciler) Restart(ctx context.Context, service string) error {
+	return r.command(ctx, service, "restart", service)
+}
+
+// Stop stops every service; Start starts them again. Nothing else stops a
+// stack: not a lost link, not an agent restart.
+func (r *Reconciler) Stop(ctx context.Context) error  { return r.command(ctx, "", "stop") }
+func (r *Reconciler) Start(ctx context.Context) error { return r.command(ctx, "", "start") }
+
+// Pull pulls the images of the applied version.
+func (r *Reconciler) Pull(ctx context.Context) error { return r.command(ctx, "", "pull") }
+
+// Logs returns the last lines of a service's logs, at most MaxLogBytes
+// (the newest are kept).
+func (r *Reconciler) Logs(ctx context.Context, service string, lines int) (string, error) {
+	lines = min(max(lines, 1), 1000)
+	var out []byte
+	err := r.locked(ctx, service, func(dir string) error {
+		var err error
+		out, err = r.o.Engine.Compose(ctx, r.o.Project, dir, "logs", "--no-color", "--tail", strconv.Itoa(lines), service)
+		if err != nil {
+			return fmt.Errorf("compose logs: %s", reason(out, err))
+		}
+		return nil
+	})
+	if len(out) > MaxLogBytes {
+		out = out[len(out)-MaxLogBytes:]
+	}
+	return string(out), err
+}
+
+// command runs one compose command on the applied version.
+func (r *Reconciler) command(ctx context.Context, service string, args ...string) error {
+	return r.locked(ctx, service, func(dir string) error {
+		if out, err := r.o.Engine.Compose(ctx, r.o.Project, dir, args...); err != nil {
+			return fmt.Errorf("compose %s: %s", args[0], reason(out, err))
+		}
+		return nil
+	})
+}
+
+// locked runs fn on the applied version's directory, between rollouts.
+// A service, when named, must be one of the stack's.
+func (r *Reconciler) locked(ctx context.Context, service string, fn func(dir string) error) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.st.Applied == 0 {
+		return ErrNothingApplied
+	}
+	dir := r.versionDir(r.st.Applied)
+	if service != "" {
+		out, err := r.o.Engine.Compose(ctx, r.o.Project, dir, "config", "--services")
+		if err != nil {
+			return fmt.Errorf("compose config: %s", reason(out, err))
+		}
+		if !slices.Contains(strings.Fields(string(out)), service) {
+			return fmt.Errorf("%w %q", ErrBadService, service)
+		}
+	}
+	return fn(dir)
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -282,5 +283,35 @@ func TestInvalidComposeIsReported(t *testing.T) {
 	}
 	if got := rec.got(); len(got) != 1 || got[0] != EventFailed {
 		t.Errorf("events = %v, want one stack.failed", got)
+	}
+}
+
+func TestDetectWithoutDocker(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	if _, err := Detect(context.Background()); !errors.Is(err, ErrNoDocker) {
+		t.Errorf("Detect with no docker on PATH = %v, want ErrNoDocker", err)
+	}
+}
+
+// With the engine but no docker-compose on PATH, the compose v2 plugin is
+// used where it is installed, and otherwise the error says compose is missing.
+func TestDetectWithoutComposeBinary(t *testing.T) {
+	requireEngine(t)
+	docker, err := exec.LookPath("docker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.Symlink(docker, filepath.Join(dir, "docker")); err != nil {
+		t.Fatal(err)
+	}
+	plugin := exec.Command(docker, "compose", "version").Run() == nil
+	t.Setenv("PATH", dir)
+	e, err := Detect(context.Background())
+	switch {
+	case plugin && (err != nil || e.ComposeTool() != "docker compose"):
+		t.Errorf("Detect = %v, %v; want the compose plugin", e, err)
+	case !plugin && !errors.Is(err, ErrNoCompose):
+		t.Errorf("Detect = %v; want ErrNoCompose", err)
 	}
 }

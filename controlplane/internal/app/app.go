@@ -178,7 +178,7 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		return err
 	}
 
-	api := dashboardapi.New(dashboardapi.Options{Fleet: tracker, Metrics: mon, Terminator: prov, Targets: targetsAPI{tgts}, Tokens: tokens{st},
+	api := dashboardapi.New(dashboardapi.Options{Fleet: tracker, Metrics: mon, Terminator: prov, Targets: targetsAPI{tgts}, Commander: commander{brk}, Tokens: tokens{st},
 		Ready: map[string]dashboardapi.Check{"broker": brk.Ready, "store": st.Ready}, Log: log})
 	ln, err := net.Listen("tcp", cfg.HTTP.Addr)
 	if err != nil {
@@ -313,4 +313,15 @@ func (t targetsAPI) Target(ctx context.Context, id string) (protocol.Target, err
 		return tgt, fmt.Errorf("%w: %w", dashboardapi.ErrNotFound, err)
 	}
 	return tgt, err
+}
+
+// commander sends commands through the broker.
+type commander struct{ b *broker.Broker }
+
+func (c commander) Command(ctx context.Context, id string, req protocol.CommandRequest) (protocol.CommandReply, error) {
+	reply, err := c.b.Command(ctx, id, req)
+	if errors.Is(err, broker.ErrNoAgent) {
+		return reply, fmt.Errorf("%w: %w", dashboardapi.ErrUnreachable, err)
+	}
+	return reply, err
 }

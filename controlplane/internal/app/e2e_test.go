@@ -438,6 +438,7 @@ func TestFleetEndToEnd(t *testing.T) {
 	}
 
 	t.Run("targets", func(t *testing.T) { testTargets(t, cp2, online[0]) })
+	t.Run("commands", func(t *testing.T) { testCommands(t, cp2, online[0], killed) })
 
 	// Terminate an instance: its agent stops, its directory goes, and the API forgets it.
 	victim := online[1]
@@ -576,6 +577,78 @@ func testTargets(t *testing.T, cp *controlPlane, id string) {
 	}
 	if code := cp.api(http.MethodGet, path, &got); code != http.StatusOK || got.Version != 2 {
 		t.Errorf("bad PUTs changed the target: %d %+v", code, got)
+	}
+}
+
+// testCommands sends stack commands through the API to a live agent over
+// NATS and checks what they did to the real containers.
+func testCommands(t *testing.T, cp *controlPlane, id, offline string) {
+	path := "/api/v1/instances/" + id + "/commands"
+	command := func(body string) protocol.CommandReply {
+		t.Helper()
+		var reply protocol.CommandReply
+		if code := cp.send(http.MethodPost, path, body, &reply); code != http.StatusOK {
+			t.Fatalf("POST %s: %d", body, code)
+		}
+		return reply
+	}
+	status := func() protocol.StackStatus {
+		t.Helper()
+		reply := command(`{"name":"stack.status"}`)
+		var st protocol.StackStatus
+		if err := json.Unmarshal(reply.Result, &st); err != nil || !reply.OK {
+			t.Fatalf("stack.status: %+v %v", reply, err)
+		}
+		return st
+	}
+	if r := command(`{"name":"ping"}`); !r.OK || r.InstanceID != id {
+		t.Errorf("ping: %+v", r)
+	}
+	st := status()
+	before := serviceStarts(fleet.Instance{Stack: &st})
+	if st.AppliedVersion != 1 || len(before) != 2 {
+		t.Fatalf("stack.status: %+v", st)
+	}
+	if r := command(`{"name":"stack.restart","args":{"service":"crm"}}`); !r.OK {
+		t.Fatalf("stack.restart crm: %+v", r)
+	}
+	st = status()
+	after := serviceStarts(fleet.Instance{Stack: &st})
+	if !after["crm"].After(before["crm"]) || !after["files"].Equal(before["files"]) {
+		t.Errorf("restart crm: start times %v, were %v; want only crm restarted", after, before)
+	}
+	var logs struct{ Logs string }
+	r := command(`{"name":"stack.logs","args":{"service":"crm","lines":20}}`)
+	if err := json.Unmarshal(r.Result, &logs); err != nil || !r.OK || !strings.Contains(logs.Logs, "stackpro-demo crm listening") {
+		t.Errorf("stack.logs crm: %+v %q", r, logs.Logs)
+	}
+	if r := command(`{"name":"stack.stop"}`); !r.OK {
+		t.Fatalf("stack.stop: %+v", r)
+	}
+	for _, s := range status().Services {
+		if s.State != "exited" {
+			t.Errorf("after stack.stop, %s is %s", s.Service, s.State)
+		}
+	}
+	if r := command(`{"name":"stack.start"}`); !r.OK {
+		t.Fatalf("stack.start: %+v", r)
+	}
+	for _, s := range status().Services {
+		if s.State != "running" {
+			t.Errorf("after stack.start, %s is %s", s.Service, s.State)
+		}
+	}
+	for _, body := range []string{`{"name":"stack.restart","args":{"service":"--help"}}`, `{"name":"shell","args":{"cmd":"id"}}`,
+		`{"name":"stack.logs","args":"crm"}`} {
+		if r := command(body); r.OK || r.Error == "" {
+			t.Errorf("%s: %+v, want refused with a reason", body, r)
+		}
+	}
+	if code := cp.send(http.MethodPost, "/api/v1/instances/"+offline+"/commands", `{"name":"ping"}`, nil); code != http.StatusServiceUnavailable {
+		t.Errorf("command to an offline instance: %d, want 503", code)
+	}
+	if code := cp.send(http.MethodPost, path, `{"nam":"ping"}`, nil); code != http.StatusBadRequest {
+		t.Errorf("malformed command: %d, want 400", code)
 	}
 }
 

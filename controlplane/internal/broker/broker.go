@@ -11,6 +11,7 @@ package broker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -191,6 +192,30 @@ func (b *Broker) Revoke(instanceID string) {
 			_ = b.ns.DisconnectClientByID(c.Cid)
 		}
 	}
+}
+
+// ErrNoAgent means no agent is connected to answer a command.
+var ErrNoAgent = errors.New("broker: the instance's agent is not connected")
+
+// Command sends req to instance id's agent and waits for its answer until
+// ctx ends.
+func (b *Broker) Command(ctx context.Context, id string, req protocol.CommandRequest) (protocol.CommandReply, error) {
+	var reply protocol.CommandReply
+	data, err := json.Marshal(req)
+	if err != nil {
+		return reply, err
+	}
+	m, err := b.conn.RequestWithContext(ctx, protocol.CommandSubject(id), data)
+	if errors.Is(err, nats.ErrNoResponders) {
+		return reply, ErrNoAgent
+	}
+	if err != nil {
+		return reply, fmt.Errorf("broker: command %s to %s: %w", req.Name, id, err)
+	}
+	if err := json.Unmarshal(m.Data, &reply); err != nil {
+		return reply, fmt.Errorf("broker: malformed reply from %s: %w", id, err)
+	}
+	return reply, nil
 }
 
 // Shutdown drains the control plane's connections and stops the server.

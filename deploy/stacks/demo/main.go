@@ -55,6 +55,7 @@ func serve(ctx context.Context, name, addr string, unhealthy bool) error {
 		defer cancel()
 		_ = srv.Shutdown(shutdown)
 	}()
+	fmt.Printf("stackpro-demo %s listening on %s\n", name, addr)
 	if err := srv.ListenAndServe(); err != http.ErrServerClosed {
 		return err
 	}
