@@ -29,7 +29,8 @@ var samples = map[string]any{
 	"heartbeat.json": &protocol.Heartbeat{V: protocol.Version, InstanceID: "i-0123456789abcdef", Seq: 42, At: at,
 		AgentVersion: "v0.1.0", Health: protocol.HealthDegraded, Problems: []string{"disk / is 93% full"},
 		Outbox: protocol.OutboxStats{Pending: 3, DroppedMetrics: 1},
-		Stack: &protocol.StackStatus{AppliedVersion: 3, FailedVersion: 4, ComposeTool: "docker-compose",
+		Stack: &protocol.StackStatus{AppliedVersion: 3, FailedVersion: 4, FailedReason: "files is running unhealthy",
+			ComposeTool: "docker-compose",
 			Services: []protocol.ServiceState{
 				{Service: "crm", State: "running", Health: "healthy", RestartCount: 1, StartedAt: at},
 				{Service: "files", State: "exited"}}}},

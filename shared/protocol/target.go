@@ -52,8 +52,10 @@ type StackStatus struct {
 	AppliedVersion uint64 `json:"applied_version"`
 	// FailedVersion is the last target version that failed and was not
 	// kept; it is not tried again until a newer target comes.
-	FailedVersion uint64         `json:"failed_version,omitempty"`
-	Services      []ServiceState `json:"services,omitempty"`
+	FailedVersion uint64 `json:"failed_version,omitempty"`
+	// FailedReason says why FailedVersion failed.
+	FailedReason string         `json:"failed_reason,omitempty"`
+	Services     []ServiceState `json:"services,omitempty"`
 	// ComposeTool is the compose command in use: "docker compose" or "docker-compose".
 	ComposeTool string `json:"compose_tool,omitempty"`
 	// Error says why the stack cannot be run, e.g. no Docker engine.

@@ -57,6 +57,8 @@ type state struct {
 	Applied  uint64 `json:"applied"`
 	LastGood uint64 `json:"last_good"`
 	Failed   uint64 `json:"failed"`
+	// Why is why Failed failed.
+	Why string `json:"why,omitempty"`
 }
 
 // Reconciler converges the stack to its target, one target at a time.
@@ -123,7 +125,7 @@ func (r *Reconciler) Apply(ctx context.Context, t protocol.Target) error {
 	if ctx.Err() != nil {
 		return ctx.Err() // the agent is stopping: try again on the next start
 	}
-	r.st.Failed = t.Version
+	r.st.Failed, r.st.Why = t.Version, err.Error()
 	r.o.Emit(EventFailed, protocol.SeverityError, "stack version "+v+" failed: "+err.Error(),
 		map[string]string{"version": v, "error": err.Error()})
 	if r.st.LastGood > 0 {
@@ -186,6 +188,9 @@ func Problems(st protocol.StackStatus) []string {
 	if st.Error != "" {
 		out = append(out, "stack: "+st.Error)
 	}
+	if st.FailedVersion > st.AppliedVersion {
+		out = append(out, fmt.Sprintf("stack version %d failed: %s", st.FailedVersion, st.FailedReason))
+	}
 	for _, s := range unhealthy(st.Services) {
 		out = append(out, "service "+s)
 	}
@@ -218,7 +223,8 @@ func (r *Reconciler) prune() {
 // Status is the stack as it is now.
 func (r *Reconciler) Status(ctx context.Context) protocol.StackStatus {
 	r.mu.Lock()
-	st := protocol.StackStatus{AppliedVersion: r.st.Applied, FailedVersion: r.st.Failed, ComposeTool: r.o.Engine.ComposeTool()}
+	st := protocol.StackStatus{AppliedVersion: r.st.Applied, FailedVersion: r.st.Failed, FailedReason: r.st.Why,
+		ComposeTool: r.o.Engine.ComposeTool()}
 	r.mu.Unlock()
 	services, err := r.o.Engine.Services(ctx, r.o.Project)
 	if err != nil {

@@ -278,8 +278,12 @@ func TestInvalidComposeIsReported(t *testing.T) {
 	if err == nil {
 		t.Fatal("an invalid compose file applied")
 	}
-	if st := r.Status(context.Background()); st.FailedVersion != 1 || st.AppliedVersion != 0 {
-		t.Errorf("status = %+v, want version 1 failed", st)
+	st := r.Status(context.Background())
+	if st.FailedVersion != 1 || st.AppliedVersion != 0 || !strings.Contains(st.FailedReason, "compose up") {
+		t.Errorf("status = %+v, want version 1 failed with compose's reason", st)
+	}
+	if p := Problems(st); len(p) != 1 || !strings.Contains(p[0], "stack version 1 failed") {
+		t.Errorf("Problems = %v, want the failure reported", p)
 	}
 	if got := rec.got(); len(got) != 1 || got[0] != EventFailed {
 		t.Errorf("events = %v, want one stack.failed", got)

@@ -437,7 +437,7 @@ func TestFleetEndToEnd(t *testing.T) {
 		t.Errorf("restarting the agent restarted containers: %v, were %v", got, started[online[0]])
 	}
 
-	t.Run("targets", func(t *testing.T) { testTargets(t, cp2, online[0]) })
+	t.Run("targets", func(t *testing.T) { testTargets(t, cp2, data, online[0]) })
 	t.Run("commands", func(t *testing.T) { testCommands(t, cp2, online[0], killed) })
 
 	// Terminate an instance: its agent stops, its directory goes, and the API forgets it.
@@ -461,15 +461,26 @@ func TestFleetEndToEnd(t *testing.T) {
 	cp2.stop()
 }
 
-// restartAgent stops instance id's agent and starts it again the way the
-// local provider does, as a reboot of its agent would.
+// restartAgent stops instance id's agent and starts it again, as a
+// restart of its agent would.
 func restartAgent(t *testing.T, data, id string) {
+	t.Helper()
+	stopAgent(t, data, id)
+	startAgent(t, data, id)
+}
+
+func stopAgent(t *testing.T, data, id string) {
 	t.Helper()
 	pid := agentPID(t, data, id)
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the agent to stop", func() bool { return !alive(pid) })
+}
+
+// startAgent starts instance id's agent the way the local provider does.
+func startAgent(t *testing.T, data, id string) {
+	t.Helper()
 	dir := filepath.Join(data, "instances", id)
 	logf, err := os.OpenFile(filepath.Join(dir, "agent.log"), os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -540,12 +551,13 @@ func TestBadInput(t *testing.T) {
 // testTargets reads and sets an instance's target through the API, backed
 // by the real JetStream bucket, and sees the agent roll back a version that
 // cannot run.
-func testTargets(t *testing.T, cp *controlPlane, id string) {
+func testTargets(t *testing.T, cp *controlPlane, data, id string) {
 	path := "/api/v1/instances/" + id + "/target"
 	var got protocol.Target
 	if code := cp.api(http.MethodGet, path, &got); code != http.StatusOK || got.Version != 1 || !strings.Contains(got.Compose, "crm:") {
 		t.Fatalf("GET the initial target: %d %+v, want version 1 from the starter template", code, got)
 	}
+	starter, _ := json.Marshal(map[string]any{"compose": got.Compose, "env": map[string]string{"RELEASE": "3"}})
 	// Version 2 names an image that does not exist: compose fails, and the
 	// agent goes back to version 1.
 	broken := `{"compose":"services:\n  web:\n    image: stackpro-test/missing:0\n","env":{"SUBDOMAIN":"acme"}}`
@@ -578,6 +590,25 @@ func testTargets(t *testing.T, cp *controlPlane, id string) {
 	if code := cp.api(http.MethodGet, path, &got); code != http.StatusOK || got.Version != 2 {
 		t.Errorf("bad PUTs changed the target: %d %+v", code, got)
 	}
+	instance := func() fleet.Instance {
+		var inst fleet.Instance
+		cp.api(http.MethodGet, "/api/v1/instances/"+id, &inst)
+		return inst
+	}
+
+	// A good version 3 is applied.
+	if code := cp.send(http.MethodPut, path, string(starter), &got); code != http.StatusOK || got.Version != 3 {
+		t.Fatalf("PUT version 3: %d %+v", code, got)
+	}
+	waitFor(t, "version 3 applied", func() bool { return stackHealthy(instance(), 3) })
+
+	// A target written while the agent is down is applied when it starts.
+	stopAgent(t, data, id)
+	if code := cp.send(http.MethodPut, path, string(starter), &got); code != http.StatusOK || got.Version != 4 {
+		t.Fatalf("PUT version 4: %d %+v", code, got)
+	}
+	startAgent(t, data, id)
+	waitFor(t, "version 4 applied after the agent's start", func() bool { return stackHealthy(instance(), 4) })
 }
 
 // testCommands sends stack commands through the API to a live agent over
@@ -606,7 +637,7 @@ func testCommands(t *testing.T, cp *controlPlane, id, offline string) {
 	}
 	st := status()
 	before := serviceStarts(fleet.Instance{Stack: &st})
-	if st.AppliedVersion != 1 || len(before) != 2 {
+	if st.AppliedVersion != 4 || len(before) != 2 {
 		t.Fatalf("stack.status: %+v", st)
 	}
 	if r := command(`{"name":"stack.restart","args":{"service":"crm"}}`); !r.OK {
