@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -16,54 +15,24 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stackpro/stackpro/internal/dockertest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
-// requireEngine returns the Docker engine, or skips when there is none —
-// except in CI (CI=true), where a missing engine fails the test.
+// requireEngine returns the Docker engine (see dockertest.Require).
 func requireEngine(t *testing.T) *Engine {
 	t.Helper()
+	dockertest.Require(t)
 	e, err := Detect(context.Background())
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true and the Docker tests cannot run: %v", err)
-		}
-		t.Skipf("no Docker engine here: %v", err)
+		t.Fatalf("Detect: %v", err)
 	}
 	return e
 }
 
-var (
-	imageOnce sync.Once
-	image     string
-	imageErr  error
-)
-
-// demoImage builds the stand-in service's image FROM scratch (no registry
-// is reachable) once per test binary, with the script make run uses, and
-// returns its tag.
-func demoImage(t *testing.T) string {
-	t.Helper()
-	imageOnce.Do(func() {
-		tag := "stackpro-test/demo:" + randomSuffix()
-		out, err := exec.Command("bash", filepath.Join("..", "..", "..", "deploy", "stacks", "build-images.sh"), tag).CombinedOutput()
-		if err != nil {
-			imageErr = fmt.Errorf("%v\n%s", err, out)
-			return
-		}
-		image = tag
-	})
-	if imageErr != nil {
-		t.Fatalf("building the demo image: %v", imageErr)
-	}
-	return image
-}
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if image != "" {
-		_ = exec.Command("docker", "rmi", "-f", image).Run()
-	}
+	dockertest.RemoveImage()
 	os.Exit(code)
 }
 
@@ -135,7 +104,7 @@ func startTimes(t *testing.T, r *Reconciler) map[string]time.Time {
 
 func TestStackLifecycle(t *testing.T) {
 	e := requireEngine(t)
-	img := demoImage(t)
+	img := dockertest.DemoImage(t)
 	project := "i-test-" + randomSuffix()
 	dir := t.TempDir()
 	t.Cleanup(func() {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stackpro/stackpro/internal/dockertest"
 )
 
 // BenchmarkAgentIdle reports what an idle agent costs: its resident memory
@@ -37,7 +39,7 @@ func BenchmarkAgentIdle(b *testing.B) {
 	b.Cleanup(func() { destroyInstances(b, data) })
 	cmd := exec.Command(filepath.Join(dir, "stackpro-controlplane"), "dev", "--data", data,
 		"--http", freeAddr(b), "--nats", freeAddr(b), "--demo-instances", "1")
-	cmd.Env = append(os.Environ(), "STACKPRO_STACKS_IMAGE="+demoImage(b))
+	cmd.Env = append(os.Environ(), "STACKPRO_STACKS_IMAGE="+dockertest.DemoImage(b))
 	out := &output{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {

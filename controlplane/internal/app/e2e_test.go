@@ -23,6 +23,7 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/provision/local"
+	"github.com/stackpro/stackpro/internal/dockertest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -61,46 +62,12 @@ func binaries(t testing.TB) string {
 	return binDir
 }
 
-var (
-	imageOnce  sync.Once
-	stackImage string
-	imageErr   error
-)
-
-// demoImage builds the starter stack's image with the script make run
-// uses, once, under a tag of the test's own. The instances' stacks need
-// the Docker engine: without one the test skips, but fails under CI=true.
-func demoImage(t testing.TB) string {
-	t.Helper()
-	if err := exec.Command("docker", "version").Run(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true and the Docker engine does not answer: %v", err)
-		}
-		t.Skipf("no Docker engine here: %v", err)
-	}
-	imageOnce.Do(func() {
-		tag := fmt.Sprintf("stackpro-test/demo:%d", time.Now().UnixNano())
-		out, err := exec.Command("bash", filepath.Join("..", "..", "..", "deploy", "stacks", "build-images.sh"), tag).CombinedOutput()
-		if err != nil {
-			imageErr = fmt.Errorf("build-images.sh: %v\n%s", err, out)
-			return
-		}
-		stackImage = tag
-	})
-	if imageErr != nil {
-		t.Fatal(imageErr)
-	}
-	return stackImage
-}
-
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)
 	}
-	if stackImage != "" {
-		_ = exec.Command("docker", "rmi", "-f", stackImage).Run()
-	}
+	dockertest.RemoveImage()
 	os.Exit(code)
 }
 
@@ -156,7 +123,7 @@ func startControlPlane(t testing.TB, data, httpAddr, natsAddr string, demo int) 
 	cp := &controlPlane{t: t, out: &output{}, data: data, httpAddr: httpAddr, natsAddr: natsAddr, exited: make(chan error, 1)}
 	cp.cmd = exec.Command(filepath.Join(binaries(t), "stackpro-controlplane"), "dev", "--data", data,
 		"--http", httpAddr, "--nats", natsAddr, "--demo-instances", strconv.Itoa(demo))
-	cp.cmd.Env = append(append(os.Environ(), fastFleet...), "STACKPRO_STACKS_IMAGE="+demoImage(t))
+	cp.cmd.Env = append(append(os.Environ(), fastFleet...), "STACKPRO_STACKS_IMAGE="+dockertest.DemoImage(t))
 	cp.cmd.Stdout, cp.cmd.Stderr = cp.out, cp.out
 	if err := cp.cmd.Start(); err != nil {
 		t.Fatal(err)
