@@ -9,5 +9,10 @@ context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 (cd "$root" && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$context/demo" ./deploy/stacks/demo)
 printf 'FROM scratch\nCOPY demo /demo\nENTRYPOINT ["/demo"]\n' >"$context/Dockerfile"
-docker build -q -t "$tag" "$context" >/dev/null
+# The output only matters when the build fails (the legacy builder also
+# prints a deprecation notice on every build).
+if ! out=$(docker build -q -t "$tag" "$context" 2>&1); then
+	echo "$out" >&2
+	exit 1
+fi
 echo "$tag"
