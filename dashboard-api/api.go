@@ -30,9 +30,14 @@ type Metrics interface {
 	LatestMetrics(id string) (protocol.Metrics, bool)
 }
 
-// Terminator terminates an instance.
-type Terminator interface {
-	Terminate(ctx context.Context, id string) error
+// Jobs starts provisioning jobs and reports on them. Errors wrap
+// ErrInvalid, ErrNotFound or ErrConflict where those apply.
+type Jobs interface {
+	Provision(customer, plan, subdomain string) (fleet.Instance, fleet.Job, error)
+	// Start starts a job of kind (terminate, suspend, resume, resize) on
+	// instance id.
+	Start(kind, id string, params map[string]string) (fleet.Job, error)
+	Job(id string) (fleet.Job, error)
 }
 
 // TargetSpec is a stack an operator wants an instance to run.
@@ -54,6 +59,7 @@ type Targets interface {
 var (
 	ErrInvalid  = errors.New("invalid")
 	ErrNotFound = errors.New("not found")
+	ErrConflict = errors.New("conflict")
 )
 
 // Commander sends a command to an instance's agent and waits for its
@@ -84,12 +90,12 @@ type Check func() error
 
 // Options configures the API.
 type Options struct {
-	Fleet      Fleet
-	Metrics    Metrics
-	Terminator Terminator
-	Targets    Targets
-	Commander  Commander
-	Tokens     Tokens
+	Fleet     Fleet
+	Metrics   Metrics
+	Jobs      Jobs
+	Targets   Targets
+	Commander Commander
+	Tokens    Tokens
 	// Ready maps a dependency's name to its check, for /readyz.
 	Ready map[string]Check
 	Log   *slog.Logger
@@ -113,8 +119,13 @@ func (a *API) Handler() http.Handler {
 	r.Route("/api/v1", func(r chi.Router) {
 		r.Use(a.authenticate)
 		r.Get("/instances", a.handle(a.instances))
+		r.Post("/instances", a.handle(a.provision))
 		r.Get("/instances/{id}", a.handle(a.instance))
-		r.Delete("/instances/{id}", a.handle(a.terminate))
+		r.Delete("/instances/{id}", a.handle(a.startJob("terminate")))
+		r.Post("/instances/{id}/suspend", a.handle(a.startJob("suspend")))
+		r.Post("/instances/{id}/resume", a.handle(a.startJob("resume")))
+		r.Post("/instances/{id}/resize", a.handle(a.startJob("resize")))
+		r.Get("/jobs/{id}", a.handle(a.job))
 		r.Get("/instances/{id}/target", a.handle(a.target))
 		r.Put("/instances/{id}/target", a.handle(a.setTarget))
 		r.Post("/instances/{id}/commands", a.handle(a.command))
@@ -241,10 +252,8 @@ func (a *API) setTarget(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	var spec TargetSpec
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxTargetBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&spec); err != nil {
-		return httpError{Code: http.StatusBadRequest, Msg: "malformed target: " + err.Error(), Err: err}
+	if err := decodeBody(w, r, maxTargetBody, &spec); err != nil {
+		return err
 	}
 	t, err := a.o.Targets.SetTarget(r.Context(), id, spec)
 	if errors.Is(err, ErrInvalid) {
@@ -253,8 +262,7 @@ func (a *API) setTarget(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	p, _ := r.Context().Value(principalKey{}).(Principal)
-	a.log.Info("target set", "instance", id, "version", t.Version, "by", p.Name, "request_id", middleware.GetReqID(r.Context()))
+	a.audit(r, "target set", "instance", id, "version", t.Version)
 	return writeJSON(w, http.StatusOK, t)
 }
 
@@ -279,14 +287,14 @@ func (a *API) command(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	var body commandRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&body); err != nil || body.Name == "" {
-		return httpError{Code: http.StatusBadRequest, Msg: "want a JSON body {\"name\": ..., \"args\": {...}}", Err: err}
+	if err := decodeBody(w, r, maxBody, &body); err != nil {
+		return err
 	}
-	p, _ := r.Context().Value(principalKey{}).(Principal)
+	if body.Name == "" {
+		return httpError{Code: http.StatusBadRequest, Msg: "want a JSON body {\"name\": ..., \"args\": {...}}"}
+	}
 	reqID := middleware.GetReqID(r.Context())
-	a.log.Info("command sent", "instance", id, "command", body.Name, "by", p.Name, "request_id", reqID)
+	a.audit(r, "command sent", "instance", id, "command", body.Name)
 	ctx, cancel := context.WithTimeout(r.Context(), commandTimeout(body.Name))
 	defer cancel()
 	reply, err := a.o.Commander.Command(ctx, id, protocol.CommandRequest{V: protocol.Version, ID: reqID, Name: body.Name, Args: body.Args})
@@ -301,16 +309,93 @@ func (a *API) command(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, reply)
 }
 
-func (a *API) terminate(w http.ResponseWriter, r *http.Request) error {
-	id := chi.URLParam(r, "id")
-	if err := a.knownInstance(id); err != nil {
-		return err
+// maxBody bounds a request body; a target may be larger (maxTargetBody).
+const maxBody = 64 << 10
+
+// decodeBody reads a JSON body of at most limit bytes strictly into v.
+func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return httpError{Code: http.StatusBadRequest, Msg: "malformed body: " + err.Error(), Err: err}
 	}
-	p, _ := r.Context().Value(principalKey{}).(Principal)
-	a.log.Info("terminating instance", "instance", id, "by", p.Name, "request_id", middleware.GetReqID(r.Context()))
-	if err := a.o.Terminator.Terminate(r.Context(), id); err != nil {
-		return err
-	}
-	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// jobError answers the expected failures of starting a job.
+func jobError(err error) error {
+	switch {
+	case errors.Is(err, ErrInvalid):
+		return httpError{Code: http.StatusUnprocessableEntity, Msg: err.Error(), Err: err}
+	case errors.Is(err, ErrNotFound):
+		return httpError{Code: http.StatusNotFound, Msg: "instance not found", Err: err}
+	case errors.Is(err, ErrConflict):
+		return httpError{Code: http.StatusConflict, Msg: err.Error(), Err: err}
+	}
+	return err
+}
+
+// provisionRequest is the body of POST /api/v1/instances.
+type provisionRequest struct {
+	Customer  string `json:"customer"`
+	Plan      string `json:"plan"`
+	Subdomain string `json:"subdomain,omitempty"`
+}
+
+func (a *API) provision(w http.ResponseWriter, r *http.Request) error {
+	var body provisionRequest
+	if err := decodeBody(w, r, maxBody, &body); err != nil {
+		return err
+	}
+	inst, job, err := a.o.Jobs.Provision(body.Customer, body.Plan, body.Subdomain)
+	if err != nil {
+		return jobError(err)
+	}
+	a.audit(r, "provision job started", "instance", inst.ID, "job", job.ID, "customer", body.Customer, "plan", body.Plan)
+	w.Header().Set("Location", "/api/v1/jobs/"+job.ID)
+	return writeJSON(w, http.StatusAccepted, map[string]any{"instance": inst, "job": job})
+}
+
+// startJob starts a job of kind on the instance of the route.
+func (a *API) startJob(kind string) func(http.ResponseWriter, *http.Request) error {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		id := chi.URLParam(r, "id")
+		if err := a.knownInstance(id); err != nil {
+			return err
+		}
+		var params map[string]string
+		if kind == "resize" {
+			var body struct {
+				Plan string `json:"plan"`
+			}
+			if err := decodeBody(w, r, maxBody, &body); err != nil {
+				return err
+			}
+			params = map[string]string{"plan": body.Plan}
+		}
+		job, err := a.o.Jobs.Start(kind, id, params)
+		if err != nil {
+			return jobError(err)
+		}
+		a.audit(r, kind+" job started", "instance", id, "job", job.ID)
+		w.Header().Set("Location", "/api/v1/jobs/"+job.ID)
+		return writeJSON(w, http.StatusAccepted, job)
+	}
+}
+
+func (a *API) job(w http.ResponseWriter, r *http.Request) error {
+	job, err := a.o.Jobs.Job(chi.URLParam(r, "id"))
+	if errors.Is(err, ErrNotFound) {
+		return httpError{Code: http.StatusNotFound, Msg: "job not found", Err: err}
+	}
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, job)
+}
+
+// audit logs what an operator did, with who and the request id.
+func (a *API) audit(r *http.Request, msg string, args ...any) {
+	p, _ := r.Context().Value(principalKey{}).(Principal)
+	a.log.Info(msg, append(args, "by", p.Name, "request_id", middleware.GetReqID(r.Context()))...)
 }

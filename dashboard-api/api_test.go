@@ -2,7 +2,6 @@ package dashboardapi
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -43,21 +42,35 @@ func (m fakeMetrics) LatestMetrics(id string) (protocol.Metrics, bool) {
 	return s, ok
 }
 
-// fakeTerminator records the ids it was asked to terminate and fails with err.
-type fakeTerminator struct {
+// fakeJobs records the jobs it was asked to start and fails with err.
+type fakeJobs struct {
 	mu  sync.Mutex
 	ids []string
 	err error
 }
 
-func (f *fakeTerminator) Terminate(_ context.Context, id string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.ids = append(f.ids, id)
-	return f.err
+func (f *fakeJobs) Provision(customer, plan, subdomain string) (fleet.Instance, fleet.Job, error) {
+	if f.err != nil {
+		return fleet.Instance{}, fleet.Job{}, f.err
+	}
+	return fleet.Instance{ID: "i-new", Customer: customer, Plan: plan}, fleet.Job{ID: "job-1", Kind: "provision"}, nil
 }
 
-func (f *fakeTerminator) calls() []string {
+func (f *fakeJobs) Start(kind, id string, _ map[string]string) (fleet.Job, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ids = append(f.ids, kind+":"+id)
+	return fleet.Job{ID: "job-2", Kind: kind, InstanceID: id}, f.err
+}
+
+func (f *fakeJobs) Job(id string) (fleet.Job, error) {
+	if id != "job-2" {
+		return fleet.Job{}, ErrNotFound
+	}
+	return fleet.Job{ID: id, Kind: "terminate"}, nil
+}
+
+func (f *fakeJobs) calls() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.ids)
@@ -84,7 +97,7 @@ func (b *syncBuffer) String() string {
 
 type testAPI struct {
 	srv  *httptest.Server
-	term *fakeTerminator
+	term *fakeJobs
 	log  *syncBuffer
 }
 
@@ -102,14 +115,14 @@ func newTestAPI(t *testing.T, opt func(*Options)) *testAPI {
 	tr.Enrolled("i-a", now)
 	tr.Heartbeat(protocol.Heartbeat{InstanceID: "i-a", AgentVersion: "1.0.0", Health: protocol.HealthOK}, now)
 
-	ta := &testAPI{term: &fakeTerminator{}, log: &syncBuffer{}}
+	ta := &testAPI{term: &fakeJobs{}, log: &syncBuffer{}}
 	o := Options{
-		Fleet:      tr,
-		Metrics:    fakeMetrics{"i-a": {V: 1, InstanceID: "i-a", CPUPercent: 12.5, UptimeSeconds: 3600}},
-		Terminator: ta.term,
-		Tokens:     fakeTokens{},
-		Ready:      map[string]Check{"broker": func() error { return nil }, "store": func() error { return nil }},
-		Log:        slog.New(slog.NewTextHandler(ta.log, nil)),
+		Fleet:   tr,
+		Metrics: fakeMetrics{"i-a": {V: 1, InstanceID: "i-a", CPUPercent: 12.5, UptimeSeconds: 3600}},
+		Jobs:    ta.term,
+		Tokens:  fakeTokens{},
+		Ready:   map[string]Check{"broker": func() error { return nil }, "store": func() error { return nil }},
+		Log:     slog.New(slog.NewTextHandler(ta.log, nil)),
 	}
 	if opt != nil {
 		opt(&o)
@@ -334,11 +347,11 @@ func TestGetUnknownInstance(t *testing.T) {
 func TestTerminate(t *testing.T) {
 	ta := newTestAPI(t, nil)
 	res := ta.do(t, http.MethodDelete, "/api/v1/instances/i-a", goodToken)
-	if res.code != http.StatusNoContent || len(res.body) != 0 {
-		t.Errorf("DELETE = %d with body %q, want 204 and no body", res.code, res.body)
+	if res.code != http.StatusAccepted || res.header.Get("Location") != "/api/v1/jobs/job-2" {
+		t.Errorf("DELETE = %d (Location %q), want 202 and the job's location", res.code, res.header.Get("Location"))
 	}
-	if got := ta.term.calls(); !slices.Equal(got, []string{"i-a"}) {
-		t.Errorf("Terminate calls = %v, want [i-a]", got)
+	if got := ta.term.calls(); !slices.Equal(got, []string{"terminate:i-a"}) {
+		t.Errorf("job calls = %v, want [terminate:i-a]", got)
 	}
 	if log := ta.log.String(); !strings.Contains(log, "instance=i-a") || !strings.Contains(log, "by=alice") {
 		t.Errorf("log = %q, want who terminated i-a", log)
@@ -364,7 +377,7 @@ func TestTerminateRequiresToken(t *testing.T) {
 func TestTerminateErrorIsNotShown(t *testing.T) {
 	const secret = "ec2: AccessDenied for arn:aws:iam::123456789012:role/secret"
 	ta := newTestAPI(t, func(o *Options) {
-		o.Terminator = &fakeTerminator{err: errors.New(secret)}
+		o.Jobs = &fakeJobs{err: errors.New(secret)}
 	})
 	res := ta.do(t, http.MethodDelete, "/api/v1/instances/i-a", goodToken)
 	wantProblem(t, res, http.StatusInternalServerError, "internal error")

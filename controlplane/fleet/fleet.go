@@ -35,11 +35,33 @@ const (
 	StatusOffline Status = "offline"
 )
 
+// Lifecycle is where an instance stands in its customer's life: set by
+// provisioning jobs only, never by what the agent reports.
+type Lifecycle string
+
+// Lifecycle values.
+const (
+	LifecycleProvisioning Lifecycle = "provisioning"
+	LifecycleActive       Lifecycle = "active"
+	LifecycleSuspended    Lifecycle = "suspended"
+	LifecycleTerminating  Lifecycle = "terminating"
+)
+
 // Instance is one customer server as the control plane knows it.
 type Instance struct {
-	ID         string    `json:"id"`
-	Provider   string    `json:"provider"`
-	CreatedAt  time.Time `json:"created_at"`
+	ID        string    `json:"id"`
+	Provider  string    `json:"provider"`
+	CreatedAt time.Time `json:"created_at"`
+	// Who and what it is for, and where it stands; written by jobs.
+	Customer     string    `json:"customer,omitempty"`
+	Plan         string    `json:"plan,omitempty"`
+	Subdomain    string    `json:"subdomain,omitempty"`
+	InstanceType string    `json:"instance_type,omitempty"`
+	ProviderID   string    `json:"provider_id,omitempty"`
+	Address      string    `json:"address,omitempty"`
+	Lifecycle    Lifecycle `json:"lifecycle,omitempty"`
+	// Job is the job working on the instance now, if any.
+	Job        string    `json:"job,omitempty"`
 	EnrolledAt time.Time `json:"enrolled_at,omitzero"`
 	// LastSeen is the last heartbeat or connection event; zero until enrolled.
 	LastSeen     time.Time       `json:"last_seen,omitzero"`
@@ -102,6 +124,19 @@ func NewTracker(th Thresholds, insts []Instance) *Tracker {
 		t.byID[inst.ID] = &inst
 	}
 	return t
+}
+
+// Update applies fn to instance id and returns the result; false if unknown.
+// The caller persists the lifecycle fields it changed.
+func (t *Tracker) Update(id string, fn func(*Instance)) (Instance, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	inst, ok := t.byID[id]
+	if !ok {
+		return Instance{}, false
+	}
+	fn(inst)
+	return *inst, true
 }
 
 // Put adds or replaces an instance.

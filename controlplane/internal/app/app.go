@@ -5,6 +5,7 @@ package app
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/google/renameio/v2"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
@@ -162,9 +164,21 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	prov := provision.New(provision.Options{Provider: localProvider, Store: st, Tracker: tracker, Broker: brk, Targets: tgts,
-		NATSURL: cfg.NATSURL(), TokenTTL: cfg.Enrollment.TokenTTL, Plan: cfg.Stacks.Plan, StackImage: cfg.Stacks.Image,
-		HeartbeatInterval: cfg.Fleet.HeartbeatInterval, MetricsInterval: cfg.Fleet.MetricsInterval, Log: log})
+	tokenKey, err := secretKey(filepath.Join(cfg.DataDir, "enrollment.key"))
+	if err != nil {
+		return err
+	}
+	plans := map[string]provision.Plan{}
+	for name, p := range cfg.Plans {
+		plans[name] = provision.Plan{Stack: p.Stack, InstanceType: p.InstanceType}
+	}
+	prov := provision.New(provision.Options{Provider: localProvider, DNS: provision.StoreDNS{Store: st}, Store: st,
+		Tracker: tracker, Broker: brk, Targets: tgts, Zone: cfg.Zone, NATSURL: cfg.NATSURL(),
+		TokenKey: tokenKey, TokenTTL: cfg.Enrollment.TokenTTL, Plans: plans, StackImage: cfg.Stacks.Image,
+		HeartbeatInterval: cfg.Fleet.HeartbeatInterval, MetricsInterval: cfg.Fleet.MetricsInterval,
+		Workers: cfg.Jobs.Workers, Attempts: cfg.Jobs.Attempts, RetryBase: cfg.Jobs.RetryBase, RetryMax: cfg.Jobs.RetryMax,
+		WaitTimeout: cfg.Jobs.WaitTimeout, Faults: provision.Faults{CrashAfter: cfg.Faults.CrashAfterStep, Fail: cfg.Faults.FailStep},
+		Log: log})
 
 	var localIDs []string
 	for _, inst := range insts {
@@ -178,7 +192,7 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		return err
 	}
 
-	api := dashboardapi.New(dashboardapi.Options{Fleet: tracker, Metrics: mon, Terminator: prov, Targets: targetsAPI{tgts}, Commander: commander{brk}, Tokens: tokens{st},
+	api := dashboardapi.New(dashboardapi.Options{Fleet: tracker, Metrics: mon, Jobs: jobsAPI{prov}, Targets: targetsAPI{tgts}, Commander: commander{brk}, Tokens: tokens{st},
 		Ready: map[string]dashboardapi.Check{"broker": brk.Ready, "store": st.Ready}, Log: log})
 	ln, err := net.Listen("tcp", cfg.HTTP.Addr)
 	if err != nil {
@@ -188,6 +202,7 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return mon.Run(gctx) })
+	g.Go(func() error { return prov.Run(gctx) })
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http: %w", err)
@@ -202,8 +217,8 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	})
 	if cfg.Dev {
 		for n := len(localIDs); n < cfg.DemoInstances; n++ {
-			if _, err := prov.Launch(ctx); err != nil {
-				log.Error("launching demo instance", "err", err)
+			if _, _, err := prov.Provision("demo", "starter", ""); err != nil {
+				log.Error("provisioning a demo instance", "err", err)
 				break
 			}
 		}
@@ -234,6 +249,26 @@ func prepareDataDir(cfg config.Config) error {
 		return fmt.Errorf("data dir %s is not a directory", cfg.DataDir)
 	}
 	return nil
+}
+
+// secretKey reads the 32-byte key at path, creating it (0600) on first start.
+func secretKey(path string) ([]byte, error) {
+	key, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		key = make([]byte, 32)
+		_, _ = rand.Read(key)
+		if err := renameio.WriteFile(path, key, 0o600); err != nil {
+			return nil, fmt.Errorf("writing %s: %w", path, err)
+		}
+		return key, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	if len(key) != 32 {
+		return nil, fmt.Errorf("%s: want 32 bytes, found %d", path, len(key))
+	}
+	return key, nil
 }
 
 // agentBin is the configured agent binary, or the one beside this binary.
@@ -324,4 +359,48 @@ func (c commander) Command(ctx context.Context, id string, req protocol.CommandR
 		return reply, fmt.Errorf("%w: %w", dashboardapi.ErrUnreachable, err)
 	}
 	return reply, err
+}
+
+// jobsAPI serves provisioning jobs to dashboard-api.
+type jobsAPI struct{ s *provision.Service }
+
+// apiErr maps provisioning's expected errors to dashboard-api's.
+func apiErr(err error) error {
+	switch {
+	case errors.Is(err, provision.ErrBadRequest):
+		return fmt.Errorf("%w: %w", dashboardapi.ErrInvalid, err)
+	case errors.Is(err, provision.ErrNotFound), errors.Is(err, store.ErrNotFound):
+		return fmt.Errorf("%w: %w", dashboardapi.ErrNotFound, err)
+	case errors.Is(err, provision.ErrBusy):
+		return fmt.Errorf("%w: %w", dashboardapi.ErrConflict, err)
+	}
+	return err
+}
+
+func (j jobsAPI) Provision(customer, plan, subdomain string) (fleet.Instance, fleet.Job, error) {
+	inst, job, err := j.s.Provision(customer, plan, subdomain)
+	return inst, job, apiErr(err)
+}
+
+func (j jobsAPI) Start(kind, id string, params map[string]string) (fleet.Job, error) {
+	var job fleet.Job
+	var err error
+	switch kind {
+	case provision.KindTerminate:
+		job, err = j.s.Terminate(id)
+	case provision.KindSuspend:
+		job, err = j.s.Suspend(id)
+	case provision.KindResume:
+		job, err = j.s.Resume(id)
+	case provision.KindResize:
+		job, err = j.s.Resize(id, params["plan"])
+	default:
+		err = fmt.Errorf("%w: no job %q", provision.ErrBadRequest, kind)
+	}
+	return job, apiErr(err)
+}
+
+func (j jobsAPI) Job(id string) (fleet.Job, error) {
+	job, err := j.s.Job(id)
+	return job, apiErr(err)
 }

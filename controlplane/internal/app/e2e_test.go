@@ -197,7 +197,7 @@ func (cp *controlPlane) send(method, path, body string, out any) int {
 		cp.t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer resp.Body.Close()
-	if out != nil && resp.StatusCode == http.StatusOK {
+	if out != nil && (resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusAccepted) {
 		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 			cp.t.Fatalf("%s %s: decoding: %v", method, path, err)
 		}
@@ -212,6 +212,16 @@ func (cp *controlPlane) instances() []fleet.Instance {
 		cp.t.Fatalf("GET /api/v1/instances: %d", code)
 	}
 	return list.Instances
+}
+
+// waitJob polls a job until it has finished.
+func (cp *controlPlane) waitJob(id string) fleet.Job {
+	cp.t.Helper()
+	var job fleet.Job
+	waitFor(cp.t, "job "+id+" to finish", func() bool {
+		return cp.api(http.MethodGet, "/api/v1/jobs/"+id, &job) == http.StatusOK && job.State.Finished()
+	})
+	return job
 }
 
 func countStatus(insts []fleet.Instance, s fleet.Status) int {
@@ -248,7 +258,7 @@ func destroyInstances(t testing.TB, data string) {
 	}
 	dirs, _ := filepath.Glob(filepath.Join(data, "instances", "i-*"))
 	for _, dir := range dirs {
-		if err := p.Terminate(context.Background(), filepath.Base(dir)); err != nil {
+		if err := p.Terminate(context.Background(), filepath.Base(dir), ""); err != nil {
 			t.Errorf("cleaning up %s: %v", dir, err)
 		}
 	}
@@ -404,14 +414,19 @@ func TestFleetEndToEnd(t *testing.T) {
 		t.Errorf("restarting the agent restarted containers: %v, were %v", got, started[online[0]])
 	}
 
+	t.Run("provision through the API", func(t *testing.T) { testProvision(t, cp2) })
 	t.Run("targets", func(t *testing.T) { testTargets(t, cp2, data, online[0]) })
 	t.Run("commands", func(t *testing.T) { testCommands(t, cp2, online[0], killed) })
 
 	// Terminate an instance: its agent stops, its directory goes, and the API forgets it.
 	victim := online[1]
 	pid := agentPID(t, data, victim)
-	if code := cp2.api(http.MethodDelete, "/api/v1/instances/"+victim, nil); code != http.StatusNoContent {
-		t.Fatalf("DELETE: %d, want 204", code)
+	var job fleet.Job
+	if code := cp2.api(http.MethodDelete, "/api/v1/instances/"+victim, &job); code != http.StatusAccepted {
+		t.Fatalf("DELETE: %d, want 202", code)
+	}
+	if job = cp2.waitJob(job.ID); job.State != fleet.JobSucceeded {
+		t.Fatalf("terminate job: %+v", job)
 	}
 	if alive(pid) {
 		t.Errorf("agent of terminated %s still runs", victim)
@@ -576,6 +591,63 @@ func testTargets(t *testing.T, cp *controlPlane, data, id string) {
 	}
 	startAgent(t, data, id)
 	waitFor(t, "version 4 applied after the agent's start", func() bool { return stackHealthy(instance(), 4) })
+}
+
+// testProvision provisions an instance through the API and follows its job
+// to active, then suspends and resumes it.
+func testProvision(t *testing.T, cp *controlPlane) {
+	var started struct {
+		Instance fleet.Instance
+		Job      fleet.Job
+	}
+	body := `{"customer":"cus_acme","plan":"business","subdomain":"acme"}`
+	if code := cp.send(http.MethodPost, "/api/v1/instances", body, &started); code != http.StatusAccepted {
+		t.Fatalf("POST /api/v1/instances: %d", code)
+	}
+	job := cp.waitJob(started.Job.ID)
+	if job.State != fleet.JobSucceeded {
+		t.Fatalf("provision job: %+v", job)
+	}
+	var inst fleet.Instance
+	cp.api(http.MethodGet, "/api/v1/instances/"+started.Instance.ID, &inst)
+	if inst.Lifecycle != fleet.LifecycleActive || inst.Customer != "cus_acme" || inst.Plan != "business" ||
+		inst.Subdomain != "acme" || !stackHealthy(inst, 1) {
+		t.Errorf("provisioned instance: %+v", inst)
+	}
+	for _, tt := range []struct {
+		body string
+		code int
+	}{
+		{`{"customer":"cus_other","plan":"business","subdomain":"acme"}`, http.StatusAccepted}, // fails in its job
+		{`{"customer":"cus_x","plan":"platinum"}`, http.StatusUnprocessableEntity},
+		{`{"customer":"cus_x","plan":"starter","subdomain":"Not A Label"}`, http.StatusUnprocessableEntity},
+		{`{"customer":"cus_x","plan":"starter","extra":1}`, http.StatusBadRequest},
+	} {
+		if code := cp.send(http.MethodPost, "/api/v1/instances", tt.body, &started); code != tt.code {
+			t.Errorf("POST %s: %d, want %d", tt.body, code, tt.code)
+		}
+	}
+	if job := cp.waitJob(started.Job.ID); job.State != fleet.JobFailed || !strings.Contains(job.Error, "taken") {
+		t.Errorf("provisioning a taken subdomain: %+v, want failed", job)
+	}
+	for _, action := range []struct {
+		path string
+		want fleet.Lifecycle
+	}{{"suspend", fleet.LifecycleSuspended}, {"resume", fleet.LifecycleActive}} {
+		if code := cp.send(http.MethodPost, "/api/v1/instances/"+inst.ID+"/"+action.path, "", &job); code != http.StatusAccepted {
+			t.Fatalf("%s: %d", action.path, code)
+		}
+		if job = cp.waitJob(job.ID); job.State != fleet.JobSucceeded {
+			t.Fatalf("%s job: %+v", action.path, job)
+		}
+		cp.api(http.MethodGet, "/api/v1/instances/"+inst.ID, &inst)
+		if inst.Lifecycle != action.want {
+			t.Errorf("after %s: lifecycle %s", action.path, inst.Lifecycle)
+		}
+	}
+	if code := cp.api(http.MethodGet, "/api/v1/jobs/job-nope", nil); code != http.StatusNotFound {
+		t.Errorf("unknown job: %d, want 404", code)
+	}
 }
 
 // testCommands sends stack commands through the API to a live agent over

@@ -9,9 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -38,14 +40,44 @@ type Config struct {
 	Enrollment    Enrollment `yaml:"enrollment"`
 	Local         Local      `yaml:"local"`
 	Stacks        Stacks     `yaml:"stacks"`
+	// Zone is the DNS zone instances are named in: <subdomain>.<zone>.
+	Zone   string          `yaml:"zone"`
+	Plans  map[string]Plan `yaml:"plans"`
+	Jobs   Jobs            `yaml:"jobs"`
+	Faults Faults          `yaml:"faults"`
 }
 
-// Stacks configures the stack new instances start with.
+// Stacks configures the stacks instances run.
 type Stacks struct {
-	// Plan names the template under deploy/stacks/ (starter).
-	Plan string `yaml:"plan"`
 	// Image is the image of the stand-in services; make run builds it.
 	Image string `yaml:"image"`
+}
+
+// Plan is what a plan gives its instances.
+type Plan struct {
+	// Stack names the template under deploy/stacks/.
+	Stack        string `yaml:"stack"`
+	InstanceType string `yaml:"instance_type"`
+}
+
+// Jobs configures the provisioning jobs.
+type Jobs struct {
+	// Workers bounds how many jobs run at once.
+	Workers int `yaml:"workers"`
+	// Attempts a failing step gets before the job compensates.
+	Attempts  int           `yaml:"attempts"`
+	RetryBase time.Duration `yaml:"retry_base"`
+	RetryMax  time.Duration `yaml:"retry_max"`
+	// WaitTimeout bounds one wait for a machine, an enrollment or a healthy stack.
+	WaitTimeout time.Duration `yaml:"wait_timeout"`
+}
+
+// Faults inject failures into jobs, for the crash and failure tests only.
+type Faults struct {
+	// CrashAfterStep kills the control plane right after this step is saved.
+	CrashAfterStep string `yaml:"crash_after_step"`
+	// FailStep makes this step fail every time.
+	FailStep string `yaml:"fail_step"`
 }
 
 // Log configures the control plane's log/slog output.
@@ -103,7 +135,14 @@ func Default() Config {
 			OfflineAfter:      2 * time.Minute,
 		},
 		Enrollment: Enrollment{TokenTTL: 30 * time.Minute},
-		Stacks:     Stacks{Plan: "starter", Image: "stackpro/demo:dev"},
+		Stacks:     Stacks{Image: "stackpro/demo:dev"},
+		Zone:       "stackpro.localhost",
+		Plans: map[string]Plan{
+			"starter":    {Stack: "starter", InstanceType: "t3.small"},
+			"business":   {Stack: "starter", InstanceType: "t3.medium"},
+			"enterprise": {Stack: "starter", InstanceType: "t3.large"},
+		},
+		Jobs: Jobs{Workers: 16, Attempts: 5, RetryBase: time.Second, RetryMax: 30 * time.Second, WaitTimeout: 10 * time.Minute},
 	}
 }
 
@@ -235,8 +274,25 @@ func (c Config) Validate() error {
 	if u := c.NATS.AdvertiseURL; u != "" && !strings.HasPrefix(u, "nats://") && !strings.HasPrefix(u, "tls://") {
 		errs = append(errs, fmt.Errorf("nats.advertise_url must start with nats:// or tls://, got %q", u))
 	}
-	if c.Stacks.Plan == "" || c.Stacks.Image == "" {
-		errs = append(errs, errors.New("stacks.plan and stacks.image are required"))
+	if c.Stacks.Image == "" {
+		errs = append(errs, errors.New("stacks.image is required"))
+	}
+	if c.Zone == "" {
+		errs = append(errs, errors.New("zone is required"))
+	}
+	if len(c.Plans) == 0 {
+		errs = append(errs, errors.New("plans: at least one plan is required"))
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Plans)) {
+		if p := c.Plans[name]; p.Stack == "" || p.InstanceType == "" {
+			errs = append(errs, fmt.Errorf("plans.%s: stack and instance_type are required", name))
+		}
+	}
+	if c.Jobs.Workers < 1 || c.Jobs.Attempts < 1 {
+		errs = append(errs, fmt.Errorf("jobs.workers and jobs.attempts must be at least 1, got %d and %d", c.Jobs.Workers, c.Jobs.Attempts))
+	}
+	if c.Jobs.RetryBase <= 0 || c.Jobs.RetryMax < c.Jobs.RetryBase || c.Jobs.WaitTimeout <= 0 {
+		errs = append(errs, errors.New("jobs: retry_base and wait_timeout must be positive, retry_max at least retry_base"))
 	}
 	f := c.Fleet
 	for _, p := range []struct {

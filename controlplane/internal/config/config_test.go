@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -84,7 +85,7 @@ fleet:
 	want.NATS.AdvertiseURL = "tls://nats.example.com:4222"
 	want.Fleet.StaleAfter = time.Minute
 	want.Fleet.OfflineAfter = 5 * time.Minute
-	if got != want {
+	if !reflect.DeepEqual(got, want) {
 		t.Errorf("after ReadFile:\n got %+v\nwant %+v", got, want)
 	}
 	if err := got.Validate(); err != nil {
@@ -97,7 +98,7 @@ func TestReadFileEmptyKeepsDefaults(t *testing.T) {
 	if err := got.ReadFile(writeFile(t, "")); err != nil {
 		t.Fatalf("ReadFile of an empty file: %v", err)
 	}
-	if want := Default(); got != want {
+	if want := Default(); !reflect.DeepEqual(got, want) {
 		t.Errorf("after ReadFile:\n got %+v\nwant %+v", got, want)
 	}
 }

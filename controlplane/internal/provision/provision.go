@@ -1,20 +1,25 @@
-// Package provision brings instances into the fleet and takes them out:
-// it records the instance, mints its one-time enrollment token and asks a
-// provider to launch it; termination runs the other way.
+// Package provision runs the durable jobs that bring instances into the
+// fleet and take them out — provision, suspend, resume, resize, terminate —
+// as sagas: ordered, idempotent steps persisted after each one, retried with
+// backoff, compensated in reverse when one fails for good, and resumed from
+// the last completed step after a restart. Machines come from a Provider
+// and names from a DNS, both small interfaces declared here.
 package provision
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base32"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/targets"
-	"github.com/stackpro/stackpro/deploy/stacks"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -23,124 +28,160 @@ type LaunchSpec struct {
 	InstanceID      string
 	EnrollmentToken string
 	NATSURL         string
+	Customer, Plan  string
+	InstanceType    string
+	// ClientToken is the same on every retry of one launch, so a provider
+	// that honours it never starts a second machine.
+	ClientToken string
 	// Intervals the agent reports at.
 	HeartbeatInterval, MetricsInterval time.Duration
 }
 
-// Provider starts and stops the machines instances run on.
+// Provider starts and stops the machines instances run on. Every method is
+// idempotent: a step may run it again after a crash.
 type Provider interface {
 	Name() string
-	Launch(ctx context.Context, spec LaunchSpec) error
-	// Terminate stops the instance and frees what it held; terminating an
-	// instance that is already gone is not an error.
-	Terminate(ctx context.Context, instanceID string) error
+	// Launch starts the machine, or finds the one an earlier try started,
+	// and returns the provider's id for it.
+	Launch(ctx context.Context, spec LaunchSpec) (providerID string, err error)
+	// WaitRunning waits until the machine runs and returns its address.
+	WaitRunning(ctx context.Context, providerID string) (address string, err error)
+	// Resize gives the machine another instance type (stop, modify, start).
+	Resize(ctx context.Context, providerID, instanceType string) error
+	// Terminate frees the machine; one already gone is not an error.
+	Terminate(ctx context.Context, instanceID, providerID string) error
 }
 
-// Store is what provisioning records.
+// DNS keeps an A record per instance.
+type DNS interface {
+	Upsert(ctx context.Context, name, address string) error
+	// Delete removes the record; one already gone is not an error.
+	Delete(ctx context.Context, name, address string) error
+}
+
+// Store is what the jobs record.
 type Store interface {
-	PutInstances(insts ...fleet.Instance) error
-	MintToken(instanceID string, ttl time.Duration, now time.Time) (string, error)
+	SaveJob(job fleet.Job, insts ...fleet.Instance) error
+	Job(id string) (fleet.Job, error)
+	Jobs() ([]fleet.Job, error)
+	ReserveSubdomain(name, instanceID string) error
+	ReleaseSubdomain(name, instanceID string) error
+	RecordToken(instanceID, token string, ttl time.Duration, now time.Time) error
+	RevokeAccess(instanceID string) error
 	DeleteInstance(id string) error
 }
 
 // Targets keeps what each instance should run.
 type Targets interface {
+	Get(ctx context.Context, instanceID string) (protocol.Target, error)
 	Set(ctx context.Context, instanceID string, spec targets.Spec) (protocol.Target, error)
 	Delete(ctx context.Context, instanceID string) error
 }
 
-// Revoker takes an instance's credentials away from the broker.
-type Revoker interface {
+// Broker is the part of the NATS broker the jobs use.
+type Broker interface {
+	// Revoke forgets an instance's keys and closes its connections.
 	Revoke(instanceID string)
+	// Command sends a command to an instance's agent and waits for the answer.
+	Command(ctx context.Context, id string, req protocol.CommandRequest) (protocol.CommandReply, error)
+}
+
+// Plan is what a plan gives an instance.
+type Plan struct {
+	// Stack names the template under deploy/stacks/.
+	Stack        string
+	InstanceType string
+}
+
+// Faults inject failures for the crash and failure tests; both empty in
+// normal operation.
+type Faults struct {
+	// CrashAfter kills the process (SIGKILL) right after this step is saved.
+	CrashAfter string
+	// Fail makes this step fail every time.
+	Fail string
 }
 
 // Options configures a Service.
 type Options struct {
 	Provider Provider
+	DNS      DNS
 	Store    Store
 	Tracker  *fleet.Tracker
-	Broker   Revoker
+	Broker   Broker
 	Targets  Targets
-	NATSURL  string
+	// Zone is the DNS zone instances get a name in: <subdomain>.<zone>.
+	Zone    string
+	NATSURL string
+	// TokenKey derives each instance's enrollment token, so a retried step
+	// hands a machine the same token without storing it.
+	TokenKey []byte
 	TokenTTL time.Duration
-	// Plan names the stack template new instances start with, and
-	// StackImage the image its services run.
-	Plan, StackImage string
+	Plans    map[string]Plan
+	// StackImage is the image the stand-in services run.
+	StackImage string
 	// Intervals the agents are told to report at.
 	HeartbeatInterval, MetricsInterval time.Duration
-	Log                                *slog.Logger
+	// Workers bounds how many jobs run at once.
+	Workers int
+	// Attempts, RetryBase and RetryMax shape a failing step's retries.
+	Attempts            int
+	RetryBase, RetryMax time.Duration
+	// WaitTimeout bounds one wait for a machine, an enrollment or a healthy stack.
+	WaitTimeout time.Duration
+	Faults      Faults
+	Log         *slog.Logger
 }
 
-// Service launches and terminates instances.
+// Service runs the jobs.
 type Service struct {
-	o   Options
-	log *slog.Logger
+	o    Options
+	log  *slog.Logger
+	defs map[string][]step
+	sem  chan struct{}
+	jobs jobSet
+	// submitted hands new jobs to Run; submitMu makes "no other unfinished
+	// job on this instance" and saving the new one a single step.
+	submitted chan string
+	submitMu  sync.Mutex
 }
 
-// New returns a Service.
+// New returns a Service; Run starts its workers.
 func New(o Options) *Service {
-	return &Service{o: o, log: o.Log.With("component", "provision", "provider", o.Provider.Name())}
+	s := &Service{o: o, log: o.Log.With("component", "provision", "provider", o.Provider.Name()),
+		sem: make(chan struct{}, max(o.Workers, 1)), jobs: jobSet{running: map[string]bool{}},
+		submitted: make(chan string, 4096)}
+	s.defs = map[string][]step{
+		KindProvision: s.provisionSteps(),
+		KindTerminate: s.terminateSteps(),
+		KindSuspend:   s.suspendSteps(),
+		KindResume:    s.resumeSteps(),
+		KindResize:    s.resizeSteps(),
+	}
+	return s
+}
+
+func newID(prefix string) string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
 }
 
 // NewInstanceID returns a fresh id in the form of an EC2 instance id.
-func NewInstanceID() string {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return "i-" + hex.EncodeToString(b[:])
+func NewInstanceID() string { return newID("i-") }
+
+// enrollmentToken derives instance id's token from the service's key: the
+// same on every retry, stored nowhere but as a hash.
+func (s *Service) enrollmentToken(instanceID string) string {
+	mac := hmac.New(sha256.New, s.o.TokenKey)
+	mac.Write([]byte("enroll:" + instanceID))
+	return "spe_" + base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(mac.Sum(nil)[:20])
 }
 
-// Launch records a new instance, mints its enrollment token and launches
-// it. If the launch fails, the record is removed again.
-func (s *Service) Launch(ctx context.Context) (fleet.Instance, error) {
-	now := time.Now().UTC()
-	inst := fleet.Instance{ID: NewInstanceID(), Provider: s.o.Provider.Name(), CreatedAt: now}
-	if err := s.o.Store.PutInstances(inst); err != nil {
-		return fleet.Instance{}, fmt.Errorf("provision: %w", err)
-	}
-	token, err := s.o.Store.MintToken(inst.ID, s.o.TokenTTL, now)
-	if err == nil {
-		err = s.setInitialTarget(ctx, inst.ID)
-	}
-	if err == nil {
-		s.o.Tracker.Put(inst)
-		err = s.o.Provider.Launch(ctx, LaunchSpec{
-			InstanceID: inst.ID, EnrollmentToken: token, NATSURL: s.o.NATSURL,
-			HeartbeatInterval: s.o.HeartbeatInterval, MetricsInterval: s.o.MetricsInterval,
-		})
-	}
-	if err != nil {
-		s.o.Tracker.Remove(inst.ID)
-		err = errors.Join(err, s.o.Targets.Delete(ctx, inst.ID), s.o.Store.DeleteInstance(inst.ID))
-		return fleet.Instance{}, fmt.Errorf("provision: launching %s: %w", inst.ID, err)
-	}
-	s.log.Info("instance launched", "instance", inst.ID)
-	return inst, nil
-}
-
-// setInitialTarget renders the plan's stack template for instance id and
-// makes it the instance's first target.
-func (s *Service) setInitialTarget(ctx context.Context, id string) error {
-	compose, err := stacks.Render(s.o.Plan, stacks.Params{InstanceID: id, Subdomain: id, Image: s.o.StackImage})
-	if err != nil {
-		return err
-	}
-	_, err = s.o.Targets.Set(ctx, id, targets.Spec{Compose: compose})
-	return err
-}
-
-// Terminate stops instance id, revokes its credentials and forgets it.
-func (s *Service) Terminate(ctx context.Context, id string) error {
-	if err := s.o.Provider.Terminate(ctx, id); err != nil {
-		return fmt.Errorf("provision: terminating %s: %w", id, err)
-	}
-	s.o.Broker.Revoke(id)
-	if err := s.o.Targets.Delete(ctx, id); err != nil {
-		return fmt.Errorf("provision: %w", err)
-	}
-	if err := s.o.Store.DeleteInstance(id); err != nil {
-		return fmt.Errorf("provision: %w", err)
-	}
-	s.o.Tracker.Remove(id)
-	s.log.Info("instance terminated", "instance", id)
-	return nil
-}
+// Errors callers test for.
+var (
+	ErrUnknownPlan = errors.New("provision: unknown plan")
+	ErrBusy        = errors.New("provision: another job is working on this instance")
+	ErrNotFound    = errors.New("provision: no such instance")
+	ErrBadRequest  = errors.New("provision: bad request")
+)

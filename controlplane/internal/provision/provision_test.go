@@ -6,7 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
-	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,137 +17,357 @@ import (
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
-// provider records launches and fails when told to.
-type provider struct {
-	fail       error
-	launched   []provision.LaunchSpec
-	terminated []string
+// cloud stands in for the provider, the DNS, the broker and the targets
+// bucket, and plays the agent: a launched machine enrolls and reports its
+// stack healthy at whatever target version is set.
+type cloud struct {
+	tracker *fleet.Tracker
+
+	mu          sync.Mutex
+	machines    map[string]bool // provider id → running
+	dns         map[string]string
+	targets     map[string]protocol.Target
+	revoked     []string
+	launchFails int // transient failures before a launch works
+	launches    int
 }
 
-func (p *provider) Name() string { return "test" }
-func (p *provider) Launch(_ context.Context, spec provision.LaunchSpec) error {
-	p.launched = append(p.launched, spec)
-	return p.fail
-}
-func (p *provider) Terminate(_ context.Context, id string) error {
-	p.terminated = append(p.terminated, id)
-	return p.fail
-}
+func (c *cloud) Name() string { return "test" }
 
-// revoker stands in for the broker and the targets store.
-type revoker struct {
-	revoked, targetsDeleted []string
-	targets                 map[string]targets.Spec
-}
-
-func (r *revoker) Set(_ context.Context, id string, spec targets.Spec) (protocol.Target, error) {
-	if r.targets == nil {
-		r.targets = map[string]targets.Spec{}
+func (c *cloud) Launch(_ context.Context, spec provision.LaunchSpec) (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.launches++
+	if c.launchFails > 0 {
+		c.launchFails--
+		return "", errors.New("InsufficientInstanceCapacity")
 	}
-	r.targets[id] = spec
-	return protocol.Target{InstanceID: id, Version: 1, Compose: spec.Compose}, nil
+	c.machines["m-"+spec.InstanceID] = true
+	c.tracker.Enrolled(spec.InstanceID, time.Now())
+	return "m-" + spec.InstanceID, nil
 }
 
-func (r *revoker) Revoke(id string) { r.revoked = append(r.revoked, id) }
+func (c *cloud) WaitRunning(_ context.Context, pid string) (string, error) { return "10.0.0.7", nil }
+func (c *cloud) Resize(context.Context, string, string) error              { return nil }
 
-func (r *revoker) Delete(_ context.Context, id string) error {
-	r.targetsDeleted = append(r.targetsDeleted, id)
+func (c *cloud) Terminate(_ context.Context, _, pid string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.machines, pid)
 	return nil
 }
 
-func setup(t *testing.T, p *provider) (*provision.Service, *store.Store, *fleet.Tracker, *revoker) {
+func (c *cloud) Upsert(_ context.Context, name, addr string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.dns[name] = addr
+	return nil
+}
+
+func (c *cloud) Delete(_ context.Context, name, _ string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.dns, name)
+	return nil
+}
+
+func (c *cloud) Revoke(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.revoked = append(c.revoked, id)
+}
+
+func (c *cloud) Command(_ context.Context, id string, req protocol.CommandRequest) (protocol.CommandReply, error) {
+	return protocol.CommandReply{V: protocol.Version, ID: req.ID, InstanceID: id, OK: true}, nil
+}
+
+// targetsOf is the cloud's targets bucket, seen through provision.Targets.
+type targetsOf struct{ c *cloud }
+
+func (t targetsOf) Get(_ context.Context, id string) (protocol.Target, error) {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	tgt, ok := t.c.targets[id]
+	if !ok {
+		return tgt, targets.ErrNotFound
+	}
+	return tgt, nil
+}
+
+func (t targetsOf) Set(_ context.Context, id string, spec targets.Spec) (protocol.Target, error) {
+	t.c.mu.Lock()
+	tgt := protocol.Target{InstanceID: id, Version: t.c.targets[id].Version + 1, Compose: spec.Compose}
+	t.c.targets[id] = tgt
+	t.c.mu.Unlock()
+	// The agent applies it.
+	t.c.tracker.Heartbeat(protocol.Heartbeat{InstanceID: id, Stack: &protocol.StackStatus{AppliedVersion: tgt.Version,
+		Services: []protocol.ServiceState{{Service: "crm", State: "running", Health: "healthy"}}}}, time.Now())
+	return tgt, nil
+}
+
+func (t targetsOf) Delete(_ context.Context, id string) error {
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	delete(t.c.targets, id)
+	return nil
+}
+
+type env struct {
+	svc     *provision.Service
+	st      *store.Store
+	tracker *fleet.Tracker
+	cloud   *cloud
+	cancel  func()
+}
+
+func start(t *testing.T, dir string, faults provision.Faults, c *cloud) *env {
 	t.Helper()
-	st, err := store.Open(filepath.Join(t.TempDir(), "stackpro.db"), time.Second)
+	st, err := store.Open(filepath.Join(dir, "stackpro.db"), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
-	tracker := fleet.NewTracker(fleet.Thresholds{StaleAfter: time.Minute, OfflineAfter: time.Hour}, nil)
-	r := &revoker{}
-	svc := provision.New(provision.Options{Provider: p, Store: st, Tracker: tracker, Broker: r, Targets: r,
-		NATSURL: "nats://127.0.0.1:4222", TokenTTL: time.Hour, Plan: "starter", StackImage: "stackpro/demo:test", HeartbeatInterval: time.Second, MetricsInterval: time.Second,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	return svc, st, tracker, r
+	insts, _ := st.Instances()
+	tracker := fleet.NewTracker(fleet.Thresholds{StaleAfter: time.Hour, OfflineAfter: 2 * time.Hour}, insts)
+	if c == nil {
+		c = &cloud{machines: map[string]bool{}, dns: map[string]string{}, targets: map[string]protocol.Target{}}
+	}
+	c.tracker = tracker
+	svc := provision.New(provision.Options{Provider: c, DNS: c, Store: st, Tracker: tracker, Broker: c, Targets: targetsOf{c},
+		Zone: "example.test", NATSURL: "nats://127.0.0.1:4222", TokenKey: []byte("0123456789abcdef0123456789abcdef"),
+		TokenTTL: time.Hour, Plans: map[string]provision.Plan{"starter": {Stack: "starter", InstanceType: "t3.small"},
+			"business": {Stack: "starter", InstanceType: "t3.medium"}},
+		StackImage: "stackpro/demo:test", Workers: 4, Attempts: 3, RetryBase: time.Millisecond, RetryMax: 5 * time.Millisecond,
+		WaitTimeout: 5 * time.Second, Faults: faults, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = svc.Run(ctx); close(done) }()
+	e := &env{svc: svc, st: st, tracker: tracker, cloud: c}
+	e.cancel = func() { cancel(); <-done; st.Close() }
+	t.Cleanup(func() {
+		select {
+		case <-done:
+		default:
+			e.cancel()
+		}
+	})
+	return e
 }
 
-func TestLaunch(t *testing.T) {
-	p := &provider{}
-	svc, st, tracker, r := setup(t, p)
-	inst, err := svc.Launch(context.Background())
+func (e *env) wait(t *testing.T, id string) fleet.Job {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		job, err := e.st.Job(id)
+		if err == nil && job.State.Finished() {
+			return job
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s not finished after 30s: %+v", id, job)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestProvision(t *testing.T) {
+	e := start(t, t.TempDir(), provision.Faults{}, nil)
+	inst, job, err := e.svc.Provision("acme", "starter", "acme")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := protocol.ValidInstanceID(inst.ID); err != nil {
-		t.Errorf("instance id: %v", err)
+	job = e.wait(t, job.ID)
+	if job.State != fleet.JobSucceeded || job.Done != len(job.Steps) {
+		t.Fatalf("job = %+v", job)
 	}
-	if len(p.launched) != 1 || p.launched[0].InstanceID != inst.ID || p.launched[0].EnrollmentToken == "" {
-		t.Fatalf("launched %+v", p.launched)
+	got, _ := e.tracker.Get(inst.ID, time.Now())
+	if got.Lifecycle != fleet.LifecycleActive || got.Job != "" || got.ProviderID != "m-"+inst.ID || got.Address != "10.0.0.7" {
+		t.Errorf("instance = %+v", got)
 	}
-	if got, _ := tracker.Get(inst.ID, time.Now()); got.Status != fleet.StatusProvisioning {
-		t.Errorf("status = %s, want provisioning", got.Status)
+	stored, _ := e.st.Instances()
+	if len(stored) != 1 || stored[0].Lifecycle != fleet.LifecycleActive {
+		t.Errorf("stored = %+v, want the active instance", stored)
 	}
-	// The instance starts with its plan's stack.
-	if spec, ok := r.targets[inst.ID]; !ok || !strings.Contains(spec.Compose, "stackpro/demo:test") || spec.Validate() != nil {
-		t.Errorf("initial target = %+v, want the starter stack", spec)
+	if e.cloud.dns["acme.example.test"] != "10.0.0.7" {
+		t.Errorf("dns = %v", e.cloud.dns)
 	}
-	// The token handed to the provider is the one the store will redeem.
-	if err := st.RedeemToken(inst.ID, p.launched[0].EnrollmentToken, "UKEY", time.Now()); err != nil {
-		t.Errorf("redeeming the launched token: %v", err)
+	if owner, _ := e.st.SubdomainOwner("acme"); owner != inst.ID {
+		t.Errorf("subdomain owner = %q", owner)
 	}
-}
+	steps := map[string]bool{}
+	for _, l := range job.Log {
+		if l.Outcome == "ok" {
+			steps[l.Step] = true
+		}
+	}
+	for _, s := range job.Steps {
+		if !steps[s] {
+			t.Errorf("no log line for step %s: %+v", s, job.Log)
+		}
+	}
 
-// A failed launch leaves no instance behind, in the store or the tracker.
-func TestLaunchFailureCompensates(t *testing.T) {
-	p := &provider{fail: errors.New("no capacity")}
-	svc, st, tracker, r := setup(t, p)
-	if _, err := svc.Launch(context.Background()); err == nil {
-		t.Fatal("Launch succeeded, want the provider's error")
-	}
-	if len(r.targetsDeleted) != 1 {
-		t.Errorf("the failed instance's target was not removed: %v", r.targetsDeleted)
-	}
-	if insts, _ := st.Instances(); len(insts) != 0 {
-		t.Errorf("store keeps %+v after a failed launch", insts)
-	}
-	if list := tracker.List(time.Now()); len(list) != 0 {
-		t.Errorf("tracker keeps %+v after a failed launch", list)
-	}
-}
-
-func TestTerminate(t *testing.T) {
-	p := &provider{}
-	svc, st, tracker, r := setup(t, p)
-	inst, err := svc.Launch(context.Background())
+	// The subdomain is taken now: a second instance cannot have it.
+	_, job2, err := e.svc.Provision("other", "starter", "acme")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := svc.Terminate(context.Background(), inst.ID); err != nil {
-		t.Fatal(err)
+	if job2 = e.wait(t, job2.ID); job2.State != fleet.JobFailed {
+		t.Errorf("second provision of acme: %+v, want failed", job2)
 	}
-	if len(p.terminated) != 1 || len(r.revoked) != 1 || r.revoked[0] != inst.ID || len(r.targetsDeleted) != 1 {
-		t.Errorf("terminated %v, revoked %v, targets deleted %v", p.terminated, r.revoked, r.targetsDeleted)
-	}
-	if insts, _ := st.Instances(); len(insts) != 0 {
-		t.Errorf("store keeps %+v", insts)
-	}
-	if _, err := tracker.Get(inst.ID, time.Now()); !errors.Is(err, fleet.ErrNotFound) {
-		t.Errorf("tracker still has %s", inst.ID)
+	if owner, _ := e.st.SubdomainOwner("acme"); owner != inst.ID {
+		t.Errorf("compensation released the first instance's subdomain: owner %q", owner)
 	}
 }
 
-// When the provider cannot terminate, the instance is kept so it can be retried.
-func TestTerminateFailureKeepsRecord(t *testing.T) {
-	p := &provider{}
-	svc, st, _, r := setup(t, p)
-	inst, err := svc.Launch(context.Background())
+func TestProvisionRejectsBadRequests(t *testing.T) {
+	e := start(t, t.TempDir(), provision.Faults{}, nil)
+	for _, tt := range []struct{ customer, plan, sub string }{
+		{"", "starter", ""}, {"acme", "platinum", ""}, {"acme", "starter", "Bad_Name"}, {"acme", "starter", "-x"},
+	} {
+		if _, _, err := e.svc.Provision(tt.customer, tt.plan, tt.sub); !errors.Is(err, provision.ErrBadRequest) {
+			t.Errorf("Provision(%q, %q, %q) = %v, want ErrBadRequest", tt.customer, tt.plan, tt.sub, err)
+		}
+	}
+	if jobs, _ := e.st.Jobs(); len(jobs) != 0 {
+		t.Errorf("bad requests made jobs: %+v", jobs)
+	}
+}
+
+// A step that keeps failing makes the job undo every step done: nothing
+// remains but the failed job and its log.
+func TestFailureCompensates(t *testing.T) {
+	steps := []string{"record", "reserve_subdomain", "mint_token", "launch", "wait_running", "dns_record",
+		"wait_enrollment", "write_target", "wait_healthy", "activate"}
+	for _, failing := range steps {
+		t.Run(failing, func(t *testing.T) {
+			e := start(t, t.TempDir(), provision.Faults{Fail: failing}, nil)
+			inst, job, err := e.svc.Provision("acme", "starter", "acme")
+			if err != nil {
+				t.Fatal(err)
+			}
+			job = e.wait(t, job.ID)
+			if job.State != fleet.JobFailed || job.Done != 0 || job.Error == "" {
+				t.Fatalf("job = %+v, want failed and fully undone", job)
+			}
+			if insts, _ := e.st.Instances(); len(insts) != 0 {
+				t.Errorf("instances left: %+v", insts)
+			}
+			if tokens, creds, _ := e.st.Access(inst.ID); tokens+creds != 0 {
+				t.Errorf("%d tokens and %d credentials left", tokens, creds)
+			}
+			if owner, _ := e.st.SubdomainOwner("acme"); owner != "" {
+				t.Errorf("subdomain still held by %s", owner)
+			}
+			if len(e.cloud.machines)+len(e.cloud.dns)+len(e.cloud.targets) != 0 {
+				t.Errorf("left behind: machines %v, dns %v, targets %v", e.cloud.machines, e.cloud.dns, e.cloud.targets)
+			}
+		})
+	}
+}
+
+func TestTransientFailureRetries(t *testing.T) {
+	c := &cloud{machines: map[string]bool{}, dns: map[string]string{}, targets: map[string]protocol.Target{}, launchFails: 2}
+	e := start(t, t.TempDir(), provision.Faults{}, c)
+	_, job, err := e.svc.Provision("acme", "starter", "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.fail = errors.New("api down")
-	if err := svc.Terminate(context.Background(), inst.ID); err == nil {
-		t.Fatal("Terminate succeeded, want the provider's error")
+	job = e.wait(t, job.ID)
+	retries := 0
+	for _, l := range job.Log {
+		if l.Step == "launch" && l.Outcome == "retry" {
+			retries++
+		}
 	}
-	if insts, _ := st.Instances(); len(insts) != 1 || len(r.revoked) != 0 {
-		t.Errorf("after a failed terminate: instances %+v, revoked %v; want the record kept and nothing revoked", insts, r.revoked)
+	if job.State != fleet.JobSucceeded || retries != 2 || c.launches != 3 {
+		t.Errorf("job %s after %d retries and %d launches, want succeeded after 2 retries", job.State, retries, c.launches)
+	}
+}
+
+// A job saved mid-way is resumed from its last completed step by the next
+// control plane, which does not redo the steps already done.
+func TestResumeAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	e := start(t, dir, provision.Faults{}, nil)
+	_, job, err := e.svc.Provision("acme", "starter", "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.wait(t, job.ID)
+	e.cancel()
+
+	// Rewind the finished job to "launch done" and start a new service on it.
+	st, err := store.Open(filepath.Join(dir, "stackpro.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	job, _ = st.Job(job.ID)
+	job.State, job.Done = fleet.JobRunning, 4
+	insts, _ := st.Instances()
+	insts[0].Lifecycle, insts[0].Job = fleet.LifecycleProvisioning, job.ID
+	if err := st.SaveJob(job, insts[0]); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	c := &cloud{machines: map[string]bool{"m-" + insts[0].ID: true}, dns: map[string]string{}, targets: map[string]protocol.Target{}}
+	e2 := start(t, dir, provision.Faults{}, c)
+	e2.tracker.Enrolled(insts[0].ID, time.Now())
+	job = e2.wait(t, job.ID)
+	if job.State != fleet.JobSucceeded || c.launches != 0 {
+		t.Errorf("resumed job %s with %d launches, want succeeded without launching again", job.State, c.launches)
+	}
+}
+
+func TestLifecycleJobs(t *testing.T) {
+	e := start(t, t.TempDir(), provision.Faults{}, nil)
+	inst, job, err := e.svc.Provision("acme", "starter", "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.wait(t, job.ID)
+	lifecycle := func() fleet.Lifecycle {
+		got, _ := e.tracker.Get(inst.ID, time.Now())
+		return got.Lifecycle
+	}
+	for _, tt := range []struct {
+		start func() (fleet.Job, error)
+		want  fleet.Lifecycle
+	}{
+		{func() (fleet.Job, error) { return e.svc.Suspend(inst.ID) }, fleet.LifecycleSuspended},
+		{func() (fleet.Job, error) { return e.svc.Resume(inst.ID) }, fleet.LifecycleActive},
+		{func() (fleet.Job, error) { return e.svc.Resize(inst.ID, "business") }, fleet.LifecycleActive},
+	} {
+		job, err := tt.start()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if job = e.wait(t, job.ID); job.State != fleet.JobSucceeded || lifecycle() != tt.want {
+			t.Errorf("%s: job %s, lifecycle %s; want succeeded and %s", job.Kind, job.State, lifecycle(), tt.want)
+		}
+	}
+	if got, _ := e.tracker.Get(inst.ID, time.Now()); got.Plan != "business" || got.InstanceType != "t3.medium" {
+		t.Errorf("after resize: plan %s, type %s", got.Plan, got.InstanceType)
+	}
+	if _, err := e.svc.Resize(inst.ID, "platinum"); !errors.Is(err, provision.ErrBadRequest) {
+		t.Errorf("resize to an unknown plan: %v", err)
+	}
+
+	job, err = e.svc.Terminate(inst.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.Suspend(inst.ID); !errors.Is(err, provision.ErrBusy) && !errors.Is(err, provision.ErrNotFound) {
+		t.Errorf("a second job during terminate: %v, want ErrBusy", err)
+	}
+	if job = e.wait(t, job.ID); job.State != fleet.JobSucceeded {
+		t.Fatalf("terminate: %+v", job)
+	}
+	if insts, _ := e.st.Instances(); len(insts) != 0 {
+		t.Errorf("instances left: %+v", insts)
+	}
+	if tokens, creds, _ := e.st.Access(inst.ID); tokens+creds != 0 || len(e.cloud.machines)+len(e.cloud.dns)+len(e.cloud.targets) != 0 {
+		t.Errorf("left behind: %d tokens, %d creds, machines %v, dns %v, targets %v", tokens, creds,
+			e.cloud.machines, e.cloud.dns, e.cloud.targets)
+	}
+	if _, err := e.svc.Terminate(inst.ID); !errors.Is(err, provision.ErrNotFound) {
+		t.Errorf("terminate of a gone instance: %v, want ErrNotFound", err)
 	}
 }

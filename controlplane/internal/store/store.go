@@ -10,6 +10,9 @@
 //	api_tokens/   sha256(token) hex    → APIToken (JSON)
 //	events/       <instance id>/       (one bucket per instance)
 //	                <stream seq, 8-byte big-endian> → protocol.Event (JSON)
+//	jobs/         <job id>             → Job (JSON)
+//	subdomains/   <subdomain>          → <instance id>
+//	dns/          <fqdn>               → DNSRecord (JSON), the local DNS provider's zone
 //
 // Secrets (enrollment and API tokens) are kept only as their SHA-256, so a
 // copy of the file grants nothing. Every change is one bbolt transaction.
@@ -39,7 +42,11 @@ var (
 	bucketCredentials = []byte("credentials")
 	bucketAPITokens   = []byte("api_tokens")
 	bucketEvents      = []byte("events")
-	allBuckets        = [][]byte{bucketInstances, bucketTokens, bucketCredentials, bucketAPITokens, bucketEvents}
+	bucketJobs        = []byte("jobs")
+	bucketSubdomains  = []byte("subdomains")
+	bucketDNS         = []byte("dns")
+	allBuckets        = [][]byte{bucketInstances, bucketTokens, bucketCredentials, bucketAPITokens, bucketEvents,
+		bucketJobs, bucketSubdomains, bucketDNS}
 )
 
 // Errors callers test for.
@@ -119,16 +126,28 @@ func (s *Store) PutInstances(insts ...fleet.Instance) error {
 	return nil
 }
 
-// UpdateInstances writes instances that still exist, in one transaction.
+// UpdateInstances writes what agents report of instances that still exist
+// (last seen, connection, version, health, stack), in one transaction. The
+// rest of a record belongs to the jobs and is left as stored, so a stale
+// copy never undoes a job's write.
 func (s *Store) UpdateInstances(insts ...fleet.Instance) error {
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketInstances)
 		for _, inst := range insts {
-			if b.Get([]byte(inst.ID)) == nil {
+			raw := b.Get([]byte(inst.ID))
+			if raw == nil {
 				continue
 			}
-			inst.Status = ""
-			if err := putJSON(b, inst.ID, inst); err != nil {
+			var stored fleet.Instance
+			if err := json.Unmarshal(raw, &stored); err != nil {
+				return fmt.Errorf("instance %s: %w", inst.ID, err)
+			}
+			stored.LastSeen, stored.Connected, stored.AgentVersion = inst.LastSeen, inst.Connected, inst.AgentVersion
+			stored.Health, stored.Problems, stored.Stack = inst.Health, inst.Problems, inst.Stack
+			if stored.EnrolledAt.IsZero() {
+				stored.EnrolledAt = inst.EnrolledAt
+			}
+			if err := putJSON(b, inst.ID, stored); err != nil {
 				return err
 			}
 		}
@@ -162,14 +181,7 @@ func (s *Store) Instances() ([]fleet.Instance, error) {
 // DeleteInstance removes an instance with its tokens, credentials and events.
 func (s *Store) DeleteInstance(id string) error {
 	err := s.db.Update(func(tx *bbolt.Tx) error {
-		if err := deleteWhere(tx.Bucket(bucketCredentials), func(v []byte) bool { return string(v) == id }); err != nil {
-			return err
-		}
-		err := deleteWhere(tx.Bucket(bucketTokens), func(v []byte) bool {
-			var tok enrollToken
-			return json.Unmarshal(v, &tok) == nil && tok.InstanceID == id
-		})
-		if err != nil {
+		if err := revokeAccess(tx, id); err != nil {
 			return err
 		}
 		if err := tx.Bucket(bucketEvents).DeleteBucket([]byte(id)); err != nil && !errors.Is(err, bolterrors.ErrBucketNotFound) {
@@ -219,20 +231,79 @@ func hashKey(secret string) []byte {
 	return []byte(hex.EncodeToString(sum[:]))
 }
 
-// MintToken creates a one-time enrollment token for instance id, valid for
-// ttl from now, and returns it. Only its hash is stored.
+// MintToken creates a random one-time enrollment token for instance id,
+// valid for ttl from now, and returns it. Only its hash is stored.
 func (s *Store) MintToken(instanceID string, ttl time.Duration, now time.Time) (string, error) {
 	token := newSecret("spe_")
+	if err := s.RecordToken(instanceID, token, ttl, now); err != nil {
+		return "", err
+	}
+	return token, nil
+}
+
+// RecordToken stores the hash of a one-time enrollment token for instance
+// id, valid for ttl from now. Recording the same token again changes
+// nothing, so a retried step neither renews nor revives it.
+func (s *Store) RecordToken(instanceID, token string, ttl time.Duration, now time.Time) error {
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		if tx.Bucket(bucketInstances).Get([]byte(instanceID)) == nil {
 			return fmt.Errorf("instance %s: %w", instanceID, ErrNotFound)
 		}
-		return putJSON(tx.Bucket(bucketTokens), string(hashKey(token)), enrollToken{InstanceID: instanceID, ExpiresAt: now.Add(ttl)})
+		b, key := tx.Bucket(bucketTokens), hashKey(token)
+		if b.Get(key) != nil {
+			return nil
+		}
+		return putJSON(b, string(key), enrollToken{InstanceID: instanceID, ExpiresAt: now.Add(ttl)})
 	})
 	if err != nil {
-		return "", fmt.Errorf("store: minting token: %w", err)
+		return fmt.Errorf("store: recording token: %w", err)
 	}
-	return token, nil
+	return nil
+}
+
+// RevokeAccess deletes every enrollment token and credential of instance
+// id: its agent can neither enroll nor connect any more.
+func (s *Store) RevokeAccess(instanceID string) error {
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		return revokeAccess(tx, instanceID)
+	})
+	if err != nil {
+		return fmt.Errorf("store: revoking %s: %w", instanceID, err)
+	}
+	return nil
+}
+
+func revokeAccess(tx *bbolt.Tx, id string) error {
+	if err := deleteWhere(tx.Bucket(bucketCredentials), func(v []byte) bool { return string(v) == id }); err != nil {
+		return err
+	}
+	return deleteWhere(tx.Bucket(bucketTokens), func(v []byte) bool {
+		var tok enrollToken
+		return json.Unmarshal(v, &tok) == nil && tok.InstanceID == id
+	})
+}
+
+// Access counts the enrollment tokens and credentials of instance id.
+func (s *Store) Access(instanceID string) (tokens, credentials int, err error) {
+	err = s.db.View(func(tx *bbolt.Tx) error {
+		err := tx.Bucket(bucketTokens).ForEach(func(_, v []byte) error {
+			var tok enrollToken
+			if json.Unmarshal(v, &tok) == nil && tok.InstanceID == instanceID {
+				tokens++
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketCredentials).ForEach(func(_, v []byte) error {
+			if string(v) == instanceID {
+				credentials++
+			}
+			return nil
+		})
+	})
+	return tokens, credentials, err
 }
 
 // RedeemToken trades an enrollment token for the right of publicKey to

@@ -58,8 +58,16 @@ func (p *Provider) Name() string { return "local" }
 func (p *Provider) InstanceDir(id string) string { return filepath.Join(p.dir, id) }
 
 // Launch writes the bootstrap file and starts the agent in its own session,
-// so that it survives the control plane.
-func (p *Provider) Launch(_ context.Context, spec provision.LaunchSpec) error {
+// so that it survives the control plane. An agent already running for the
+// instance is kept. The provider's id of an instance is its own id.
+func (p *Provider) Launch(_ context.Context, spec provision.LaunchSpec) (string, error) {
+	if _, ok := p.Running(spec.InstanceID); ok {
+		return spec.InstanceID, nil
+	}
+	return spec.InstanceID, p.start(spec)
+}
+
+func (p *Provider) start(spec provision.LaunchSpec) error {
 	dir := p.InstanceDir(spec.InstanceID)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("local: %w", err)
@@ -139,9 +147,27 @@ func (p *Provider) Reattach(ids []string) map[string]bool {
 	return out
 }
 
-// Terminate stops the agent (SIGTERM, then SIGKILL after 10 s) and removes
-// the instance directory.
-func (p *Provider) Terminate(ctx context.Context, id string) error {
+// WaitRunning waits for the agent process; a local instance's address is
+// the loopback address.
+func (p *Provider) WaitRunning(ctx context.Context, providerID string) (string, error) {
+	for {
+		if _, ok := p.Running(providerID); ok {
+			return "127.0.0.1", nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Resize changes nothing: a local instance has no machine type.
+func (p *Provider) Resize(context.Context, string, string) error { return nil }
+
+// Terminate stops the agent (SIGTERM, then SIGKILL after 10 s), removes the
+// instance's containers and its directory.
+func (p *Provider) Terminate(ctx context.Context, id, _ string) error {
 	if pid, ok := p.Running(id); ok {
 		if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
 			return fmt.Errorf("local: stopping %s: %w", id, err)

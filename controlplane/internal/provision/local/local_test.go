@@ -38,15 +38,15 @@ func TestLaunchFromRelativeDir(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Launch(context.Background(), provision.LaunchSpec{InstanceID: "i-aaaa", EnrollmentToken: "t", NATSURL: "nats://127.0.0.1:1"}); err != nil {
+	if _, err := p.Launch(context.Background(), provision.LaunchSpec{InstanceID: "i-aaaa", EnrollmentToken: "t", NATSURL: "nats://127.0.0.1:1"}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = p.Terminate(context.Background(), "i-aaaa") })
+	t.Cleanup(func() { _ = p.Terminate(context.Background(), "i-aaaa", "") })
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		_, err := os.Stat(filepath.Join(p.InstanceDir("i-aaaa"), "bootstrap.yaml.read"))
 		if pid, ok := p.Running("i-aaaa"); ok && err == nil {
-			if err := p.Terminate(context.Background(), "i-aaaa"); err != nil {
+			if err := p.Terminate(context.Background(), "i-aaaa", ""); err != nil {
 				t.Fatal(err)
 			}
 			if _, still := p.Running("i-aaaa"); still || processAlive(pid) {
@@ -85,7 +85,7 @@ func TestRunningIgnoresReusedPID(t *testing.T) {
 		t.Errorf("Reattach = %v, want nothing running", got)
 	}
 	// Terminating never signals a process that is not ours.
-	if err := p.Terminate(context.Background(), id); err != nil {
+	if err := p.Terminate(context.Background(), id, ""); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(p.InstanceDir(id)); !os.IsNotExist(err) {
@@ -94,14 +94,14 @@ func TestRunningIgnoresReusedPID(t *testing.T) {
 }
 
 func TestTerminateUnknownInstance(t *testing.T) {
-	if err := newProvider(t, "/bin/true").Terminate(context.Background(), "i-none"); err != nil {
+	if err := newProvider(t, "/bin/true").Terminate(context.Background(), "i-none", ""); err != nil {
 		t.Errorf("Terminate of an unknown instance: %v, want nil", err)
 	}
 }
 
 func TestLaunchWithoutAgentBinary(t *testing.T) {
 	p := newProvider(t, filepath.Join(t.TempDir(), "no-such-agent"))
-	err := p.Launch(context.Background(), provision.LaunchSpec{InstanceID: "i-aaaa", EnrollmentToken: "t", NATSURL: "nats://127.0.0.1:1"})
+	_, err := p.Launch(context.Background(), provision.LaunchSpec{InstanceID: "i-aaaa", EnrollmentToken: "t", NATSURL: "nats://127.0.0.1:1"})
 	if err == nil {
 		t.Fatal("Launch with a missing agent binary succeeded")
 	}
@@ -113,7 +113,7 @@ func TestLaunchWithoutAgentBinary(t *testing.T) {
 // The bootstrap file carries the token, so only its owner may read it.
 func TestBootstrapFileIsPrivate(t *testing.T) {
 	p := newProvider(t, "/bin/true")
-	if err := p.Launch(context.Background(), provision.LaunchSpec{InstanceID: "i-aaaa", EnrollmentToken: "secret", NATSURL: "nats://127.0.0.1:1"}); err != nil {
+	if _, err := p.Launch(context.Background(), provision.LaunchSpec{InstanceID: "i-aaaa", EnrollmentToken: "secret", NATSURL: "nats://127.0.0.1:1"}); err != nil {
 		t.Fatal(err)
 	}
 	info, err := os.Stat(filepath.Join(p.InstanceDir("i-aaaa"), "bootstrap.yaml"))

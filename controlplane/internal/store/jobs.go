@@ -1,0 +1,143 @@
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/stackpro/stackpro/controlplane/fleet"
+)
+
+// SaveJob writes a job and, in the same transaction, the instances the
+// step changed (whole records: jobs own an instance's lifecycle fields).
+func (s *Store) SaveJob(job fleet.Job, insts ...fleet.Instance) error {
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		if err := putJSON(tx.Bucket(bucketJobs), job.ID, job); err != nil {
+			return err
+		}
+		for _, inst := range insts {
+			inst.Status = ""
+			if err := putJSON(tx.Bucket(bucketInstances), inst.ID, inst); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: saving job %s: %w", job.ID, err)
+	}
+	return nil
+}
+
+// Job returns job id, or ErrNotFound.
+func (s *Store) Job(id string) (fleet.Job, error) {
+	var job fleet.Job
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		raw := tx.Bucket(bucketJobs).Get([]byte(id))
+		if raw == nil {
+			return ErrNotFound
+		}
+		return json.Unmarshal(raw, &job)
+	})
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		err = fmt.Errorf("store: reading job %s: %w", id, err)
+	}
+	return job, err
+}
+
+// Jobs returns every job, oldest first.
+func (s *Store) Jobs() ([]fleet.Job, error) {
+	var jobs []fleet.Job
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketJobs).ForEach(func(k, v []byte) error {
+			var job fleet.Job
+			if err := json.Unmarshal(v, &job); err != nil {
+				return fmt.Errorf("job %s: %w", k, err)
+			}
+			jobs = append(jobs, job)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: reading jobs: %w", err)
+	}
+	slices.SortFunc(jobs, func(a, b fleet.Job) int {
+		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return jobs, nil
+}
+
+// ErrTaken is returned for a subdomain another instance holds.
+var ErrTaken = errors.New("store: subdomain taken")
+
+// ReserveSubdomain gives name to instance id; reserving it again for the
+// same instance changes nothing.
+func (s *Store) ReserveSubdomain(name, instanceID string) error {
+	return s.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketSubdomains)
+		if owner := b.Get([]byte(name)); owner != nil && string(owner) != instanceID {
+			return fmt.Errorf("%w: %s", ErrTaken, name)
+		}
+		return b.Put([]byte(name), []byte(instanceID))
+	})
+}
+
+// ReleaseSubdomain frees name if instance id holds it.
+func (s *Store) ReleaseSubdomain(name, instanceID string) error {
+	return s.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketSubdomains)
+		if owner := b.Get([]byte(name)); owner != nil && string(owner) == instanceID {
+			return b.Delete([]byte(name))
+		}
+		return nil
+	})
+}
+
+// SubdomainOwner returns the instance holding name, or "".
+func (s *Store) SubdomainOwner(name string) (string, error) {
+	var owner string
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		owner = string(tx.Bucket(bucketSubdomains).Get([]byte(name)))
+		return nil
+	})
+	return owner, err
+}
+
+// DNSRecord is an A record of the local DNS provider.
+type DNSRecord struct {
+	Name    string `json:"name"`
+	Address string `json:"address"`
+}
+
+// PutDNSRecord creates or replaces a record.
+func (s *Store) PutDNSRecord(rec DNSRecord) error {
+	return s.db.Update(func(tx *bbolt.Tx) error { return putJSON(tx.Bucket(bucketDNS), rec.Name, rec) })
+}
+
+// DeleteDNSRecord removes the record of name, if any.
+func (s *Store) DeleteDNSRecord(name string) error {
+	return s.db.Update(func(tx *bbolt.Tx) error { return tx.Bucket(bucketDNS).Delete([]byte(name)) })
+}
+
+// DNSRecords returns every record of the local zone.
+func (s *Store) DNSRecords() ([]DNSRecord, error) {
+	var out []DNSRecord
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketDNS).ForEach(func(_, v []byte) error {
+			var rec DNSRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return err
+			}
+			out = append(out, rec)
+			return nil
+		})
+	})
+	return out, err
+}
