@@ -118,12 +118,12 @@ var fastFleet = []string{
 	"STACKPRO_FLEET_OFFLINE_AFTER=6s",
 }
 
-func startControlPlane(t testing.TB, data, httpAddr, natsAddr string, demo int) *controlPlane {
+func startControlPlane(t testing.TB, data, httpAddr, natsAddr string, demo int, env ...string) *controlPlane {
 	t.Helper()
 	cp := &controlPlane{t: t, out: &output{}, data: data, httpAddr: httpAddr, natsAddr: natsAddr, exited: make(chan error, 1)}
 	cp.cmd = exec.Command(filepath.Join(binaries(t), "stackpro-controlplane"), "dev", "--data", data,
 		"--http", httpAddr, "--nats", natsAddr, "--demo-instances", strconv.Itoa(demo))
-	cp.cmd.Env = append(append(os.Environ(), fastFleet...), "STACKPRO_STACKS_IMAGE="+dockertest.DemoImage(t))
+	cp.cmd.Env = append(append(append(os.Environ(), fastFleet...), "STACKPRO_STACKS_IMAGE="+dockertest.DemoImage(t)), env...)
 	cp.cmd.Stdout, cp.cmd.Stderr = cp.out, cp.out
 	if err := cp.cmd.Start(); err != nil {
 		t.Fatal(err)
