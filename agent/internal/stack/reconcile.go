@@ -63,10 +63,24 @@ type state struct {
 
 // Reconciler converges the stack to its target, one target at a time.
 type Reconciler struct {
-	o  Options
-	mu sync.Mutex // serializes Apply; guards st
-	st state
+	o Options
+	// apply serializes rollouts and commands; mu guards st, so a status
+	// read never waits for a rollout.
+	apply sync.Mutex
+	mu    sync.Mutex
+	st    state
+	// seen caches the engine's view for Status: the heartbeat asks for it
+	// every few seconds, the engine's events and our own actions expire it.
+	seen struct {
+		sync.Mutex
+		services []protocol.ServiceState
+		err      error
+		at       time.Time
+	}
 }
+
+// statusTTL is how long Status may answer from its cache.
+const statusTTL = 5 * time.Second
 
 // New loads the reconciler's state from o.Dir.
 func New(o Options) (*Reconciler, error) {
@@ -84,11 +98,15 @@ func New(o Options) (*Reconciler, error) {
 	return r, nil
 }
 
-func (r *Reconciler) save() error {
-	raw, _ := json.Marshal(r.st)
+// save makes st the reconciler's state, on disk first.
+func (r *Reconciler) save(st state) error {
+	raw, _ := json.Marshal(st)
 	if err := renameio.WriteFile(filepath.Join(r.o.Dir, stateFile), raw, 0o600); err != nil {
 		return fmt.Errorf("stack: saving state: %w", err)
 	}
+	r.mu.Lock()
+	r.st = st
+	r.mu.Unlock()
 	return nil
 }
 
@@ -102,9 +120,11 @@ func (r *Reconciler) versionDir(v uint64) string {
 // in a loop. A new version that does not turn healthy within the timeout is
 // rolled back to the last good one.
 func (r *Reconciler) Apply(ctx context.Context, t protocol.Target) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if t.Version <= r.st.Applied || t.Version == r.st.Failed {
+	r.apply.Lock()
+	defer r.apply.Unlock()
+	defer r.expire()
+	st := r.state()
+	if t.Version <= st.Applied || t.Version == st.Failed {
 		return nil
 	}
 	v := strconv.FormatUint(t.Version, 10)
@@ -117,32 +137,39 @@ func (r *Reconciler) Apply(ctx context.Context, t protocol.Target) error {
 		err = r.waitHealthy(ctx)
 	}
 	if err == nil {
-		r.st.Applied, r.st.LastGood = t.Version, t.Version
+		st.Applied, st.LastGood = t.Version, t.Version
 		r.o.Emit(EventApplied, protocol.SeverityInfo, "stack version "+v+" applied and healthy", map[string]string{"version": v})
-		r.prune()
-		return r.save()
+		r.prune(st.Applied)
+		return r.save(st)
 	}
 	if ctx.Err() != nil {
 		return ctx.Err() // the agent is stopping: try again on the next start
 	}
-	r.st.Failed, r.st.Why = t.Version, err.Error()
+	st.Failed, st.Why = t.Version, err.Error()
 	r.o.Emit(EventFailed, protocol.SeverityError, "stack version "+v+" failed: "+err.Error(),
 		map[string]string{"version": v, "error": err.Error()})
-	if r.st.LastGood > 0 {
-		good := strconv.FormatUint(r.st.LastGood, 10)
-		rerr := r.up(ctx, r.versionDir(r.st.LastGood))
+	if st.LastGood > 0 {
+		good := strconv.FormatUint(st.LastGood, 10)
+		rerr := r.up(ctx, r.versionDir(st.LastGood))
 		if rerr == nil {
 			rerr = r.waitHealthy(ctx)
 		}
 		if rerr != nil {
 			err = errors.Join(err, fmt.Errorf("rolling back to version %s: %w", good, rerr))
 		} else {
-			r.st.Applied = r.st.LastGood
+			st.Applied = st.LastGood
 			r.o.Emit(EventRolledBack, protocol.SeverityWarning, "stack rolled back from version "+v+" to "+good,
 				map[string]string{"from": v, "to": good})
 		}
 	}
-	return errors.Join(err, r.save())
+	return errors.Join(err, r.save(st))
+}
+
+// state is a copy of the reconciler's state.
+func (r *Reconciler) state() state {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.st
 }
 
 func (r *Reconciler) up(ctx context.Context, dir string) error {
@@ -209,10 +236,10 @@ func unhealthy(services []protocol.ServiceState) []string {
 }
 
 // prune removes version directories other than the applied one.
-func (r *Reconciler) prune() {
+func (r *Reconciler) prune(applied uint64) {
 	dirs, _ := filepath.Glob(filepath.Join(r.o.Dir, "v*"))
 	for _, d := range dirs {
-		if d != r.versionDir(r.st.Applied) {
+		if d != r.versionDir(applied) {
 			if err := os.RemoveAll(d); err != nil {
 				r.o.Log.Warn("pruning old stack version", "dir", d, "err", err)
 			}
@@ -220,18 +247,30 @@ func (r *Reconciler) prune() {
 	}
 }
 
-// Status is the stack as it is now.
+// Status is the stack as it is now, or at most statusTTL ago when nothing
+// happened since. It never waits for a rollout.
 func (r *Reconciler) Status(ctx context.Context) protocol.StackStatus {
-	r.mu.Lock()
-	st := protocol.StackStatus{AppliedVersion: r.st.Applied, FailedVersion: r.st.Failed, FailedReason: r.st.Why,
+	cur := r.state()
+	st := protocol.StackStatus{AppliedVersion: cur.Applied, FailedVersion: cur.Failed, FailedReason: cur.Why,
 		ComposeTool: r.o.Engine.ComposeTool()}
-	r.mu.Unlock()
-	services, err := r.o.Engine.Services(ctx, r.o.Project)
-	if err != nil {
-		st.Error = err.Error()
+	r.seen.Lock()
+	defer r.seen.Unlock()
+	if time.Since(r.seen.at) >= statusTTL {
+		r.seen.services, r.seen.err = r.o.Engine.Services(ctx, r.o.Project)
+		r.seen.at = time.Now()
 	}
-	st.Services = services
+	if r.seen.err != nil {
+		st.Error = r.seen.err.Error()
+	}
+	st.Services = slices.Clone(r.seen.services)
 	return st
+}
+
+// expire makes the next Status ask the engine again.
+func (r *Reconciler) expire() {
+	r.seen.Lock()
+	r.seen.at = time.Time{}
+	r.seen.Unlock()
 }
 
 // writeTarget writes t's files into a fresh directory and moves it into
@@ -278,6 +317,7 @@ func (r *Reconciler) WatchContainers(ctx context.Context) error {
 	died := map[string]bool{}
 	for ctx.Err() == nil {
 		err := r.o.Engine.Events(ctx, r.o.Project, func(ev Event) {
+			r.expire()
 			switch {
 			case ev.Action == "die":
 				died[ev.Service] = true
@@ -357,12 +397,14 @@ func (r *Reconciler) command(ctx context.Context, service string, args ...string
 // locked runs fn on the applied version's directory, between rollouts.
 // A service, when named, must be one of the stack's.
 func (r *Reconciler) locked(ctx context.Context, service string, fn func(dir string) error) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.st.Applied == 0 {
+	r.apply.Lock()
+	defer r.apply.Unlock()
+	defer r.expire()
+	applied := r.state().Applied
+	if applied == 0 {
 		return ErrNothingApplied
 	}
-	dir := r.versionDir(r.st.Applied)
+	dir := r.versionDir(applied)
 	if service != "" {
 		out, err := r.o.Engine.Compose(ctx, r.o.Project, dir, "config", "--services")
 		if err != nil {
