@@ -127,8 +127,11 @@ type Event struct {
 // Events streams the engine's container events for project to fn until
 // ctx ends or the stream breaks.
 func (e *Engine) Events(ctx context.Context, project string, fn func(Event)) error {
+	// Only the actions the reconciler acts on: a healthcheck alone would
+	// otherwise send three exec events every interval.
 	cmd := exec.CommandContext(ctx, "docker", "events", "--format", "{{json .}}",
-		"--filter", "type=container", "--filter", "label="+projectLabel+"="+project)
+		"--filter", "type=container", "--filter", "label="+projectLabel+"="+project,
+		"--filter", "event=start", "--filter", "event=die", "--filter", "event=destroy", "--filter", "event=health_status")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return fmt.Errorf("stack: docker events: %w", err)

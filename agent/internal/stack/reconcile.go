@@ -69,6 +69,9 @@ type Reconciler struct {
 	apply sync.Mutex
 	mu    sync.Mutex
 	st    state
+	// changed wakes a rollout waiting for health when the engine reports
+	// a container event.
+	changed chan struct{}
 	// seen caches the engine's view for Status: the heartbeat asks for it
 	// every few seconds, the engine's events and our own actions expire it.
 	seen struct {
@@ -87,7 +90,7 @@ func New(o Options) (*Reconciler, error) {
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("stack: %w", err)
 	}
-	r := &Reconciler{o: o}
+	r := &Reconciler{o: o, changed: make(chan struct{}, 1)}
 	raw, err := os.ReadFile(filepath.Join(o.Dir, stateFile))
 	if err == nil {
 		err = json.Unmarshal(raw, &r.st)
@@ -172,13 +175,38 @@ func (r *Reconciler) state() state {
 	return r.st
 }
 
+// upAttempts is how many times compose up runs before a version fails. Up
+// is idempotent, and a busy engine times compose out now and then (compose
+// v1 gives up on an API call after 60 s).
+const upAttempts = 3
+
 func (r *Reconciler) up(ctx context.Context, dir string) error {
-	out, err := r.o.Engine.Compose(ctx, r.o.Project, dir, "up", "-d", "--remove-orphans")
-	if err != nil {
-		return fmt.Errorf("compose up: %s", reason(out, err))
+	for attempt := 1; ; attempt++ {
+		out, err := r.o.Engine.Compose(ctx, r.o.Project, dir, "up", "-d", "--remove-orphans")
+		if err == nil {
+			return nil
+		}
+		err = fmt.Errorf("compose up: %s", reason(out, err))
+		if attempt == upAttempts {
+			return err
+		}
+		r.o.Log.Warn("compose up failed; trying again", "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Duration(attempt) * 2 * time.Second):
+		}
 	}
-	return nil
 }
+
+// Polls of the engine while a rollout waits for health start at
+// healthPoll and back off to healthPollMax; a container event wakes the
+// wait at once. Many stacks share an engine on the local provider, and
+// every poll is two docker calls.
+const (
+	healthPoll    = time.Second
+	healthPollMax = 5 * time.Second
+)
 
 // waitHealthy polls the engine until every service runs and every
 // healthcheck passes. It gives up when the timeout ends, or at once when
@@ -187,7 +215,7 @@ func (r *Reconciler) up(ctx context.Context, dir string) error {
 func (r *Reconciler) waitHealthy(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, r.o.HealthTimeout)
 	defer cancel()
-	for {
+	for delay := healthPoll; ; delay = min(2*delay, healthPollMax) {
 		services, err := r.o.Engine.Services(ctx, r.o.Project)
 		bad := unhealthy(services)
 		if err == nil && len(services) > 0 && len(bad) == 0 {
@@ -204,7 +232,8 @@ func (r *Reconciler) waitHealthy(ctx context.Context) error {
 				return err
 			}
 			return fmt.Errorf("not healthy after %s: %s", r.o.HealthTimeout, strings.Join(bad, ", "))
-		case <-time.After(500 * time.Millisecond):
+		case <-r.changed:
+		case <-time.After(delay):
 		}
 	}
 }
@@ -318,6 +347,10 @@ func (r *Reconciler) WatchContainers(ctx context.Context) error {
 	for ctx.Err() == nil {
 		err := r.o.Engine.Events(ctx, r.o.Project, func(ev Event) {
 			r.expire()
+			select {
+			case r.changed <- struct{}{}:
+			default:
+			}
 			switch {
 			case ev.Action == "die":
 				died[ev.Service] = true
