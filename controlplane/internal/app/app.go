@@ -15,8 +15,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/google/renameio/v2"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
@@ -26,7 +29,10 @@ import (
 	"github.com/stackpro/stackpro/controlplane/internal/config"
 	"github.com/stackpro/stackpro/controlplane/internal/monitor"
 	"github.com/stackpro/stackpro/controlplane/internal/provision"
+	"github.com/stackpro/stackpro/controlplane/internal/provision/ec2"
 	"github.com/stackpro/stackpro/controlplane/internal/provision/local"
+	"github.com/stackpro/stackpro/controlplane/internal/provision/route53"
+	"github.com/stackpro/stackpro/controlplane/internal/secrets"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
 	"github.com/stackpro/stackpro/controlplane/internal/targets"
 	dashboardapi "github.com/stackpro/stackpro/dashboard-api"
@@ -160,11 +166,12 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	}
 	mon := monitor.New(monitor.Options{Tracker: tracker, Store: st, Keys: brk, Conn: brk.Conn(), Sys: brk.SysConn(),
 		PersistEvery: 5 * time.Second, Log: log})
-	localProvider, err := local.New(filepath.Join(cfg.DataDir, "instances"), agentBin(cfg), log)
+	awsConfig := sync.OnceValues(func() (aws.Config, error) { return loadAWS(ctx, cfg.AWS) })
+	provider, dns, err := machines(cfg, awsConfig, st, log)
 	if err != nil {
 		return err
 	}
-	tokenKey, err := secretKey(filepath.Join(cfg.DataDir, "enrollment.key"))
+	tokenKey, err := enrollmentKey(ctx, cfg, awsConfig)
 	if err != nil {
 		return err
 	}
@@ -172,21 +179,26 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	for name, p := range cfg.Plans {
 		plans[name] = provision.Plan{Stack: p.Stack, InstanceType: p.InstanceType}
 	}
-	prov := provision.New(provision.Options{Provider: localProvider, DNS: provision.StoreDNS{Store: st}, Store: st,
+	prov := provision.New(provision.Options{Provider: provider, DNS: dns, Store: st,
 		Tracker: tracker, Broker: brk, Targets: tgts, Zone: cfg.Zone, NATSURL: cfg.NATSURL(),
 		TokenKey: tokenKey, TokenTTL: cfg.Enrollment.TokenTTL, Plans: plans, StackImage: cfg.Stacks.Image,
 		HeartbeatInterval: cfg.Fleet.HeartbeatInterval, MetricsInterval: cfg.Fleet.MetricsInterval,
 		Workers: cfg.Jobs.Workers, Attempts: cfg.Jobs.Attempts, RetryBase: cfg.Jobs.RetryBase, RetryMax: cfg.Jobs.RetryMax,
-		WaitTimeout: cfg.Jobs.WaitTimeout, Faults: provision.Faults{CrashAfter: cfg.Faults.CrashAfterStep, Fail: cfg.Faults.FailStep},
+		WaitTimeout: cfg.Jobs.WaitTimeout, Faults: provision.Faults{CrashAfter: cfg.Faults.CrashAfterStep, Fail: cfg.Faults.FailStep, FailFor: cfg.Faults.FailFor},
 		Log: log})
 
+	// Local agents outlive the control plane: find them again. Demo
+	// instances are local ones.
+	localProvider, isLocal := provider.(*local.Provider)
 	var localIDs []string
-	for _, inst := range insts {
-		if inst.Provider == localProvider.Name() {
-			localIDs = append(localIDs, inst.ID)
+	if isLocal {
+		for _, inst := range insts {
+			if inst.Provider == localProvider.Name() {
+				localIDs = append(localIDs, inst.ID)
+			}
 		}
+		localProvider.Reattach(localIDs)
 	}
-	localProvider.Reattach(localIDs)
 	tokenPath, err := bootstrapAdminToken(st, cfg.DataDir)
 	if err != nil {
 		return err
@@ -215,7 +227,7 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		defer cancel()
 		return srv.Shutdown(shutdownCtx)
 	})
-	if cfg.Dev {
+	if cfg.Dev && isLocal {
 		for n := len(localIDs); n < cfg.DemoInstances; n++ {
 			if _, _, err := prov.Provision("demo", "starter", ""); err != nil {
 				log.Error("provisioning a demo instance", "err", err)
@@ -249,6 +261,70 @@ func prepareDataDir(cfg config.Config) error {
 		return fmt.Errorf("data dir %s is not a directory", cfg.DataDir)
 	}
 	return nil
+}
+
+// loadAWS is the AWS SDK's configuration: credentials and the rest found
+// the SDK's usual way, the region and an endpoint from cfg.
+func loadAWS(ctx context.Context, cfg config.AWS) (aws.Config, error) {
+	opts := []func(*awsconfig.LoadOptions) error{awsconfig.WithRegion(cfg.Region)}
+	if cfg.Endpoint != "" {
+		opts = append(opts, awsconfig.WithBaseEndpoint(cfg.Endpoint))
+	}
+	c, err := awsconfig.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return c, fmt.Errorf("aws: %w", err)
+	}
+	return c, nil
+}
+
+// machines returns the provider and the DNS cfg chooses; awsConfig is
+// called only for AWS's.
+func machines(cfg config.Config, awsConfig func() (aws.Config, error), st *store.Store, log *slog.Logger) (provision.Provider, provision.DNS, error) {
+	var provider provision.Provider
+	if cfg.Provider == "ec2" {
+		c, err := awsConfig()
+		if err != nil {
+			return nil, nil, err
+		}
+		amis := map[string]string{}
+		for name, p := range cfg.Plans {
+			amis[name] = p.AMI
+		}
+		a := cfg.AWS
+		provider = ec2.New(c, ec2.Options{AMIs: amis, DefaultAMI: a.AMI, SubnetID: a.SubnetID, SecurityGroupIDs: a.SecurityGroupIDs,
+			InstanceProfile: a.InstanceProfile, KeyName: a.KeyName, PublicAddress: a.PublicAddress, PollInterval: a.PollInterval, Log: log})
+	} else {
+		lp, err := local.New(filepath.Join(cfg.DataDir, "instances"), agentBin(cfg), log)
+		if err != nil {
+			return nil, nil, err
+		}
+		provider = lp
+	}
+	var dns provision.DNS = provision.StoreDNS{Store: st}
+	if cfg.DNS == "route53" {
+		c, err := awsConfig()
+		if err != nil {
+			return nil, nil, err
+		}
+		dns = route53.New(c, route53.Options{HostedZoneID: cfg.AWS.HostedZoneID, PollInterval: cfg.AWS.PollInterval})
+	}
+	return provider, dns, nil
+}
+
+// enrollmentKey is the key enrollment tokens are derived from: the secret
+// enrollment.key refers to, or else the data dir's own.
+func enrollmentKey(ctx context.Context, cfg config.Config, awsConfig func() (aws.Config, error)) ([]byte, error) {
+	if cfg.Enrollment.Key == "" {
+		return secretKey(filepath.Join(cfg.DataDir, "enrollment.key"))
+	}
+	key, err := secrets.Resolve(ctx, cfg.Enrollment.Key, awsConfig)
+	if err != nil {
+		return nil, fmt.Errorf("enrollment.key: %w", err)
+	}
+	if n := len(key.Reveal()); n < 32 {
+		return nil, fmt.Errorf("enrollment.key: want at least 32 bytes, found %d", n)
+	}
+	return []byte(key.Reveal()), nil
 }
 
 // secretKey reads the 32-byte key at path, creating it (0600) on first start.

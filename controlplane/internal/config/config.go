@@ -11,6 +11,7 @@ import (
 	"io"
 	"maps"
 	"net"
+	"net/url"
 	"os"
 	"reflect"
 	"slices"
@@ -24,6 +25,7 @@ import (
 // Config is everything the control plane reads at start-up. The yaml tags
 // are the file keys; the environment variable of a key is STACKPRO_ and the
 // key path in upper case with dots as underscores (http.addr → STACKPRO_HTTP_ADDR).
+// A list is comma-separated there (STACKPRO_AWS_SECURITY_GROUP_IDS=sg-1,sg-2).
 type Config struct {
 	// DataDir holds the store, JetStream and local instances.
 	DataDir string `yaml:"data_dir"`
@@ -40,6 +42,13 @@ type Config struct {
 	Enrollment    Enrollment `yaml:"enrollment"`
 	Local         Local      `yaml:"local"`
 	Stacks        Stacks     `yaml:"stacks"`
+	// Provider runs instances' machines: local (agent processes on this
+	// host) or ec2.
+	Provider string `yaml:"provider"`
+	// DNS keeps instances' A records: store (in the control plane's own
+	// store) or route53.
+	DNS string `yaml:"dns"`
+	AWS AWS    `yaml:"aws"`
 	// Zone is the DNS zone instances are named in: <subdomain>.<zone>.
 	Zone   string          `yaml:"zone"`
 	Plans  map[string]Plan `yaml:"plans"`
@@ -58,11 +67,38 @@ type Plan struct {
 	// Stack names the template under deploy/stacks/.
 	Stack        string `yaml:"stack"`
 	InstanceType string `yaml:"instance_type"`
+	// AMI is the image the plan's EC2 machines boot; aws.ami if empty.
+	AMI string `yaml:"ami"`
+}
+
+// AWS configures the ec2 provider, the route53 DNS and aws-sm: secrets.
+// Credentials come the SDK's usual way: environment, shared files, or the
+// machine's role.
+type AWS struct {
+	Region string `yaml:"region"`
+	// Endpoint replaces the base URL of every AWS client: a compatible
+	// service's, or a test's.
+	Endpoint string `yaml:"endpoint"`
+	// AMI is the image of plans that name none.
+	AMI              string   `yaml:"ami"`
+	SubnetID         string   `yaml:"subnet_id"`
+	SecurityGroupIDs []string `yaml:"security_group_ids"`
+	// InstanceProfile is the IAM instance profile machines get, by name or ARN.
+	InstanceProfile string `yaml:"instance_profile"`
+	// KeyName is the EC2 key pair for SSH to machines; none if empty.
+	KeyName string `yaml:"key_name"`
+	// PublicAddress names instances by their machines' public IP addresses
+	// instead of their private ones.
+	PublicAddress bool   `yaml:"public_address"`
+	HostedZoneID  string `yaml:"hosted_zone_id"`
+	// PollInterval is how often a wait for a machine or a DNS change asks AWS.
+	PollInterval time.Duration `yaml:"poll_interval"`
 }
 
 // Jobs configures the provisioning jobs.
 type Jobs struct {
-	// Workers bounds how many jobs run at once.
+	// Workers bounds how many jobs run a step at once; steps that only
+	// wait (for a machine, an enrollment, a healthy stack) hold no worker.
 	Workers int `yaml:"workers"`
 	// Attempts a failing step gets before the job compensates.
 	Attempts  int           `yaml:"attempts"`
@@ -78,6 +114,8 @@ type Faults struct {
 	CrashAfterStep string `yaml:"crash_after_step"`
 	// FailStep makes this step fail every time.
 	FailStep string `yaml:"fail_step"`
+	// FailFor limits fail_step to customers whose id starts with it.
+	FailFor string `yaml:"fail_for"`
 }
 
 // Log configures the control plane's log/slog output.
@@ -112,6 +150,10 @@ type Fleet struct {
 // Enrollment configures one-time enrollment tokens.
 type Enrollment struct {
 	TokenTTL time.Duration `yaml:"token_ttl"`
+	// Key is a secret reference (env:NAME, file:/path or aws-sm:<secret id>)
+	// to the key tokens are derived from, at least 32 bytes. If empty,
+	// <data_dir>/enrollment.key is used, and created on first start.
+	Key string `yaml:"key"`
 }
 
 // Local configures the local provider, which runs agents as processes on this host.
@@ -136,6 +178,9 @@ func Default() Config {
 		},
 		Enrollment: Enrollment{TokenTTL: 30 * time.Minute},
 		Stacks:     Stacks{Image: "stackpro/demo:dev"},
+		Provider:   "local",
+		DNS:        "store",
+		AWS:        AWS{PollInterval: 15 * time.Second},
 		Zone:       "stackpro.localhost",
 		Plans: map[string]Plan{
 			"starter":    {Stack: "starter", InstanceType: "t3.small"},
@@ -229,6 +274,14 @@ func set(v reflect.Value, s string) error {
 			return fmt.Errorf("want a duration such as 10s, got %q", s)
 		}
 		v.SetInt(int64(d))
+	case []string:
+		var items []string
+		for item := range strings.SplitSeq(s, ",") {
+			if item = strings.TrimSpace(item); item != "" {
+				items = append(items, item)
+			}
+		}
+		v.Set(reflect.ValueOf(items))
 	default:
 		return fmt.Errorf("unsupported type %s", v.Type())
 	}
@@ -299,7 +352,7 @@ func (c Config) Validate() error {
 		key string
 		d   time.Duration
 	}{{"fleet.heartbeat_interval", f.HeartbeatInterval}, {"fleet.metrics_interval", f.MetricsInterval},
-		{"enrollment.token_ttl", c.Enrollment.TokenTTL}} {
+		{"enrollment.token_ttl", c.Enrollment.TokenTTL}, {"aws.poll_interval", c.AWS.PollInterval}} {
 		if p.d <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive, got %s", p.key, p.d))
 		}
@@ -309,6 +362,37 @@ func (c Config) Validate() error {
 	}
 	if f.OfflineAfter <= f.StaleAfter {
 		errs = append(errs, fmt.Errorf("fleet.offline_after (%s) must be longer than fleet.stale_after (%s)", f.OfflineAfter, f.StaleAfter))
+	}
+	switch c.Provider {
+	case "local":
+	case "ec2":
+		if c.AWS.SubnetID == "" {
+			errs = append(errs, errors.New("provider ec2 needs aws.subnet_id"))
+		}
+		for _, name := range slices.Sorted(maps.Keys(c.Plans)) {
+			if c.Plans[name].AMI == "" && c.AWS.AMI == "" {
+				errs = append(errs, fmt.Errorf("plans.%s: provider ec2 needs its ami, or aws.ami", name))
+			}
+		}
+	default:
+		errs = append(errs, fmt.Errorf("provider must be local or ec2, got %q", c.Provider))
+	}
+	switch c.DNS {
+	case "store":
+	case "route53":
+		if c.AWS.HostedZoneID == "" {
+			errs = append(errs, errors.New("dns route53 needs aws.hosted_zone_id"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("dns must be store or route53, got %q", c.DNS))
+	}
+	if (c.Provider == "ec2" || c.DNS == "route53") && c.AWS.Region == "" {
+		errs = append(errs, errors.New("aws.region is required with provider ec2 or dns route53"))
+	}
+	if e := c.AWS.Endpoint; e != "" {
+		if u, err := url.Parse(e); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("aws.endpoint must be an http:// or https:// URL, got %q", e))
+		}
 	}
 	return errors.Join(errs...)
 }

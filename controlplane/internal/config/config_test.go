@@ -282,3 +282,96 @@ func TestNATSURL(t *testing.T) {
 		})
 	}
 }
+
+func TestAWSFromFileAndEnv(t *testing.T) {
+	cfg := Default()
+	err := cfg.ReadFile(writeFile(t, `
+provider: ec2
+dns: route53
+enrollment:
+  key: aws-sm:stackpro/enrollment-key
+plans:
+  business: {stack: starter, instance_type: t3.medium, ami: ami-business}
+aws:
+  region: eu-west-1
+  endpoint: http://127.0.0.1:4566
+  ami: ami-default
+  subnet_id: subnet-1
+  security_group_ids: [sg-1, sg-2]
+  instance_profile: stackpro-instance
+  hosted_zone_id: Z0123456789ABC
+  poll_interval: 5s
+`))
+	if err != nil {
+		t.Fatalf("ReadFile: %v", err)
+	}
+	want := AWS{Region: "eu-west-1", Endpoint: "http://127.0.0.1:4566", AMI: "ami-default", SubnetID: "subnet-1",
+		SecurityGroupIDs: []string{"sg-1", "sg-2"}, InstanceProfile: "stackpro-instance", HostedZoneID: "Z0123456789ABC",
+		PollInterval: 5 * time.Second}
+	if !reflect.DeepEqual(cfg.AWS, want) {
+		t.Errorf("aws = %+v, want %+v", cfg.AWS, want)
+	}
+	if cfg.Provider != "ec2" || cfg.DNS != "route53" || cfg.Plans["business"].AMI != "ami-business" ||
+		cfg.Enrollment.Key != "aws-sm:stackpro/enrollment-key" {
+		t.Errorf("provider %q, dns %q, business ami %q, enrollment.key %q", cfg.Provider, cfg.DNS, cfg.Plans["business"].AMI, cfg.Enrollment.Key)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("Validate() = %v, want nil", err)
+	}
+
+	// A list in the environment is comma-separated.
+	if err := cfg.LoadEnv([]string{"STACKPRO_AWS_SECURITY_GROUP_IDS=sg-a, sg-b,", "STACKPRO_ENROLLMENT_KEY=env:KEY"}); err != nil {
+		t.Fatalf("LoadEnv: %v", err)
+	}
+	if want := []string{"sg-a", "sg-b"}; !slices.Equal(cfg.AWS.SecurityGroupIDs, want) {
+		t.Errorf("aws.security_group_ids = %q, want %q", cfg.AWS.SecurityGroupIDs, want)
+	}
+	if cfg.Enrollment.Key != "env:KEY" {
+		t.Errorf("enrollment.key = %q, want env:KEY", cfg.Enrollment.Key)
+	}
+}
+
+func TestValidateProviderAndDNS(t *testing.T) {
+	tests := []struct {
+		name   string
+		modify func(*Config)
+		want   []string
+	}{
+		{"ec2 with nothing it needs", func(c *Config) { c.Provider = "ec2" }, []string{
+			"provider ec2 needs aws.subnet_id",
+			"plans.business: provider ec2 needs its ami, or aws.ami",
+			"plans.enterprise: provider ec2 needs its ami, or aws.ami",
+			"plans.starter: provider ec2 needs its ami, or aws.ami",
+			"aws.region is required with provider ec2 or dns route53",
+		}},
+		{"ec2 with a default ami", func(c *Config) {
+			c.Provider, c.AWS.Region, c.AWS.SubnetID, c.AWS.AMI = "ec2", "eu-west-1", "subnet-1", "ami-default"
+		}, nil},
+		{"ec2 with one plan's ami", func(c *Config) {
+			c.Provider, c.AWS.Region, c.AWS.SubnetID = "ec2", "eu-west-1", "subnet-1"
+			c.Plans = map[string]Plan{"starter": {Stack: "starter", InstanceType: "t3.small", AMI: "ami-1"},
+				"business": {Stack: "starter", InstanceType: "t3.medium"}}
+		}, []string{"plans.business: provider ec2 needs its ami, or aws.ami"}},
+		{"route53 with nothing it needs", func(c *Config) { c.DNS = "route53" }, []string{
+			"dns route53 needs aws.hosted_zone_id",
+			"aws.region is required with provider ec2 or dns route53",
+		}},
+		{"unknown names", func(c *Config) { c.Provider, c.DNS = "gce", "bind" }, []string{
+			`provider must be local or ec2, got "gce"`,
+			`dns must be store or route53, got "bind"`,
+		}},
+		{"bad endpoint and poll interval", func(c *Config) { c.AWS.Endpoint, c.AWS.PollInterval = "localhost:4566", 0 }, []string{
+			"aws.poll_interval must be positive, got 0s",
+			`aws.endpoint must be an http:// or https:// URL, got "localhost:4566"`,
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := Default()
+			tt.modify(&cfg)
+			if got := lines(cfg.Validate()); !slices.Equal(got, tt.want) {
+				t.Errorf("Validate():\n got %q\nwant %q", got, tt.want)
+			}
+		})
+	}
+}

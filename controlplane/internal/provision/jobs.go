@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -28,6 +30,10 @@ type step struct {
 	name string
 	do   func(ctx context.Context, r *run) error
 	undo func(ctx context.Context, r *run) error
+	// wait marks a step that only waits for the world (a machine, an
+	// enrollment, a healthy stack): it holds no worker slot, so a hundred
+	// jobs can wait while others launch.
+	wait bool
 }
 
 // run is one job being worked on.
@@ -87,7 +93,8 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 }
 
-// start works on job id in its own goroutine once a worker slot is free.
+// start works on job id in its own goroutine; each step waits for a
+// worker slot.
 func (s *Service) start(ctx context.Context, id string) {
 	s.jobs.mu.Lock()
 	defer s.jobs.mu.Unlock()
@@ -101,12 +108,6 @@ func (s *Service) start(ctx context.Context, id string) {
 			delete(s.jobs.running, id)
 			s.jobs.mu.Unlock()
 		}()
-		select {
-		case s.sem <- struct{}{}:
-			defer func() { <-s.sem }()
-		case <-ctx.Done():
-			return
-		}
 		if err := s.work(ctx, id); err != nil && ctx.Err() == nil {
 			s.log.Error("job stopped", "job", id, "err", err)
 		}
@@ -133,9 +134,9 @@ func (s *Service) work(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	steps, ok := s.defs[job.Kind]
-	if !ok {
-		return fmt.Errorf("provision: job %s has unknown kind %q", id, job.Kind)
+	steps, err := s.plan(job)
+	if err != nil {
+		return err
 	}
 	r := &run{job: job}
 	if r.job.State == fleet.JobPending {
@@ -184,7 +185,7 @@ func (s *Service) work(ctx context.Context, id string) error {
 		}
 		st := steps[r.job.Done-1]
 		if st.undo != nil {
-			if err := st.undo(ctx, r); err != nil {
+			if err := s.undo(ctx, st, r); err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
@@ -208,9 +209,57 @@ func (s *Service) work(ctx context.Context, id string) error {
 	return nil
 }
 
-// do runs one step, failing it on purpose when a fault is injected there.
+// plan is the steps of job, looked up by the names saved with it: a job
+// saved by an earlier version of the control plane carries on with its own
+// list of steps, not the current one.
+func (s *Service) plan(job fleet.Job) ([]step, error) {
+	defs, ok := s.defs[job.Kind]
+	if !ok {
+		return nil, fmt.Errorf("provision: job %s has unknown kind %q", job.ID, job.Kind)
+	}
+	steps := make([]step, len(job.Steps))
+	for i, name := range job.Steps {
+		j := slices.IndexFunc(defs, func(st step) bool { return st.name == name })
+		if j < 0 {
+			return nil, fmt.Errorf("provision: job %s has unknown step %q", job.ID, name)
+		}
+		steps[i] = defs[j]
+	}
+	return steps, nil
+}
+
+// slot takes a worker slot for st, unless st only waits; release gives it back.
+func (s *Service) slot(ctx context.Context, st step) (release func(), err error) {
+	if st.wait {
+		return func() {}, nil
+	}
+	select {
+	case s.sem <- struct{}{}:
+		return func() { <-s.sem }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// undo takes back st in a worker slot.
+func (s *Service) undo(ctx context.Context, st step, r *run) error {
+	release, err := s.slot(ctx, st)
+	if err != nil {
+		return err
+	}
+	defer release()
+	return st.undo(ctx, r)
+}
+
+// do runs st in a worker slot, failing it on purpose when a fault is
+// injected there.
 func (s *Service) do(ctx context.Context, st step, r *run) error {
-	if st.name == s.o.Faults.Fail {
+	release, err := s.slot(ctx, st)
+	if err != nil {
+		return err
+	}
+	defer release()
+	if f := s.o.Faults; st.name == f.Fail && strings.HasPrefix(r.job.Params["customer"], f.FailFor) {
 		return permanent(errors.New("fault injection: step fails"))
 	}
 	return st.do(ctx, r)

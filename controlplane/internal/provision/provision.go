@@ -52,6 +52,16 @@ type Provider interface {
 	Terminate(ctx context.Context, instanceID, providerID string) error
 }
 
+// Snapshotter is a Provider that can keep a machine's disks: the terminate
+// job snapshots them before the machine goes.
+type Snapshotter interface {
+	// Snapshot snapshots every disk of the machine and returns the
+	// snapshots' ids; a machine already gone has none. A call with a
+	// token an earlier call had takes no second snapshot of a disk, and
+	// returns the earlier one's id.
+	Snapshot(ctx context.Context, providerID, token string) (snapshotIDs []string, err error)
+}
+
 // DNS keeps an A record per instance.
 type DNS interface {
 	Upsert(ctx context.Context, name, address string) error
@@ -100,6 +110,9 @@ type Faults struct {
 	CrashAfter string
 	// Fail makes this step fail every time.
 	Fail string
+	// FailFor limits Fail to the jobs of customers whose id starts with
+	// it; empty means every job.
+	FailFor string
 }
 
 // Options configures a Service.
@@ -122,7 +135,8 @@ type Options struct {
 	StackImage string
 	// Intervals the agents are told to report at.
 	HeartbeatInterval, MetricsInterval time.Duration
-	// Workers bounds how many jobs run at once.
+	// Workers bounds how many jobs run a step at once; steps that only
+	// wait hold no worker.
 	Workers int
 	// Attempts, RetryBase and RetryMax shape a failing step's retries.
 	Attempts            int

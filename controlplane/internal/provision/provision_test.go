@@ -3,9 +3,13 @@ package provision_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -30,6 +34,15 @@ type cloud struct {
 	revoked     []string
 	launchFails int // transient failures before a launch works
 	launches    int
+	// resizes counts Resize calls: each moves a machine to a new address.
+	resizes int
+	// holdEnrollment keeps launched agents from enrolling until the test
+	// enrolls them; stackFails makes every target version fail to apply.
+	holdEnrollment, stackFails bool
+	// snapshotter makes the provider a provision.Snapshotter, which
+	// records the machine it snapshots under each token in snapshotted.
+	snapshotter bool
+	snapshotted map[string]string
 }
 
 func (c *cloud) Name() string { return "test" }
@@ -43,18 +56,49 @@ func (c *cloud) Launch(_ context.Context, spec provision.LaunchSpec) (string, er
 		return "", errors.New("InsufficientInstanceCapacity")
 	}
 	c.machines["m-"+spec.InstanceID] = true
-	c.tracker.Enrolled(spec.InstanceID, time.Now())
+	if !c.holdEnrollment {
+		c.tracker.Enrolled(spec.InstanceID, time.Now())
+	}
 	return "m-" + spec.InstanceID, nil
 }
 
-func (c *cloud) WaitRunning(_ context.Context, pid string) (string, error) { return "10.0.0.7", nil }
-func (c *cloud) Resize(context.Context, string, string) error              { return nil }
+func (c *cloud) WaitRunning(_ context.Context, pid string) (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return fmt.Sprintf("10.0.0.%d", 7+c.resizes), nil
+}
+
+func (c *cloud) Resize(context.Context, string, string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.resizes++
+	return nil
+}
 
 func (c *cloud) Terminate(_ context.Context, _, pid string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.machines, pid)
 	return nil
+}
+
+// snapshotter is the cloud's provider when it keeps snapshots.
+type snapshotter struct{ *cloud }
+
+func (s snapshotter) Snapshot(_ context.Context, pid, token string) ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.snapshotted[token]; ok {
+		return []string{"snap-" + s.snapshotted[token]}, nil
+	}
+	if !s.machines[pid] {
+		return nil, errors.New("no machine " + pid + " to snapshot")
+	}
+	if s.snapshotted == nil {
+		s.snapshotted = map[string]string{}
+	}
+	s.snapshotted[token] = pid
+	return []string{"snap-" + pid}, nil
 }
 
 func (c *cloud) Upsert(_ context.Context, name, addr string) error {
@@ -98,10 +142,15 @@ func (t targetsOf) Set(_ context.Context, id string, spec targets.Spec) (protoco
 	t.c.mu.Lock()
 	tgt := protocol.Target{InstanceID: id, Version: t.c.targets[id].Version + 1, Compose: spec.Compose}
 	t.c.targets[id] = tgt
+	fails := t.c.stackFails
 	t.c.mu.Unlock()
-	// The agent applies it.
-	t.c.tracker.Heartbeat(protocol.Heartbeat{InstanceID: id, Stack: &protocol.StackStatus{AppliedVersion: tgt.Version,
-		Services: []protocol.ServiceState{{Service: "crm", State: "running", Health: "healthy"}}}}, time.Now())
+	// The agent applies it, or reports why it could not.
+	st := &protocol.StackStatus{AppliedVersion: tgt.Version,
+		Services: []protocol.ServiceState{{Service: "crm", State: "running", Health: "healthy"}}}
+	if fails {
+		st = &protocol.StackStatus{FailedVersion: tgt.Version, FailedReason: "compose up: no such image"}
+	}
+	t.c.tracker.Heartbeat(protocol.Heartbeat{InstanceID: id, Stack: st}, time.Now())
 	return tgt, nil
 }
 
@@ -132,7 +181,11 @@ func start(t *testing.T, dir string, faults provision.Faults, c *cloud) *env {
 		c = &cloud{machines: map[string]bool{}, dns: map[string]string{}, targets: map[string]protocol.Target{}}
 	}
 	c.tracker = tracker
-	svc := provision.New(provision.Options{Provider: c, DNS: c, Store: st, Tracker: tracker, Broker: c, Targets: targetsOf{c},
+	var provider provision.Provider = c
+	if c.snapshotter {
+		provider = snapshotter{c}
+	}
+	svc := provision.New(provision.Options{Provider: provider, DNS: c, Store: st, Tracker: tracker, Broker: c, Targets: targetsOf{c},
 		Zone: "example.test", NATSURL: "nats://127.0.0.1:4222", TokenKey: []byte("0123456789abcdef0123456789abcdef"),
 		TokenTTL: time.Hour, Plans: map[string]provision.Plan{"starter": {Stack: "starter", InstanceType: "t3.small"},
 			"business": {Stack: "starter", InstanceType: "t3.medium"}},
@@ -282,6 +335,74 @@ func TestTransientFailureRetries(t *testing.T) {
 	}
 }
 
+// A stack version the agent reports failed fails the job at once, with the
+// agent's reason, rather than after the wait timeout.
+func TestFailedStackFailsFast(t *testing.T) {
+	c := &cloud{machines: map[string]bool{}, dns: map[string]string{}, targets: map[string]protocol.Target{}, stackFails: true}
+	e := start(t, t.TempDir(), provision.Faults{}, c)
+	_, job, err := e.svc.Provision("acme", "starter", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	job = e.wait(t, job.ID)
+	if job.State != fleet.JobFailed || !strings.Contains(job.Error, "no such image") {
+		t.Fatalf("job %s (%s), want failed with the agent's reason", job.State, job.Error)
+	}
+	for _, l := range job.Log {
+		if l.Step == "wait_healthy" && l.Outcome == "retry" {
+			t.Errorf("wait_healthy was retried: %+v", l)
+		}
+	}
+	if len(c.machines) != 0 {
+		t.Errorf("machines left: %v", c.machines)
+	}
+}
+
+// Steps that only wait hold no worker: more jobs than workers all reach
+// wait_enrollment, then all finish.
+func TestWaitsHoldNoWorker(t *testing.T) {
+	c := &cloud{machines: map[string]bool{}, dns: map[string]string{}, targets: map[string]protocol.Target{}, holdEnrollment: true}
+	e := start(t, t.TempDir(), provision.Faults{}, c)
+	const n = 10 // start gives the service 4 workers
+	var jobs []fleet.Job
+	for range n {
+		_, job, err := e.svc.Provision("acme", "starter", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		jobs = append(jobs, job)
+	}
+	waitEnrollment := slices.Index(jobs[0].Steps, "wait_enrollment")
+	deadline := time.Now().Add(30 * time.Second)
+	for i := 0; i < n; {
+		job, err := e.st.Job(jobs[i].ID)
+		switch {
+		case err == nil && job.Done == waitEnrollment:
+			i++
+		case time.Now().After(deadline):
+			t.Fatalf("job %d of %d not waiting for enrollment after 30s: %+v", i+1, n, job)
+		default:
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	// Had the waits held the 4 workers, the other jobs would have reached
+	// wait_enrollment only when the first timed out and backed off.
+	for _, job := range jobs {
+		job, _ = e.st.Job(job.ID)
+		for _, l := range job.Log {
+			if l.Outcome == "retry" {
+				t.Errorf("job %s: %s was retried (%s) before every job got to wait", job.ID, l.Step, l.Detail)
+			}
+		}
+		e.tracker.Enrolled(job.InstanceID, time.Now())
+	}
+	for _, job := range jobs {
+		if job = e.wait(t, job.ID); job.State != fleet.JobSucceeded {
+			t.Errorf("job %s: %s (%s)", job.ID, job.State, job.Error)
+		}
+	}
+}
+
 // A job saved mid-way is resumed from its last completed step by the next
 // control plane, which does not redo the steps already done.
 func TestResumeAfterRestart(t *testing.T) {
@@ -294,13 +415,16 @@ func TestResumeAfterRestart(t *testing.T) {
 	e.wait(t, job.ID)
 	e.cancel()
 
-	// Rewind the finished job to "launch done" and start a new service on it.
+	// Rewind the finished job to "launch done", as saved by a version of
+	// the control plane whose provision job had no dns_record step, and
+	// start a new service on it: the job carries on with its own steps.
 	st, err := store.Open(filepath.Join(dir, "stackpro.db"), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	job, _ = st.Job(job.ID)
 	job.State, job.Done = fleet.JobRunning, 4
+	job.Steps = slices.DeleteFunc(job.Steps, func(name string) bool { return name == "dns_record" })
 	insts, _ := st.Instances()
 	insts[0].Lifecycle, insts[0].Job = fleet.LifecycleProvisioning, job.ID
 	if err := st.SaveJob(job, insts[0]); err != nil {
@@ -313,6 +437,9 @@ func TestResumeAfterRestart(t *testing.T) {
 	job = e2.wait(t, job.ID)
 	if job.State != fleet.JobSucceeded || c.launches != 0 {
 		t.Errorf("resumed job %s with %d launches, want succeeded without launching again", job.State, c.launches)
+	}
+	if len(c.dns) != 0 {
+		t.Errorf("DNS records %v: the resumed job ran a step it did not have", c.dns)
 	}
 }
 
@@ -343,8 +470,11 @@ func TestLifecycleJobs(t *testing.T) {
 			t.Errorf("%s: job %s, lifecycle %s; want succeeded and %s", job.Kind, job.State, lifecycle(), tt.want)
 		}
 	}
-	if got, _ := e.tracker.Get(inst.ID, time.Now()); got.Plan != "business" || got.InstanceType != "t3.medium" {
-		t.Errorf("after resize: plan %s, type %s", got.Plan, got.InstanceType)
+	// The resize moved the machine to 10.0.0.8: the instance and its name follow.
+	if got, _ := e.tracker.Get(inst.ID, time.Now()); got.Plan != "business" || got.InstanceType != "t3.medium" ||
+		got.Address != "10.0.0.8" || e.cloud.dns["acme.example.test"] != "10.0.0.8" {
+		t.Errorf("after resize: plan %s, type %s, address %s, dns %v; want business, t3.medium, 10.0.0.8 in both",
+			got.Plan, got.InstanceType, got.Address, e.cloud.dns)
 	}
 	if _, err := e.svc.Resize(inst.ID, "platinum"); !errors.Is(err, provision.ErrBadRequest) {
 		t.Errorf("resize to an unknown plan: %v", err)
@@ -369,5 +499,41 @@ func TestLifecycleJobs(t *testing.T) {
 	}
 	if _, err := e.svc.Terminate(inst.ID); !errors.Is(err, provision.ErrNotFound) {
 		t.Errorf("terminate of a gone instance: %v, want ErrNotFound", err)
+	}
+}
+
+// The terminate job snapshots the machine's disks before it goes, when the
+// provider keeps snapshots, and says it skipped that when not.
+func TestTerminateTakesFinalSnapshot(t *testing.T) {
+	for _, keeps := range []bool{true, false} {
+		t.Run(fmt.Sprintf("snapshotter=%t", keeps), func(t *testing.T) {
+			c := &cloud{machines: map[string]bool{}, dns: map[string]string{}, targets: map[string]protocol.Target{}, snapshotter: keeps}
+			e := start(t, t.TempDir(), provision.Faults{}, c)
+			inst, job, err := e.svc.Provision("acme", "starter", "acme")
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.wait(t, job.ID)
+			if job, err = e.svc.Terminate(inst.ID); err != nil {
+				t.Fatal(err)
+			}
+			if job = e.wait(t, job.ID); job.State != fleet.JobSucceeded {
+				t.Fatalf("terminate: %+v", job)
+			}
+			if i := slices.Index(job.Steps, "final_snapshot"); i < 0 || job.Steps[i+1] != "terminate_instance" {
+				t.Errorf("steps %q: want final_snapshot right before terminate_instance", job.Steps)
+			}
+			want, wantSnapshotted := "skipped: provider keeps no snapshots", map[string]string(nil)
+			if keeps {
+				want, wantSnapshotted = "snap-m-"+inst.ID, map[string]string{job.ID: "m-" + inst.ID}
+			}
+			i := slices.IndexFunc(job.Log, func(l fleet.JobLog) bool { return l.Step == "final_snapshot" })
+			if i < 0 || job.Log[i].Outcome != "ok" || job.Log[i].Detail != want {
+				t.Errorf("final_snapshot in the log %+v: want ok %q", job.Log, want)
+			}
+			if !maps.Equal(c.snapshotted, wantSnapshotted) {
+				t.Errorf("snapshotted %v, want %v (machine by token)", c.snapshotted, wantSnapshotted)
+			}
+		})
 	}
 }

@@ -1,10 +1,12 @@
 package provision
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
@@ -175,32 +177,9 @@ func (s *Service) provisionSteps() []step {
 				}
 				return s.o.Provider.Terminate(ctx, inst.ID, inst.ProviderID)
 			}},
-		{name: "wait_running", do: func(ctx context.Context, r *run) error {
-			inst, err := s.instance(r)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(ctx, s.o.WaitTimeout)
-			defer cancel()
-			addr, err := s.o.Provider.WaitRunning(ctx, inst.ProviderID)
-			if err != nil {
-				return err
-			}
-			s.update(r, func(i *fleet.Instance) { i.Address = addr })
-			r.detail = addr
-			return nil
-		}},
-		{name: "dns_record",
-			do: func(ctx context.Context, r *run) error {
-				inst, err := s.instance(r)
-				if err != nil {
-					return err
-				}
-				r.detail = s.fqdn(inst) + " A " + inst.Address
-				return s.o.DNS.Upsert(ctx, s.fqdn(inst), inst.Address)
-			},
-			undo: s.deleteDNS},
-		{name: "wait_enrollment",
+		{name: "wait_running", wait: true, do: s.waitRunning},
+		{name: "dns_record", do: s.upsertDNS, undo: s.deleteDNS},
+		{name: "wait_enrollment", wait: true,
 			do: func(ctx context.Context, r *run) error {
 				return s.waitFor(ctx, "enrollment", func() bool {
 					inst, err := s.o.Tracker.Get(r.job.InstanceID, time.Now())
@@ -230,7 +209,7 @@ func (s *Service) provisionSteps() []step {
 				return err
 			},
 			undo: func(ctx context.Context, r *run) error { return s.o.Targets.Delete(ctx, r.job.InstanceID) }},
-		{name: "wait_healthy", do: s.waitHealthy},
+		{name: "wait_healthy", wait: true, do: s.waitHealthy},
 		{name: "activate", do: s.setLifecycle(fleet.LifecycleActive)},
 	}
 }
@@ -244,6 +223,23 @@ func (s *Service) terminateSteps() []step {
 			if err := s.command(ctx, r, protocol.CommandStackStop); err != nil {
 				r.detail = "skipped: " + err.Error()
 			}
+			return nil
+		}},
+		{name: "final_snapshot", do: func(ctx context.Context, r *run) error {
+			snap, ok := s.o.Provider.(Snapshotter)
+			if !ok {
+				r.detail = "skipped: provider keeps no snapshots"
+				return nil
+			}
+			inst, err := s.instance(r)
+			if err != nil {
+				return err
+			}
+			ids, err := snap.Snapshot(ctx, inst.ProviderID, r.job.ID)
+			if err != nil {
+				return err
+			}
+			r.detail = cmp.Or(strings.Join(ids, " "), "no disks")
 			return nil
 		}},
 		{name: "terminate_instance", do: func(ctx context.Context, r *run) error {
@@ -284,7 +280,7 @@ func (s *Service) suspendSteps() []step {
 func (s *Service) resumeSteps() []step {
 	return []step{
 		{name: "start_stack", do: func(ctx context.Context, r *run) error { return s.command(ctx, r, protocol.CommandStackStart) }},
-		{name: "wait_healthy", do: s.waitHealthy},
+		{name: "wait_healthy", wait: true, do: s.waitHealthy},
 		{name: "activate", do: s.setLifecycle(fleet.LifecycleActive)},
 	}
 }
@@ -306,8 +302,13 @@ func (s *Service) resizeSteps() []step {
 			r.detail = inst.InstanceType + " → " + typ
 			return nil
 		}},
+		// A machine stopped and started again may have a new address.
+		{name: "wait_running", wait: true, do: s.waitRunning},
+		// No undo: the record names the machine where it is now, and
+		// deleting it would take a resized instance off the net.
+		{name: "dns_record", do: s.upsertDNS},
 		{name: "start_stack", do: func(ctx context.Context, r *run) error { return s.command(ctx, r, protocol.CommandStackStart) }},
-		{name: "wait_healthy", do: s.waitHealthy},
+		{name: "wait_healthy", wait: true, do: s.waitHealthy},
 		{name: "activate", do: s.setLifecycle(fleet.LifecycleActive)},
 	}
 }
@@ -327,16 +328,56 @@ func (s *Service) command(ctx context.Context, r *run, name string) error {
 	return nil
 }
 
+// waitRunning waits for the job's machine to run and records its address.
+func (s *Service) waitRunning(ctx context.Context, r *run) error {
+	inst, err := s.instance(r)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.o.WaitTimeout)
+	defer cancel()
+	addr, err := s.o.Provider.WaitRunning(ctx, inst.ProviderID)
+	if err != nil {
+		return err
+	}
+	s.update(r, func(i *fleet.Instance) { i.Address = addr })
+	r.detail = addr
+	return nil
+}
+
+// upsertDNS points the instance's name at its address.
+func (s *Service) upsertDNS(ctx context.Context, r *run) error {
+	inst, err := s.instance(r)
+	if err != nil {
+		return err
+	}
+	r.detail = s.fqdn(inst) + " A " + inst.Address
+	return s.o.DNS.Upsert(ctx, s.fqdn(inst), inst.Address)
+}
+
 func (s *Service) waitHealthy(ctx context.Context, r *run) error {
 	t, err := s.o.Targets.Get(ctx, r.job.InstanceID)
 	if err != nil {
 		return err
 	}
 	r.detail = fmt.Sprintf("version %d", t.Version)
-	return s.waitFor(ctx, "healthy stack", func() bool {
+	var failed error
+	err = s.waitFor(ctx, "healthy stack", func() bool {
 		inst, err := s.o.Tracker.Get(r.job.InstanceID, time.Now())
-		return err == nil && healthy(inst, t.Version)
+		if err != nil {
+			return false
+		}
+		if st := inst.Stack; st != nil && st.FailedVersion >= t.Version {
+			failed = fmt.Errorf("the agent reports stack version %d failed: %s", st.FailedVersion, st.FailedReason)
+			return true
+		}
+		return healthy(inst, t.Version)
 	})
+	if failed != nil {
+		// The agent does not retry a version that failed: neither can we.
+		return permanent(failed)
+	}
+	return err
 }
 
 // setLifecycle is a step that sets the instance's lifecycle and ends its job.
