@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -318,6 +319,9 @@ func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) erro
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return httpError{Code: http.StatusBadRequest, Msg: "malformed body: " + err.Error(), Err: err}
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return httpError{Code: http.StatusBadRequest, Msg: "malformed body: want one JSON value", Err: err}
 	}
 	return nil
 }

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"maps"
 	"mime"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -42,32 +44,51 @@ func (m fakeMetrics) LatestMetrics(id string) (protocol.Metrics, bool) {
 	return s, ok
 }
 
-// fakeJobs records the jobs it was asked to start and fails with err.
+// fakeJobs records the jobs it was asked to start, as "kind:id" followed by
+// any params, and fails with err.
 type fakeJobs struct {
 	mu  sync.Mutex
 	ids []string
 	err error
 }
 
+func (f *fakeJobs) record(call string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ids = append(f.ids, call)
+}
+
 func (f *fakeJobs) Provision(customer, plan, subdomain string) (fleet.Instance, fleet.Job, error) {
+	f.record("provision:" + customer + "/" + plan + "/" + subdomain)
 	if f.err != nil {
 		return fleet.Instance{}, fleet.Job{}, f.err
 	}
-	return fleet.Instance{ID: "i-new", Customer: customer, Plan: plan}, fleet.Job{ID: "job-1", Kind: "provision"}, nil
+	return fleet.Instance{ID: "i-new", Customer: customer, Plan: plan, Subdomain: subdomain},
+		fleet.Job{ID: "job-1", Kind: "provision", InstanceID: "i-new"}, nil
 }
 
-func (f *fakeJobs) Start(kind, id string, _ map[string]string) (fleet.Job, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.ids = append(f.ids, kind+":"+id)
+func (f *fakeJobs) Start(kind, id string, params map[string]string) (fleet.Job, error) {
+	call := kind + ":" + id
+	for _, k := range slices.Sorted(maps.Keys(params)) {
+		call += " " + k + "=" + params[k]
+	}
+	f.record(call)
 	return fleet.Job{ID: "job-2", Kind: kind, InstanceID: id}, f.err
 }
 
+// fakeJob is the one job fakeJobs knows.
+var fakeJob = fleet.Job{ID: "job-2", Kind: "terminate", InstanceID: "i-a", State: fleet.JobRunning,
+	Steps: []string{"stop", "delete"}, Done: 1, Log: []fleet.JobLog{{At: created, Step: "stop", Outcome: "ok"}},
+	CreatedAt: created, UpdatedAt: created}
+
 func (f *fakeJobs) Job(id string) (fleet.Job, error) {
-	if id != "job-2" {
+	if f.err != nil {
+		return fleet.Job{}, f.err
+	}
+	if id != fakeJob.ID {
 		return fleet.Job{}, ErrNotFound
 	}
-	return fleet.Job{ID: id, Kind: "terminate"}, nil
+	return fakeJob, nil
 }
 
 func (f *fakeJobs) calls() []string {
@@ -142,9 +163,22 @@ type response struct {
 // carries a request id, as every answer must.
 func (ta *testAPI) do(t *testing.T, method, path, token string) response {
 	t.Helper()
-	req, err := http.NewRequest(method, ta.srv.URL+path, nil)
+	return ta.send(t, method, path, token, "")
+}
+
+// send is do with a JSON body (none if empty).
+func (ta *testAPI) send(t *testing.T, method, path, token, body string) response {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, ta.srv.URL+path, rd)
 	if err != nil {
 		t.Fatalf("http.NewRequest: %v", err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
@@ -154,14 +188,14 @@ func (ta *testAPI) do(t *testing.T, method, path, token string) response {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer res.Body.Close()
-	body, err := io.ReadAll(res.Body)
+	data, err := io.ReadAll(res.Body)
 	if err != nil {
 		t.Fatalf("%s %s: reading body: %v", method, path, err)
 	}
 	if res.Header.Get("X-Request-Id") == "" {
 		t.Errorf("%s %s: no X-Request-Id header", method, path)
 	}
-	return response{code: res.StatusCode, header: res.Header, body: body}
+	return response{code: res.StatusCode, header: res.Header, body: data}
 }
 
 // decode checks the content type and decodes the body into v.
@@ -411,6 +445,231 @@ func TestUnknownRoutes(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ta := newTestAPI(t, nil)
 			wantProblem(t, ta.do(t, tt.method, tt.path, tt.token), tt.wantCode, tt.wantDetail)
+		})
+	}
+}
+
+// wantAudit checks the log says who started a job, on which instance, in
+// which request.
+func wantAudit(t *testing.T, log, msg, instance, job string, res response) {
+	t.Helper()
+	for _, want := range []string{`msg="` + msg + `"`, "instance=" + instance, "job=" + job, "by=alice",
+		"request_id=" + res.header.Get("X-Request-Id")} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log = %q, want %s", log, want)
+		}
+	}
+}
+
+// Errors as the wired Jobs returns them: a dashboard-api sentinel wrapping
+// provisioning's own error.
+var (
+	errUnknownPlan = fmt.Errorf("%w: %w", ErrInvalid, errors.New(`provision: bad request: provision: unknown plan "gold"`))
+	errNoPlan      = fmt.Errorf("%w: %w", ErrInvalid, errors.New(`provision: bad request: provision: unknown plan ""`))
+	errBusy        = fmt.Errorf("%w: %w", ErrConflict, errors.New("provision: another job is working on this instance: terminate job job-9"))
+	errGone        = fmt.Errorf("%w: %w", ErrNotFound, errors.New("provision: no such instance"))
+	errStore       = errors.New("store: writing job: disk full")
+)
+
+func TestProvision(t *testing.T) {
+	ta := newTestAPI(t, nil)
+	res := ta.send(t, http.MethodPost, "/api/v1/instances", goodToken,
+		`{"customer": "acme", "plan": "starter", "subdomain": "shop"}`)
+	if res.code != http.StatusAccepted {
+		t.Fatalf("POST /api/v1/instances = %d, want 202 (body %s)", res.code, res.body)
+	}
+	if got := res.header.Get("Location"); got != "/api/v1/jobs/job-1" {
+		t.Errorf("Location = %q, want /api/v1/jobs/job-1", got)
+	}
+	var got struct {
+		Instance fleet.Instance `json:"instance"`
+		Job      fleet.Job      `json:"job"`
+	}
+	decode(t, res, "application/json", &got)
+	if i := got.Instance; i.ID != "i-new" || i.Customer != "acme" || i.Plan != "starter" || i.Subdomain != "shop" {
+		t.Errorf("instance = %+v, want i-new for acme on starter at shop", i)
+	}
+	if j := got.Job; j.ID != "job-1" || j.Kind != "provision" || j.InstanceID != "i-new" {
+		t.Errorf("job = %+v, want provision job job-1 of i-new", j)
+	}
+	if calls := ta.term.calls(); !slices.Equal(calls, []string{"provision:acme/starter/shop"}) {
+		t.Errorf("job calls = %v, want [provision:acme/starter/shop]", calls)
+	}
+	wantAudit(t, ta.log.String(), "provision job started", "i-new", "job-1", res)
+}
+
+func TestProvisionErrors(t *testing.T) {
+	const good = `{"customer": "acme", "plan": "starter"}`
+	tests := []struct {
+		name       string
+		token      string
+		body       string
+		jobsErr    error
+		wantCode   int
+		wantDetail string
+		wantCalls  []string
+	}{
+		{"no token", "", good, nil, http.StatusUnauthorized, "missing bearer token", nil},
+		{"no body", goodToken, "", nil, http.StatusBadRequest, "malformed body: EOF", nil},
+		{"bad JSON", goodToken, `{"customer": "acme",`, nil, http.StatusBadRequest, "malformed body: unexpected EOF", nil},
+		{"unknown field", goodToken, `{"customer": "acme", "plan": "starter", "size": "xl"}`, nil,
+			http.StatusBadRequest, `malformed body: json: unknown field "size"`, nil},
+		{"two JSON values", goodToken, `{"customer": "acme", "plan": "starter"} {"plan": "enterprise"}`, nil,
+			http.StatusBadRequest, "malformed body: want one JSON value", nil},
+		{"unknown plan", goodToken, `{"customer": "acme", "plan": "gold"}`, errUnknownPlan,
+			http.StatusUnprocessableEntity, `invalid: provision: bad request: provision: unknown plan "gold"`,
+			[]string{"provision:acme/gold/"}},
+		{"store failing", goodToken, good, errStore, http.StatusInternalServerError, "internal error",
+			[]string{"provision:acme/starter/"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ta := newTestAPI(t, nil)
+			ta.term.err = tt.jobsErr
+			res := ta.send(t, http.MethodPost, "/api/v1/instances", tt.token, tt.body)
+			wantProblem(t, res, tt.wantCode, tt.wantDetail)
+			if got := res.header.Get("Location"); got != "" {
+				t.Errorf("Location = %q, want none", got)
+			}
+			if got := ta.term.calls(); !slices.Equal(got, tt.wantCalls) {
+				t.Errorf("job calls = %v, want %v", got, tt.wantCalls)
+			}
+			if log := ta.log.String(); strings.Contains(log, "job started") {
+				t.Errorf("log = %q, want no job started", log)
+			}
+			if bytes.Contains(res.body, []byte("disk full")) {
+				t.Errorf("body %s shows the store's error", res.body)
+			}
+		})
+	}
+}
+
+func TestStartJob(t *testing.T) {
+	tests := []struct {
+		kind     string
+		body     string
+		wantCall string
+	}{
+		{"suspend", "", "suspend:i-a"},
+		{"resume", "", "resume:i-a"},
+		{"resize", `{"plan": "pro"}`, "resize:i-a plan=pro"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.kind, func(t *testing.T) {
+			ta := newTestAPI(t, nil)
+			res := ta.send(t, http.MethodPost, "/api/v1/instances/i-a/"+tt.kind, goodToken, tt.body)
+			if res.code != http.StatusAccepted {
+				t.Fatalf("POST %s = %d, want 202 (body %s)", tt.kind, res.code, res.body)
+			}
+			if got := res.header.Get("Location"); got != "/api/v1/jobs/job-2" {
+				t.Errorf("Location = %q, want /api/v1/jobs/job-2", got)
+			}
+			var job fleet.Job
+			decode(t, res, "application/json", &job)
+			if job.ID != "job-2" || job.Kind != tt.kind || job.InstanceID != "i-a" {
+				t.Errorf("job = %+v, want %s job job-2 of i-a", job, tt.kind)
+			}
+			if got := ta.term.calls(); !slices.Equal(got, []string{tt.wantCall}) {
+				t.Errorf("job calls = %v, want [%s]", got, tt.wantCall)
+			}
+			wantAudit(t, ta.log.String(), tt.kind+" job started", "i-a", "job-2", res)
+		})
+	}
+}
+
+func TestStartJobErrors(t *testing.T) {
+	busy := "conflict: provision: another job is working on this instance: terminate job job-9"
+	tests := []struct {
+		name       string
+		token      string
+		path       string
+		body       string
+		jobsErr    error
+		wantCode   int
+		wantDetail string
+		wantCalls  []string
+	}{
+		{"suspend without token", "", "/i-a/suspend", "", nil, http.StatusUnauthorized, "missing bearer token", nil},
+		{"resume without token", "", "/i-a/resume", "", nil, http.StatusUnauthorized, "missing bearer token", nil},
+		{"resize without token", "", "/i-a/resize", `{"plan": "pro"}`, nil, http.StatusUnauthorized, "missing bearer token", nil},
+
+		{"suspend unknown instance", goodToken, "/i-nope/suspend", "", nil, http.StatusNotFound, "instance not found", nil},
+		{"resume unknown instance", goodToken, "/i-nope/resume", "", nil, http.StatusNotFound, "instance not found", nil},
+		{"resize unknown instance", goodToken, "/i-nope/resize", `{"plan": "pro"}`, nil, http.StatusNotFound, "instance not found", nil},
+		{"instance gone before the job starts", goodToken, "/i-a/suspend", "", errGone, http.StatusNotFound,
+			"instance not found", []string{"suspend:i-a"}},
+
+		{"suspend busy", goodToken, "/i-a/suspend", "", errBusy, http.StatusConflict, busy, []string{"suspend:i-a"}},
+		{"resume busy", goodToken, "/i-a/resume", "", errBusy, http.StatusConflict, busy, []string{"resume:i-a"}},
+		{"resize busy", goodToken, "/i-a/resize", `{"plan": "pro"}`, errBusy, http.StatusConflict, busy,
+			[]string{"resize:i-a plan=pro"}},
+
+		{"resize without body", goodToken, "/i-a/resize", "", nil, http.StatusBadRequest, "malformed body: EOF", nil},
+		{"resize bad JSON", goodToken, "/i-a/resize", `{"plan":`, nil, http.StatusBadRequest, "malformed body: unexpected EOF", nil},
+		{"resize unknown field", goodToken, "/i-a/resize", `{"plan": "pro", "disk": 100}`, nil, http.StatusBadRequest,
+			`malformed body: json: unknown field "disk"`, nil},
+		{"resize without plan", goodToken, "/i-a/resize", `{}`, errNoPlan, http.StatusUnprocessableEntity,
+			`invalid: provision: bad request: provision: unknown plan ""`, []string{"resize:i-a plan="}},
+		{"resize to unknown plan", goodToken, "/i-a/resize", `{"plan": "gold"}`, errUnknownPlan, http.StatusUnprocessableEntity,
+			`invalid: provision: bad request: provision: unknown plan "gold"`, []string{"resize:i-a plan=gold"}},
+
+		{"store failing", goodToken, "/i-a/suspend", "", errStore, http.StatusInternalServerError, "internal error",
+			[]string{"suspend:i-a"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ta := newTestAPI(t, nil)
+			ta.term.err = tt.jobsErr
+			res := ta.send(t, http.MethodPost, "/api/v1/instances"+tt.path, tt.token, tt.body)
+			wantProblem(t, res, tt.wantCode, tt.wantDetail)
+			if got := res.header.Get("Location"); got != "" {
+				t.Errorf("Location = %q, want none", got)
+			}
+			if got := ta.term.calls(); !slices.Equal(got, tt.wantCalls) {
+				t.Errorf("job calls = %v, want %v", got, tt.wantCalls)
+			}
+			if log := ta.log.String(); strings.Contains(log, "job started") {
+				t.Errorf("log = %q, want no job started", log)
+			}
+		})
+	}
+}
+
+func TestGetJob(t *testing.T) {
+	ta := newTestAPI(t, nil)
+	res := ta.do(t, http.MethodGet, "/api/v1/jobs/job-2", goodToken)
+	if res.code != http.StatusOK {
+		t.Fatalf("GET /api/v1/jobs/job-2 = %d, want 200 (body %s)", res.code, res.body)
+	}
+	var got fleet.Job
+	decode(t, res, "application/json", &got)
+	if !reflect.DeepEqual(got, fakeJob) {
+		t.Errorf("job = %+v, want %+v", got, fakeJob)
+	}
+}
+
+func TestGetJobErrors(t *testing.T) {
+	tests := []struct {
+		name       string
+		token      string
+		id         string
+		jobsErr    error
+		wantCode   int
+		wantDetail string
+	}{
+		{"no token", "", "job-2", nil, http.StatusUnauthorized, "missing bearer token"},
+		{"unknown job", goodToken, "job-nope", nil, http.StatusNotFound, "job not found"},
+		{"store failing", goodToken, "job-2", errStore, http.StatusInternalServerError, "internal error"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ta := newTestAPI(t, nil)
+			ta.term.err = tt.jobsErr
+			res := ta.do(t, http.MethodGet, "/api/v1/jobs/"+tt.id, tt.token)
+			wantProblem(t, res, tt.wantCode, tt.wantDetail)
+			if bytes.Contains(res.body, []byte("disk full")) {
+				t.Errorf("body %s shows the store's error", res.body)
+			}
 		})
 	}
 }

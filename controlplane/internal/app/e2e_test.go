@@ -276,7 +276,13 @@ func alive(pid int) bool {
 // waitFor polls cond until it holds, failing after a generous deadline.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	waitWithin(t, 60*time.Second, what, cond)
+}
+
+// waitWithin is waitFor with a deadline of its own.
+func waitWithin(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
