@@ -13,9 +13,20 @@
 //	jobs/         <job id>             → Job (JSON)
 //	subdomains/   <subdomain>          → <instance id>
 //	dns/          <fqdn>               → DNSRecord (JSON), the local DNS provider's zone
+//	users/        <user id>            → User (JSON)
+//	user_emails/  <normalized email>   → <user id>
+//	passwords/    <user id>            → argon2id hash (PHC string)
+//	customers/    <customer id>        → Customer (JSON)
+//	auth_tokens/  sha256(token) hex    → OneTimeToken (JSON): email verification, password reset
+//	refresh_tokens/ <session id>/      (one bucket per session: a refresh token family)
+//	                sha256(token) hex  → RefreshToken (JSON)
+//	signing_keys/ <key id>             → SigningKey (JSON), with its private key
+//	auth_audit/   <unix ns, 8-byte big-endian><seq, 8-byte big-endian> → AuditRecord (JSON)
 //
-// Secrets (enrollment and API tokens) are kept only as their SHA-256, so a
-// copy of the file grants nothing. Every change is one bbolt transaction.
+// Secrets (enrollment, API, refresh and one-time tokens) are kept only as
+// their SHA-256, so a copy of the file grants none of them; the signing keys
+// are the exception, and the file is readable by its owner only. Every change
+// is one bbolt transaction.
 package store
 
 import (
@@ -45,8 +56,17 @@ var (
 	bucketJobs        = []byte("jobs")
 	bucketSubdomains  = []byte("subdomains")
 	bucketDNS         = []byte("dns")
+	bucketUsers       = []byte("users")
+	bucketUserEmails  = []byte("user_emails")
+	bucketPasswords   = []byte("passwords")
+	bucketCustomers   = []byte("customers")
+	bucketAuthTokens  = []byte("auth_tokens")
+	bucketRefresh     = []byte("refresh_tokens")
+	bucketSigningKeys = []byte("signing_keys")
+	bucketAuthAudit   = []byte("auth_audit")
 	allBuckets        = [][]byte{bucketInstances, bucketTokens, bucketCredentials, bucketAPITokens, bucketEvents,
-		bucketJobs, bucketSubdomains, bucketDNS}
+		bucketJobs, bucketSubdomains, bucketDNS, bucketUsers, bucketUserEmails, bucketPasswords, bucketCustomers,
+		bucketAuthTokens, bucketRefresh, bucketSigningKeys, bucketAuthAudit}
 )
 
 // Errors callers test for.
