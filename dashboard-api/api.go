@@ -4,12 +4,15 @@
 package dashboardapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -61,6 +64,9 @@ var (
 	ErrInvalid  = errors.New("invalid")
 	ErrNotFound = errors.New("not found")
 	ErrConflict = errors.New("conflict")
+	// ErrForbidden is an account refused what it asked (an unverified
+	// address logging in).
+	ErrForbidden = errors.New("forbidden")
 )
 
 // Commander sends a command to an instance's agent and waits for its
@@ -72,10 +78,14 @@ type Commander interface {
 // ErrUnreachable is what Commander's errors wrap when the agent is not connected.
 var ErrUnreachable = errors.New("unreachable")
 
-// Principal is who an API token belongs to.
+// Principal is who a bearer token belongs to: an operator's API token, or
+// a user's access token.
 type Principal struct {
 	Name string `json:"name"`
 	Role string `json:"role"`
+	// UserID and CustomerID (customers only) come with a user's access token.
+	UserID     string `json:"user_id,omitempty"`
+	CustomerID string `json:"customer_id,omitempty"`
 }
 
 // ErrUnauthorized is what Tokens returns for a token it does not know.
@@ -97,6 +107,8 @@ type Options struct {
 	Targets   Targets
 	Commander Commander
 	Tokens    Tokens
+	Auth      Auth
+	Limits    AuthLimits
 	// Ready maps a dependency's name to its check, for /readyz.
 	Ready map[string]Check
 	Log   *slog.Logger
@@ -104,12 +116,17 @@ type Options struct {
 
 // API serves dashboard-api.
 type API struct {
-	o   Options
-	log *slog.Logger
+	o                 Options
+	log               *slog.Logger
+	perIP, perAccount *limiter
 }
 
 // New returns the API; Handler serves it.
-func New(o Options) *API { return &API{o: o, log: o.Log.With("component", "dashboard-api")} }
+func New(o Options) *API {
+	return &API{o: o, log: o.Log.With("component", "dashboard-api"),
+		perIP:      o.Limits.PerIP.limiter(DefaultAuthLimits.PerIP),
+		perAccount: o.Limits.PerAccount.limiter(DefaultAuthLimits.PerAccount)}
+}
 
 // Handler is the router with every route.
 func (a *API) Handler() http.Handler {
@@ -117,19 +134,38 @@ func (a *API) Handler() http.Handler {
 	r.Use(middleware.RequestID, a.requestID, middleware.Recoverer)
 	r.Get("/healthz", a.handle(a.healthz))
 	r.Get("/readyz", a.handle(a.readyz))
+	r.Get("/.well-known/jwks.json", a.handle(a.jwks))
 	r.Route("/api/v1", func(r chi.Router) {
-		r.Use(a.authenticate)
-		r.Get("/instances", a.handle(a.instances))
-		r.Post("/instances", a.handle(a.provision))
-		r.Get("/instances/{id}", a.handle(a.instance))
-		r.Delete("/instances/{id}", a.handle(a.startJob("terminate")))
-		r.Post("/instances/{id}/suspend", a.handle(a.startJob("suspend")))
-		r.Post("/instances/{id}/resume", a.handle(a.startJob("resume")))
-		r.Post("/instances/{id}/resize", a.handle(a.startJob("resize")))
-		r.Get("/jobs/{id}", a.handle(a.job))
-		r.Get("/instances/{id}/target", a.handle(a.target))
-		r.Put("/instances/{id}/target", a.handle(a.setTarget))
-		r.Post("/instances/{id}/commands", a.handle(a.command))
+		a.authRoutes(r)
+		r.Group(func(r chi.Router) {
+			r.Use(a.authenticate)
+			// Every signed-in user; customers see only their own.
+			r.Post("/auth/logout", a.handle(a.logout))
+			r.Post("/auth/password", a.handle(a.changePassword))
+			r.Get("/me", a.handle(a.me))
+			r.Patch("/me", a.handle(a.updateMe))
+			r.Get("/instances", a.handle(a.instances))
+			r.Get("/instances/{id}", a.handle(a.instance))
+			r.Get("/jobs/{id}", a.handle(a.job))
+			r.Group(func(r chi.Router) {
+				r.Use(a.requireRole(RoleOperator, RoleAdmin))
+				r.Post("/instances", a.handle(a.provision))
+				r.Delete("/instances/{id}", a.handle(a.startJob("terminate")))
+				r.Post("/instances/{id}/suspend", a.handle(a.startJob("suspend")))
+				r.Post("/instances/{id}/resume", a.handle(a.startJob("resume")))
+				r.Post("/instances/{id}/resize", a.handle(a.startJob("resize")))
+				r.Get("/instances/{id}/target", a.handle(a.target))
+				r.Put("/instances/{id}/target", a.handle(a.setTarget))
+				r.Post("/instances/{id}/commands", a.handle(a.command))
+			})
+			r.Group(func(r chi.Router) {
+				r.Use(a.requireRole(RoleAdmin))
+				r.Post("/admin/operators", a.handle(a.createOperator))
+				r.Post("/admin/api-tokens", a.handle(a.createAPIToken))
+				r.Get("/admin/api-tokens", a.handle(a.apiTokens))
+				r.Delete("/admin/api-tokens/{id}", a.handle(a.revokeAPIToken))
+			})
+		})
 	})
 	r.NotFound(a.handle(func(http.ResponseWriter, *http.Request) error {
 		return httpError{Code: http.StatusNotFound, Msg: "no such route"}
@@ -192,8 +228,10 @@ func (a *API) readyz(w http.ResponseWriter, _ *http.Request) error {
 	return writeJSON(w, code, map[string]any{"ready": ready, "checks": checks})
 }
 
-func (a *API) instances(w http.ResponseWriter, _ *http.Request) error {
-	return writeJSON(w, http.StatusOK, map[string]any{"instances": a.o.Fleet.List(time.Now())})
+func (a *API) instances(w http.ResponseWriter, r *http.Request) error {
+	p := principal(r)
+	list := slices.DeleteFunc(a.o.Fleet.List(time.Now()), func(inst fleet.Instance) bool { return !sees(p, inst.Customer) })
+	return writeJSON(w, http.StatusOK, map[string]any{"instances": list})
 }
 
 // instanceView is an instance with its latest metrics.
@@ -205,7 +243,7 @@ type instanceView struct {
 func (a *API) instance(w http.ResponseWriter, r *http.Request) error {
 	id := chi.URLParam(r, "id")
 	inst, err := a.o.Fleet.Get(id, time.Now())
-	if errors.Is(err, fleet.ErrNotFound) {
+	if errors.Is(err, fleet.ErrNotFound) || err == nil && !sees(principal(r), inst.Customer) {
 		return httpError{Code: http.StatusNotFound, Msg: "instance not found", Err: err}
 	}
 	if err != nil {
@@ -315,7 +353,28 @@ const maxBody = 64 << 10
 
 // decodeBody reads a JSON body of at most limit bytes strictly into v.
 func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
+	body, err := readBody(w, r, limit)
+	if err != nil {
+		return err
+	}
+	return decodeStrict(body, v)
+}
+
+// readBody reads a request body of at most limit bytes.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if tooBig := new(http.MaxBytesError); errors.As(err, &tooBig) {
+		return nil, httpError{Code: http.StatusRequestEntityTooLarge, Msg: fmt.Sprintf("body larger than %d bytes", limit), Err: err}
+	}
+	if err != nil {
+		return nil, httpError{Code: http.StatusBadRequest, Msg: "reading body: " + err.Error(), Err: err}
+	}
+	return body, nil
+}
+
+// decodeStrict decodes body, one JSON value with no unknown fields, into v.
+func decodeStrict(body []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return httpError{Code: http.StatusBadRequest, Msg: "malformed body: " + err.Error(), Err: err}
@@ -389,7 +448,7 @@ func (a *API) startJob(kind string) func(http.ResponseWriter, *http.Request) err
 
 func (a *API) job(w http.ResponseWriter, r *http.Request) error {
 	job, err := a.o.Jobs.Job(chi.URLParam(r, "id"))
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, ErrNotFound) || err == nil && !a.seesJob(principal(r), job) {
 		return httpError{Code: http.StatusNotFound, Msg: "job not found", Err: err}
 	}
 	if err != nil {
@@ -398,8 +457,22 @@ func (a *API) job(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, job)
 }
 
+// seesJob reports whether p may see job: the customer of its instance,
+// or of the instance it was to provision.
+func (a *API) seesJob(p Principal, job fleet.Job) bool {
+	if inst, err := a.o.Fleet.Get(job.InstanceID, time.Now()); err == nil {
+		return sees(p, inst.Customer)
+	}
+	return sees(p, job.Params["customer"])
+}
+
+// principal is who the request is from; authenticate put it there.
+func principal(r *http.Request) Principal {
+	p, _ := r.Context().Value(principalKey{}).(Principal)
+	return p
+}
+
 // audit logs what an operator did, with who and the request id.
 func (a *API) audit(r *http.Request, msg string, args ...any) {
-	p, _ := r.Context().Value(principalKey{}).(Principal)
-	a.log.Info(msg, append(args, "by", p.Name, "request_id", middleware.GetReqID(r.Context()))...)
+	a.log.Info(msg, append(args, "by", principal(r).Name, "request_id", middleware.GetReqID(r.Context()))...)
 }

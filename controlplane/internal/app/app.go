@@ -204,7 +204,13 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		return err
 	}
 
-	api := dashboardapi.New(dashboardapi.Options{Fleet: tracker, Metrics: mon, Jobs: jobsAPI{prov}, Targets: targetsAPI{tgts}, Commander: commander{brk}, Tokens: tokens{st},
+	accts, signer, err := newAccounts(ctx, cfg, st, awsConfig, log)
+	if err != nil {
+		return err
+	}
+	limits := dashboardapi.AuthLimits{PerIP: dashboardapi.Limit(cfg.Auth.PerIP), PerAccount: dashboardapi.Limit(cfg.Auth.PerAccount)}
+	api := dashboardapi.New(dashboardapi.Options{Fleet: tracker, Metrics: mon, Jobs: jobsAPI{prov}, Targets: targetsAPI{tgts},
+		Commander: commander{brk}, Tokens: tokens{st, signer}, Auth: authAPI{accts, signer}, Limits: limits,
 		Ready: map[string]dashboardapi.Check{"broker": brk.Ready, "store": st.Ready}, Log: log})
 	ln, err := net.Listen("tcp", cfg.HTTP.Addr)
 	if err != nil {
@@ -215,6 +221,7 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return mon.Run(gctx) })
 	g.Go(func() error { return prov.Run(gctx) })
+	g.Go(func() error { pruneSessions(gctx, accts, log); return nil })
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http: %w", err)
@@ -394,19 +401,6 @@ func (e enroller) RedeemToken(instanceID, token, publicKey string, now time.Time
 func (e enroller) Enrolled(instanceID string, now time.Time) { e.tracker.Enrolled(instanceID, now) }
 
 // tokens resolves API tokens from the store.
-type tokens struct{ st *store.Store }
-
-func (t tokens) Principal(token string) (dashboardapi.Principal, error) {
-	rec, err := t.st.LookupAPIToken(token)
-	if errors.Is(err, store.ErrNotFound) {
-		return dashboardapi.Principal{}, dashboardapi.ErrUnauthorized
-	}
-	if err != nil {
-		return dashboardapi.Principal{}, err
-	}
-	return dashboardapi.Principal{Name: rec.Name, Role: string(rec.Role)}, nil
-}
-
 // targetsAPI serves the targets store to dashboard-api.
 type targetsAPI struct{ st *targets.Store }
 

@@ -11,6 +11,7 @@ import (
 	"io"
 	"maps"
 	"net"
+	"net/mail"
 	"net/url"
 	"os"
 	"reflect"
@@ -54,6 +55,47 @@ type Config struct {
 	Plans  map[string]Plan `yaml:"plans"`
 	Jobs   Jobs            `yaml:"jobs"`
 	Faults Faults          `yaml:"faults"`
+	// PublicURL is where people reach the API and the console; links in
+	// emails start with it. By default http://<http.addr>.
+	PublicURL string `yaml:"public_url"`
+	Auth      Auth   `yaml:"auth"`
+	Mail      Mail   `yaml:"mail"`
+}
+
+// Auth configures accounts and sign-in.
+type Auth struct {
+	// AccessTTL is how long an access token (JWT) is good for.
+	AccessTTL time.Duration `yaml:"access_ttl"`
+	// RefreshTTL is how long a session lasts without being refreshed.
+	RefreshTTL time.Duration `yaml:"refresh_ttl"`
+	// KeyRotation is how often a new key starts signing access tokens.
+	KeyRotation time.Duration `yaml:"key_rotation"`
+	// Limits bound sign-up, login, reset and resend attempts.
+	PerIP      Limit `yaml:"per_ip"`
+	PerAccount Limit `yaml:"per_account"`
+}
+
+// Limit is a number of attempts per window.
+type Limit struct {
+	Attempts int           `yaml:"attempts"`
+	Window   time.Duration `yaml:"window"`
+}
+
+// Mail configures transactional email: an SMTP server when smtp.addr is
+// set, else one file per message in <data_dir>/mail.
+type Mail struct {
+	From string `yaml:"from"`
+	SMTP SMTP   `yaml:"smtp"`
+}
+
+// SMTP is the mail server.
+type SMTP struct {
+	Addr     string `yaml:"addr"`
+	Username string `yaml:"username"`
+	// Password is a secret reference: env:NAME, file:/path or aws-sm:<id>.
+	Password string `yaml:"password"`
+	// StartTLS is required (the default), opportunistic or none.
+	StartTLS string `yaml:"starttls"`
 }
 
 // Stacks configures the stacks instances run.
@@ -188,6 +230,9 @@ func Default() Config {
 			"enterprise": {Stack: "starter", InstanceType: "t3.large"},
 		},
 		Jobs: Jobs{Workers: 16, Attempts: 5, RetryBase: time.Second, RetryMax: 30 * time.Second, WaitTimeout: 10 * time.Minute},
+		Auth: Auth{AccessTTL: 15 * time.Minute, RefreshTTL: 30 * 24 * time.Hour, KeyRotation: 30 * 24 * time.Hour,
+			PerIP: Limit{30, 5 * time.Minute}, PerAccount: Limit{10, 15 * time.Minute}},
+		Mail: Mail{From: "StackPro <no-reply@stackpro.localhost>", SMTP: SMTP{StartTLS: "required"}},
 	}
 }
 
@@ -286,6 +331,14 @@ func set(v reflect.Value, s string) error {
 		return fmt.Errorf("unsupported type %s", v.Type())
 	}
 	return nil
+}
+
+// BaseURL is where people reach the API: public_url, or http://<http.addr>.
+func (c Config) BaseURL() string {
+	if c.PublicURL != "" {
+		return strings.TrimSuffix(c.PublicURL, "/")
+	}
+	return "http://" + c.HTTP.Addr
 }
 
 // NATSURL is the URL agents are told to connect to.
@@ -393,6 +446,32 @@ func (c Config) Validate() error {
 		if u, err := url.Parse(e); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			errs = append(errs, fmt.Errorf("aws.endpoint must be an http:// or https:// URL, got %q", e))
 		}
+	}
+	a := c.Auth
+	if a.AccessTTL <= 0 || a.RefreshTTL <= a.AccessTTL || a.KeyRotation <= a.AccessTTL {
+		errs = append(errs, errors.New("auth: access_ttl must be positive, refresh_ttl and key_rotation longer than it"))
+	}
+	for _, l := range []struct {
+		key string
+		l   Limit
+	}{{"auth.per_ip", a.PerIP}, {"auth.per_account", a.PerAccount}} {
+		if l.l.Attempts < 1 || l.l.Window <= 0 {
+			errs = append(errs, fmt.Errorf("%s: attempts must be at least 1 and window positive, got %d in %s", l.key, l.l.Attempts, l.l.Window))
+		}
+	}
+	if _, err := mail.ParseAddress(c.Mail.From); err != nil {
+		errs = append(errs, fmt.Errorf("mail.from must be an address such as StackPro <no-reply@example.com>, got %q", c.Mail.From))
+	}
+	switch c.Mail.SMTP.StartTLS {
+	case "required", "opportunistic", "none":
+	default:
+		errs = append(errs, fmt.Errorf("mail.smtp.starttls must be required, opportunistic or none, got %q", c.Mail.SMTP.StartTLS))
+	}
+	if (c.Mail.SMTP.Username == "") != (c.Mail.SMTP.Password == "") {
+		errs = append(errs, errors.New("mail.smtp.username and mail.smtp.password go together"))
+	}
+	if u, err := url.Parse(c.PublicURL); c.PublicURL != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
+		errs = append(errs, fmt.Errorf("public_url must be an http(s) URL, got %q", c.PublicURL))
 	}
 	return errors.Join(errs...)
 }

@@ -246,6 +246,17 @@ func TestValidateSingleProblems(t *testing.T) {
 			"fleet.offline_after (35s) must be longer than fleet.stale_after (35s)"},
 		{"non-numeric port", func(c *Config) { c.HTTP.Addr = "127.0.0.1:http" },
 			`http.addr has an invalid port in "127.0.0.1:http"`},
+		{"refresh shorter than access", func(c *Config) { c.Auth.RefreshTTL = time.Minute },
+			"auth: access_ttl must be positive, refresh_ttl and key_rotation longer than it"},
+		{"no attempts", func(c *Config) { c.Auth.PerAccount.Attempts = 0 },
+			"auth.per_account: attempts must be at least 1 and window positive, got 0 in 15m0s"},
+		{"bad sender", func(c *Config) { c.Mail.From = "stackpro" }, `mail.from must be an address such as StackPro <no-reply@example.com>, got "stackpro"`},
+		{"unknown starttls", func(c *Config) { c.Mail.SMTP.StartTLS = "maybe" },
+			`mail.smtp.starttls must be required, opportunistic or none, got "maybe"`},
+		{"user without password", func(c *Config) { c.Mail.SMTP.Username = "stackpro" },
+			"mail.smtp.username and mail.smtp.password go together"},
+		{"public url without scheme", func(c *Config) { c.PublicURL = "app.example.com" },
+			`public_url must be an http(s) URL, got "app.example.com"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
