@@ -84,7 +84,16 @@ func provisionMany(t testing.TB, n, failing int) time.Duration {
 			active[job.InstanceID] = true
 		}
 	}
-	for _, inst := range cp.instances() {
+	// A heartbeat's view of a stack is one docker call, which a loaded
+	// engine may time out (the agent then reports the error): wait for
+	// every stack to be seen healthy again rather than read one heartbeat.
+	insts := cp.instances()
+	unhealthy := func(inst fleet.Instance) bool { return !stackHealthy(inst, 1) }
+	for deadline := time.Now().Add(2 * time.Minute); slices.ContainsFunc(insts, unhealthy) && time.Now().Before(deadline); {
+		time.Sleep(time.Second)
+		insts = cp.instances()
+	}
+	for _, inst := range insts {
 		if !active[inst.ID] || inst.Lifecycle != fleet.LifecycleActive || !stackHealthy(inst, 1) {
 			t.Errorf("instance %s of %s: lifecycle %s, stack %+v", inst.ID, inst.Customer, inst.Lifecycle, inst.Stack)
 		}
