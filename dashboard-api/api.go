@@ -124,8 +124,8 @@ type API struct {
 // New returns the API; Handler serves it.
 func New(o Options) *API {
 	return &API{o: o, log: o.Log.With("component", "dashboard-api"),
-		perIP:      o.Limits.PerIP.limiter(DefaultAuthLimits.PerIP),
-		perAccount: o.Limits.PerAccount.limiter(DefaultAuthLimits.PerAccount)}
+		perIP:      newLimiter(o.Limits.PerIP.Attempts, o.Limits.PerIP.Window),
+		perAccount: newLimiter(o.Limits.PerAccount.Attempts, o.Limits.PerAccount.Window)}
 }
 
 // Handler is the router with every route.
@@ -295,11 +295,8 @@ func (a *API) setTarget(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	t, err := a.o.Targets.SetTarget(r.Context(), id, spec)
-	if errors.Is(err, ErrInvalid) {
-		return httpError{Code: http.StatusUnprocessableEntity, Msg: err.Error(), Err: err}
-	}
 	if err != nil {
-		return err
+		return expected(err)
 	}
 	a.audit(r, "target set", "instance", id, "version", t.Version)
 	return writeJSON(w, http.StatusOK, t)
@@ -387,15 +384,10 @@ func decodeStrict(body []byte, v any) error {
 
 // jobError answers the expected failures of starting a job.
 func jobError(err error) error {
-	switch {
-	case errors.Is(err, ErrInvalid):
-		return httpError{Code: http.StatusUnprocessableEntity, Msg: err.Error(), Err: err}
-	case errors.Is(err, ErrNotFound):
+	if errors.Is(err, ErrNotFound) {
 		return httpError{Code: http.StatusNotFound, Msg: "instance not found", Err: err}
-	case errors.Is(err, ErrConflict):
-		return httpError{Code: http.StatusConflict, Msg: err.Error(), Err: err}
 	}
-	return err
+	return expected(err)
 }
 
 // provisionRequest is the body of POST /api/v1/instances.

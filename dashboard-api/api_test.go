@@ -150,6 +150,7 @@ func newTestAPI(t *testing.T, opt func(*Options)) *testAPI {
 		Jobs:    ta.term,
 		Tokens:  fakeTokens{},
 		Auth:    &fakeAuth{},
+		Limits:  AuthLimits{PerIP: Limit{1000, time.Minute}, PerAccount: Limit{1000, time.Minute}},
 		Ready:   map[string]Check{"broker": func() error { return nil }, "store": func() error { return nil }},
 		Log:     slog.New(slog.NewTextHandler(ta.log, nil)),
 	}
@@ -526,7 +527,7 @@ func TestProvisionErrors(t *testing.T) {
 		{"two JSON values", goodToken, `{"customer": "acme", "plan": "starter"} {"plan": "enterprise"}`, nil,
 			http.StatusBadRequest, "malformed body: want one JSON value", nil},
 		{"unknown plan", goodToken, `{"customer": "acme", "plan": "gold"}`, errUnknownPlan,
-			http.StatusUnprocessableEntity, `invalid: provision: bad request: provision: unknown plan "gold"`,
+			http.StatusUnprocessableEntity, `provision: bad request: provision: unknown plan "gold"`,
 			[]string{"provision:acme/gold/"}},
 		{"store failing", goodToken, good, errStore, http.StatusInternalServerError, "internal error",
 			[]string{"provision:acme/starter/"}},
@@ -587,7 +588,7 @@ func TestStartJob(t *testing.T) {
 }
 
 func TestStartJobErrors(t *testing.T) {
-	busy := "conflict: provision: another job is working on this instance: terminate job job-9"
+	busy := "provision: another job is working on this instance: terminate job job-9"
 	tests := []struct {
 		name       string
 		token      string
@@ -618,9 +619,9 @@ func TestStartJobErrors(t *testing.T) {
 		{"resize unknown field", goodToken, "/i-a/resize", `{"plan": "pro", "disk": 100}`, nil, http.StatusBadRequest,
 			`malformed body: json: unknown field "disk"`, nil},
 		{"resize without plan", goodToken, "/i-a/resize", `{}`, errNoPlan, http.StatusUnprocessableEntity,
-			`invalid: provision: bad request: provision: unknown plan ""`, []string{"resize:i-a plan="}},
+			`provision: bad request: provision: unknown plan ""`, []string{"resize:i-a plan="}},
 		{"resize to unknown plan", goodToken, "/i-a/resize", `{"plan": "gold"}`, errUnknownPlan, http.StatusUnprocessableEntity,
-			`invalid: provision: bad request: provision: unknown plan "gold"`, []string{"resize:i-a plan=gold"}},
+			`provision: bad request: provision: unknown plan "gold"`, []string{"resize:i-a plan=gold"}},
 
 		{"store failing", goodToken, "/i-a/suspend", "", errStore, http.StatusInternalServerError, "internal error",
 			[]string{"suspend:i-a"}},

@@ -132,21 +132,10 @@ type Limit struct {
 
 // AuthLimits bound the attempts at signing up, logging in, resetting a
 // password and resending a verification, per client address and per
-// account (the email address given), for each of those routes.
+// account (the email address given), for each of those routes. Both are
+// required.
 type AuthLimits struct {
 	PerIP, PerAccount Limit
-}
-
-// DefaultAuthLimits are Supabase Auth's sign-in limit per address (30 in 5
-// minutes) and, per account, 10 attempts in 15 minutes.
-var DefaultAuthLimits = AuthLimits{PerIP: Limit{30, 5 * time.Minute}, PerAccount: Limit{10, 15 * time.Minute}}
-
-// limiter returns a limiter for l, or for def when l is unset.
-func (l Limit) limiter(def Limit) *limiter {
-	if l.Attempts <= 0 || l.Window <= 0 {
-		l = def
-	}
-	return newLimiter(l.Attempts, l.Window)
 }
 
 // authRoutes are the routes anyone may call.
@@ -178,25 +167,15 @@ func (a *API) limited(h func(http.ResponseWriter, *http.Request, []byte) error) 
 		}
 		var who emailOnly
 		_ = json.Unmarshal(body, &who) // the handler answers a bad body
-		now := time.Now()
 		route := r.URL.Path
-		keys := []struct {
-			l   *limiter
-			key string
-		}{{a.perIP, route + " " + clientIP(r)}}
-		if who.Email != "" {
-			keys = append(keys, struct {
-				l   *limiter
-				key string
-			}{a.perAccount, route + " " + strings.ToLower(strings.TrimSpace(who.Email))})
+		ok, retry := a.perIP.Allow(route+" "+clientIP(r), time.Now())
+		if email := strings.ToLower(strings.TrimSpace(who.Email)); ok && email != "" {
+			ok, retry = a.perAccount.Allow(route+" "+email, time.Now())
 		}
-		for _, k := range keys {
-			if ok, retry := k.l.Allow(k.key, now); !ok {
-				secs := int(retry.Round(time.Second) / time.Second)
-				w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
-				a.log.Warn("auth rate limit", "path", route, "ip", clientIP(r), "request_id", middleware.GetReqID(r.Context()))
-				return httpError{Code: http.StatusTooManyRequests, Msg: "too many attempts; try again later"}
-			}
+		if !ok {
+			w.Header().Set("Retry-After", strconv.Itoa(max(int(retry.Round(time.Second)/time.Second), 1)))
+			a.log.Warn("auth rate limit", "path", route, "ip", clientIP(r), "request_id", middleware.GetReqID(r.Context()))
+			return httpError{Code: http.StatusTooManyRequests, Msg: "too many attempts; try again later"}
 		}
 		return h(w, r, body)
 	})
@@ -216,20 +195,6 @@ func meta(r *http.Request) Meta {
 	return Meta{IP: clientIP(r), UserAgent: r.UserAgent(), RequestID: middleware.GetReqID(r.Context()), Actor: principal(r).Name}
 }
 
-// authError answers the expected failures of the accounts service, with
-// the message that follows the sentinel.
-func authError(err error) error {
-	for _, k := range []struct {
-		kind error
-		code int
-	}{{ErrInvalid, http.StatusUnprocessableEntity}, {ErrUnauthorized, http.StatusUnauthorized}, {ErrForbidden, http.StatusForbidden}} {
-		if errors.Is(err, k.kind) {
-			return httpError{Code: k.code, Msg: strings.TrimPrefix(err.Error(), k.kind.Error()+": "), Err: err}
-		}
-	}
-	return err
-}
-
 // accepted is the answer of requests that must not tell whether an
 // account exists.
 func accepted(w http.ResponseWriter, what string) error {
@@ -242,7 +207,7 @@ func (a *API) signup(w http.ResponseWriter, r *http.Request, body []byte) error 
 		return err
 	}
 	if err := a.o.Auth.Signup(r.Context(), req, meta(r)); err != nil {
-		return authError(err)
+		return expected(err)
 	}
 	return accepted(w, "check your email to confirm your address")
 }
@@ -274,7 +239,7 @@ func (a *API) token(w http.ResponseWriter, r *http.Request, body []byte) error {
 		return httpError{Code: http.StatusBadRequest, Msg: `grant_type must be "password" or "refresh_token"`}
 	}
 	if err != nil {
-		return authError(err)
+		return expected(err)
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	return writeJSON(w, http.StatusOK, s)
@@ -288,7 +253,7 @@ func (a *API) verify(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if err := a.o.Auth.VerifyEmail(r.Context(), req.Token, meta(r)); err != nil {
-		return authError(err)
+		return expected(err)
 	}
 	return writeJSON(w, http.StatusOK, map[string]string{"status": "email confirmed"})
 }
@@ -299,7 +264,7 @@ func (a *API) resend(w http.ResponseWriter, r *http.Request, body []byte) error 
 		return err
 	}
 	if err := a.o.Auth.ResendVerification(r.Context(), req.Email, meta(r)); err != nil {
-		return authError(err)
+		return expected(err)
 	}
 	return accepted(w, "if the address needs confirming, an email is on its way")
 }
@@ -310,7 +275,7 @@ func (a *API) recover(w http.ResponseWriter, r *http.Request, body []byte) error
 		return err
 	}
 	if err := a.o.Auth.RequestPasswordReset(r.Context(), req.Email, meta(r)); err != nil {
-		return authError(err)
+		return expected(err)
 	}
 	return accepted(w, "if the address has an account, a reset link is on its way")
 }
@@ -324,7 +289,7 @@ func (a *API) reset(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if err := a.o.Auth.ResetPassword(r.Context(), req.Token, req.Password, meta(r)); err != nil {
-		return authError(err)
+		return expected(err)
 	}
 	return writeJSON(w, http.StatusOK, map[string]string{"status": "password changed; log in again"})
 }
@@ -337,7 +302,7 @@ func (a *API) logout(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if err := a.o.Auth.Logout(r.Context(), req.RefreshToken, meta(r)); err != nil {
-		return authError(err)
+		return expected(err)
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
@@ -353,7 +318,7 @@ func (a *API) changePassword(w http.ResponseWriter, r *http.Request) error {
 	}
 	s, err := a.o.Auth.ChangePassword(r.Context(), principal(r), req.OldPassword, req.NewPassword, meta(r))
 	if err != nil {
-		return authError(err)
+		return expected(err)
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	return writeJSON(w, http.StatusOK, s)
@@ -362,7 +327,7 @@ func (a *API) changePassword(w http.ResponseWriter, r *http.Request) error {
 func (a *API) me(w http.ResponseWriter, r *http.Request) error {
 	p, err := a.o.Auth.Me(r.Context(), principal(r))
 	if err != nil {
-		return authError(err)
+		return expected(err)
 	}
 	return writeJSON(w, http.StatusOK, p)
 }
@@ -374,7 +339,7 @@ func (a *API) updateMe(w http.ResponseWriter, r *http.Request) error {
 	}
 	p, err := a.o.Auth.UpdateMe(r.Context(), principal(r), patch)
 	if err != nil {
-		return authError(err)
+		return expected(err)
 	}
 	return writeJSON(w, http.StatusOK, p)
 }
@@ -386,7 +351,7 @@ func (a *API) createOperator(w http.ResponseWriter, r *http.Request) error {
 	}
 	p, err := a.o.Auth.CreateOperator(r.Context(), req, meta(r))
 	if err != nil {
-		return authError(err)
+		return expected(err)
 	}
 	a.audit(r, "operator created", "user", p.ID, "role", p.Role)
 	return writeJSON(w, http.StatusCreated, p)
@@ -402,7 +367,7 @@ func (a *API) createAPIToken(w http.ResponseWriter, r *http.Request) error {
 	}
 	token, info, err := a.o.Auth.CreateAPIToken(r.Context(), req.Name, req.Role, meta(r))
 	if err != nil {
-		return authError(err)
+		return expected(err)
 	}
 	a.audit(r, "api token created", "token_id", info.ID, "name", info.Name, "role", info.Role)
 	w.Header().Set("Cache-Control", "no-store")

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 
 	"github.com/go-chi/chi/v5/middleware"
 )
@@ -32,6 +33,29 @@ type problem struct {
 	Status    int    `json:"status"`
 	Detail    string `json:"detail,omitempty"`
 	RequestID string `json:"request_id,omitempty"`
+}
+
+// answers are the codes of the sentinels the wired implementations wrap.
+var answers = []struct {
+	kind error
+	code int
+}{
+	{ErrInvalid, http.StatusUnprocessableEntity},
+	{ErrUnauthorized, http.StatusUnauthorized},
+	{ErrForbidden, http.StatusForbidden},
+	{ErrConflict, http.StatusConflict},
+}
+
+// expected answers an error that wraps one of those sentinels with its
+// code and the message that follows the sentinel ("invalid: plan: ..."
+// shows "plan: ..."); any other error is left for the 500.
+func expected(err error) error {
+	for _, a := range answers {
+		if errors.Is(err, a.kind) {
+			return httpError{Code: a.code, Msg: strings.TrimPrefix(err.Error(), a.kind.Error()+": "), Err: err}
+		}
+	}
+	return err
 }
 
 // handle turns a handler that returns an error into an http.HandlerFunc.

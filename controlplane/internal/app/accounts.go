@@ -172,7 +172,7 @@ func (a authAPI) ChangePassword(ctx context.Context, p dashboardapi.Principal, o
 
 func (a authAPI) Me(ctx context.Context, p dashboardapi.Principal) (dashboardapi.Profile, error) {
 	if p.UserID == "" {
-		return dashboardapi.Profile{Role: p.Role, FirstName: p.Name}, nil // an API token
+		return dashboardapi.Profile{}, fmt.Errorf("%w: an API token has no profile", dashboardapi.ErrForbidden)
 	}
 	prof, err := a.svc.Me(ctx, p.UserID)
 	if err != nil {

@@ -185,7 +185,7 @@ func (s *Service) work(ctx context.Context, id string) error {
 		}
 		st := steps[r.job.Done-1]
 		if st.undo != nil {
-			if err := s.undo(ctx, st, r); err != nil {
+			if err := s.inSlot(ctx, st, func() error { return st.undo(ctx, r) }); err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
@@ -228,41 +228,29 @@ func (s *Service) plan(job fleet.Job) ([]step, error) {
 	return steps, nil
 }
 
-// slot takes a worker slot for st, unless st only waits; release gives it back.
-func (s *Service) slot(ctx context.Context, st step) (release func(), err error) {
+// inSlot runs fn in a worker slot, or at once when st only waits.
+func (s *Service) inSlot(ctx context.Context, st step, fn func() error) error {
 	if st.wait {
-		return func() {}, nil
+		return fn()
 	}
 	select {
 	case s.sem <- struct{}{}:
-		return func() { <-s.sem }, nil
+		defer func() { <-s.sem }()
+		return fn()
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return ctx.Err()
 	}
-}
-
-// undo takes back st in a worker slot.
-func (s *Service) undo(ctx context.Context, st step, r *run) error {
-	release, err := s.slot(ctx, st)
-	if err != nil {
-		return err
-	}
-	defer release()
-	return st.undo(ctx, r)
 }
 
 // do runs st in a worker slot, failing it on purpose when a fault is
 // injected there.
 func (s *Service) do(ctx context.Context, st step, r *run) error {
-	release, err := s.slot(ctx, st)
-	if err != nil {
-		return err
-	}
-	defer release()
-	if f := s.o.Faults; st.name == f.Fail && strings.HasPrefix(r.job.Params["customer"], f.FailFor) {
-		return permanent(errors.New("fault injection: step fails"))
-	}
-	return st.do(ctx, r)
+	return s.inSlot(ctx, st, func() error {
+		if f := s.o.Faults; st.name == f.Fail && strings.HasPrefix(r.job.Params["customer"], f.FailFor) {
+			return permanent(errors.New("fault injection: step fails"))
+		}
+		return st.do(ctx, r)
+	})
 }
 
 // backoff is the wait before retry number attempt: exponential from

@@ -197,9 +197,10 @@ func (p *Provider) WaitRunning(ctx context.Context, providerID string) (string, 
 	return *addr, nil
 }
 
-// Resize stops the machine, gives it instanceType and starts it again. A
-// retry picks up where an earlier try stopped; a machine running with that
-// type already is left alone.
+// Resize stops the machine, gives it instanceType and starts it again; the
+// job's wait_running step waits for it to run. A retry picks up where an
+// earlier try stopped; a machine running with that type already is left
+// alone.
 func (p *Provider) Resize(ctx context.Context, providerID, instanceType string) error {
 	inst, err := p.describe(ctx, providerID)
 	if err != nil {
@@ -226,9 +227,6 @@ func (p *Provider) Resize(ctx context.Context, providerID, instanceType string) 
 	}
 	if _, err := p.api.StartInstances(ctx, &ec2.StartInstancesInput{InstanceIds: ids}); err != nil {
 		return fmt.Errorf("ec2: starting %s: %w", providerID, err)
-	}
-	if _, err := p.WaitRunning(ctx, providerID); err != nil {
-		return err
 	}
 	p.log.Info("machine resized", "ec2_instance", providerID, "from", inst.InstanceType, "to", instanceType)
 	return nil

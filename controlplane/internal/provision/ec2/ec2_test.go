@@ -471,6 +471,9 @@ func TestResize(t *testing.T) {
 	if err := p.Resize(ctx, id, "t3.large"); err != nil {
 		t.Fatalf("Resize: %v", err)
 	}
+	if _, err := p.WaitRunning(ctx, id); err != nil { // the resize job's next step
+		t.Fatal(err)
+	}
 	var actions []string
 	for _, req := range f.sent("")[1:] {
 		actions = append(actions, req.Get("Action"))
