@@ -9,6 +9,8 @@ COMMIT   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -s -w -X github.com/stackpro/stackpro/shared/buildinfo.Version=$(VERSION) \
             -X github.com/stackpro/stackpro/shared/buildinfo.Commit=$(COMMIT)
 STATICCHECK_VERSION := v0.8.2
+# Stripe's API simulator, for the billing tests.
+STRIPE_MOCK_VERSION := v0.203.0
 
 # Flags for `make run`; override like `make run RUN_FLAGS="--demo-instances 3"`.
 RUN_FLAGS ?=
@@ -26,8 +28,11 @@ images: ## build the starter stack's image FROM scratch (no registry needed), wh
 	@if docker version >/dev/null 2>&1; then deploy/stacks/build-images.sh stackpro/demo:dev; \
 	else echo "no Docker engine: instances will report 'docker engine not available'"; fi
 
-test: ## run every test with the race detector
-	$(GO) test -race -count=1 -timeout 12m ./...
+test: $(BIN)/stripe-mock ## run every test with the race detector
+	STRIPE_MOCK=$(BIN)/stripe-mock $(GO) test -race -count=1 -timeout 12m ./...
+
+$(BIN)/stripe-mock:
+	GOBIN=$(BIN) $(GO) install github.com/stripe/stripe-mock@$(STRIPE_MOCK_VERSION)
 
 $(BIN)/staticcheck:
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
@@ -40,9 +45,9 @@ lint: $(BIN)/staticcheck ## go vet, gofmt and staticcheck
 run: build images ## run the embedded default: control plane, NATS, one local instance, data in ./data
 	$(BIN)/stackpro-controlplane dev --data ./data --http 127.0.0.1:8080 --nats 127.0.0.1:4222 $(RUN_FLAGS)
 
-bench: ## run the benchmarks (see BENCHMARKS.md)
-	$(GO) test -run '^$$' -bench . -benchmem $$($(GO) list ./... | grep -v /controlplane/internal/app)
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./controlplane/internal/app
+bench: $(BIN)/stripe-mock ## run the benchmarks (see BENCHMARKS.md)
+	STRIPE_MOCK=$(BIN)/stripe-mock $(GO) test -run '^$$' -bench . -benchmem $$($(GO) list ./... | grep -v /controlplane/internal/app)
+	STRIPE_MOCK=$(BIN)/stripe-mock $(GO) test -run '^$$' -bench . -benchtime 1x ./controlplane/internal/app
 
 clean: ## remove bin/ (data/ is kept)
 	rm -rf $(BIN)

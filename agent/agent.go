@@ -99,7 +99,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	a := &Agent{cfg: cfg, log: log, box: box, sampler: telemetry.NewSampler("/proc"), started: time.Now(),
 		problems: make(chan []string, 1), restored: make(chan time.Duration, 1), refetch: make(chan struct{}, 1)}
-	if engine, err := stack.Detect(ctx); err != nil {
+	if engine, err := stack.Detect(ctx, cfg.ComposeSlots); err != nil {
 		a.stackErr = err.Error()
 		log.Error("the stack cannot run on this host", "err", err)
 	} else if a.stack, err = stack.New(stack.Options{Engine: engine, Dir: filepath.Join(cfg.StateDir, "stack"),

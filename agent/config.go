@@ -57,6 +57,7 @@ func (c *Config) applyEnv(environ []string) error {
 		"STACKPRO_AGENT_ENROLLMENT_TOKEN": &c.EnrollmentToken,
 		"STACKPRO_AGENT_STATE_DIR":        &c.StateDir,
 		"STACKPRO_AGENT_LOG_LEVEL":        &c.LogLevel,
+		"STACKPRO_AGENT_COMPOSE_SLOTS":    &c.ComposeSlots,
 	}
 	durations := map[string]*time.Duration{
 		"STACKPRO_AGENT_HEARTBEAT_INTERVAL": &c.HeartbeatInterval,

@@ -109,6 +109,13 @@ type Options struct {
 	Tokens    Tokens
 	Auth      Auth
 	Limits    AuthLimits
+	// Billing is the customers' subscriptions and Stripe's webhooks.
+	Billing Billing
+	// Plans are the plans on offer, cheapest first.
+	Plans []Plan
+	// Prometheus serves the control plane's metrics at /metrics, to
+	// operators; nil leaves /metrics out.
+	Prometheus http.Handler
 	// Ready maps a dependency's name to its check, for /readyz.
 	Ready map[string]Check
 	Log   *slog.Logger
@@ -135,8 +142,13 @@ func (a *API) Handler() http.Handler {
 	r.Get("/healthz", a.handle(a.healthz))
 	r.Get("/readyz", a.handle(a.readyz))
 	r.Get("/.well-known/jwks.json", a.handle(a.jwks))
+	r.Post("/webhooks/stripe", a.handle(a.stripeWebhook)) // Stripe signs it; no bearer token
+	if a.o.Prometheus != nil {
+		r.With(a.authenticate, a.requireRole(RoleOperator, RoleAdmin)).Method(http.MethodGet, "/metrics", a.o.Prometheus)
+	}
 	r.Route("/api/v1", func(r chi.Router) {
 		a.authRoutes(r)
+		r.Get("/plans", a.handle(a.plans))
 		r.Group(func(r chi.Router) {
 			r.Use(a.authenticate)
 			// Every signed-in user; customers see only their own.
@@ -148,6 +160,12 @@ func (a *API) Handler() http.Handler {
 			r.Get("/instances/{id}", a.handle(a.instance))
 			r.Get("/jobs/{id}", a.handle(a.job))
 			r.Group(func(r chi.Router) {
+				r.Use(a.requireCustomer)
+				r.Get("/billing", a.handle(a.subscription))
+				r.Post("/billing/checkout", a.handle(a.checkout))
+				r.Post("/billing/portal", a.handle(a.portal))
+			})
+			r.Group(func(r chi.Router) {
 				r.Use(a.requireRole(RoleOperator, RoleAdmin))
 				r.Post("/instances", a.handle(a.provision))
 				r.Delete("/instances/{id}", a.handle(a.startJob("terminate")))
@@ -157,6 +175,7 @@ func (a *API) Handler() http.Handler {
 				r.Get("/instances/{id}/target", a.handle(a.target))
 				r.Put("/instances/{id}/target", a.handle(a.setTarget))
 				r.Post("/instances/{id}/commands", a.handle(a.command))
+				r.Get("/admin/billing/metrics", a.handle(a.billingMetrics)) // under /admin, for operators too
 			})
 			r.Group(func(r chi.Router) {
 				r.Use(a.requireRole(RoleAdmin))

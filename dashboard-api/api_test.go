@@ -126,6 +126,7 @@ type testAPI struct {
 	handler http.Handler
 	srv     *httptest.Server
 	term    *fakeJobs
+	billing *fakeBilling
 	log     *syncBuffer
 }
 
@@ -143,16 +144,18 @@ func newTestAPI(t *testing.T, opt func(*Options)) *testAPI {
 	tr.Enrolled("i-a", now)
 	tr.Heartbeat(protocol.Heartbeat{InstanceID: "i-a", AgentVersion: "1.0.0", Health: protocol.HealthOK}, now)
 
-	ta := &testAPI{term: &fakeJobs{}, log: &syncBuffer{}}
+	ta := &testAPI{term: &fakeJobs{}, billing: &fakeBilling{}, log: &syncBuffer{}}
 	o := Options{
-		Fleet:   tr,
-		Metrics: fakeMetrics{"i-a": {V: 1, InstanceID: "i-a", CPUPercent: 12.5, UptimeSeconds: 3600}},
-		Jobs:    ta.term,
-		Tokens:  fakeTokens{},
-		Auth:    &fakeAuth{},
-		Limits:  AuthLimits{PerIP: Limit{1000, time.Minute}, PerAccount: Limit{1000, time.Minute}},
-		Ready:   map[string]Check{"broker": func() error { return nil }, "store": func() error { return nil }},
-		Log:     slog.New(slog.NewTextHandler(ta.log, nil)),
+		Fleet:      tr,
+		Metrics:    fakeMetrics{"i-a": {V: 1, InstanceID: "i-a", CPUPercent: 12.5, UptimeSeconds: 3600}},
+		Jobs:       ta.term,
+		Tokens:     fakeTokens{},
+		Auth:       &fakeAuth{},
+		Limits:     AuthLimits{PerIP: Limit{1000, time.Minute}, PerAccount: Limit{1000, time.Minute}},
+		Billing:    ta.billing,
+		Prometheus: fakePrometheus,
+		Ready:      map[string]Check{"broker": func() error { return nil }, "store": func() error { return nil }},
+		Log:        slog.New(slog.NewTextHandler(ta.log, nil)),
 	}
 	if opt != nil {
 		opt(&o)
@@ -193,17 +196,23 @@ func (ta *testAPI) send(t *testing.T, method, path, token, body string) response
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
+	return ta.roundTrip(t, req)
+}
+
+// roundTrip sends req and reads the answer, which must carry a request id.
+func (ta *testAPI) roundTrip(t *testing.T, req *http.Request) response {
+	t.Helper()
 	res, err := ta.srv.Client().Do(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
+		t.Fatalf("%s %s: %v", req.Method, req.URL.Path, err)
 	}
 	defer res.Body.Close()
 	data, err := io.ReadAll(res.Body)
 	if err != nil {
-		t.Fatalf("%s %s: reading body: %v", method, path, err)
+		t.Fatalf("%s %s: reading body: %v", req.Method, req.URL.Path, err)
 	}
 	if res.Header.Get("X-Request-Id") == "" {
-		t.Errorf("%s %s: no X-Request-Id header", method, path)
+		t.Errorf("%s %s: no X-Request-Id header", req.Method, req.URL.Path)
 	}
 	return response{code: res.StatusCode, header: res.Header, body: data}
 }

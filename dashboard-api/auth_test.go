@@ -284,16 +284,18 @@ func TestLoginRateLimit(t *testing.T) {
 
 // TestTenantIsolation walks every route the router has, not a list kept by
 // hand, as customer B and asks for customer A's instance and job: no
-// answer may carry A's data. Customers get 403 on operator routes; an
-// operator gets 403 on admin routes only.
+// answer may carry A's data. Customers get 403 on operator routes and
+// /metrics; an operator gets 403 on admin routes (bar the billing
+// metrics) and on billing, which is a customer's own.
 func TestTenantIsolation(t *testing.T) {
 	ta := newTestAPI(t, nil)
 	routes, ok := ta.handler.(chi.Routes)
 	if !ok {
 		t.Fatal("Handler is not a chi router")
 	}
-	customerRoutes := []string{"GET /api/v1/instances", "GET /api/v1/instances/{id}", "GET /api/v1/jobs/{id}",
+	customerRoutes := []string{"GET /api/v1/plans", "GET /api/v1/instances", "GET /api/v1/instances/{id}", "GET /api/v1/jobs/{id}",
 		"GET /api/v1/me", "PATCH /api/v1/me", "POST /api/v1/auth/logout", "POST /api/v1/auth/password"}
+	billingRoutes := []string{"GET /api/v1/billing", "POST /api/v1/billing/checkout", "POST /api/v1/billing/portal"}
 	walked := 0
 	err := chi.Walk(routes, func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
 		walked++
@@ -307,13 +309,14 @@ func TestTenantIsolation(t *testing.T) {
 		if asB.code/100 == 2 && (strings.Contains(string(asB.body), "i-a") || strings.Contains(string(asB.body), "cus_a")) {
 			t.Errorf("%s as customer B answered %d with A's data: %s", name, asB.code, asB.body)
 		}
-		if strings.HasPrefix(route, "/api/v1/") && !strings.HasPrefix(route, "/api/v1/auth/") || route == "/api/v1/auth/logout" || route == "/api/v1/auth/password" {
-			customerRoute := slices.Contains(customerRoutes, name)
+		if strings.HasPrefix(route, "/api/v1/") && !strings.HasPrefix(route, "/api/v1/auth/") || route == "/api/v1/auth/logout" || route == "/api/v1/auth/password" || route == "/metrics" {
+			customerRoute := slices.Contains(customerRoutes, name) || slices.Contains(billingRoutes, name)
 			if !customerRoute && asB.code != http.StatusForbidden {
 				t.Errorf("%s as a customer: %d, want 403", name, asB.code)
 			}
-			adminOnly := strings.HasPrefix(route, "/api/v1/admin/")
-			if op := ta.send(t, method, path, tokenOperator, body); (op.code == http.StatusForbidden) != adminOnly {
+			notForOperators := strings.HasPrefix(route, "/api/v1/admin/") && name != "GET /api/v1/admin/billing/metrics" ||
+				slices.Contains(billingRoutes, name)
+			if op := ta.send(t, method, path, tokenOperator, body); (op.code == http.StatusForbidden) != notForOperators {
 				t.Errorf("%s as an operator: %d", name, op.code)
 			}
 		}

@@ -41,6 +41,7 @@ var answers = []struct {
 	code int
 }{
 	{ErrInvalid, http.StatusUnprocessableEntity},
+	{ErrNotFound, http.StatusNotFound},
 	{ErrUnauthorized, http.StatusUnauthorized},
 	{ErrForbidden, http.StatusForbidden},
 	{ErrConflict, http.StatusConflict},

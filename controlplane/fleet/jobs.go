@@ -28,10 +28,13 @@ type JobLog struct {
 
 // Job is a durable list of steps, persisted after every step.
 type Job struct {
-	ID         string   `json:"id"`
-	Kind       string   `json:"kind"`
-	InstanceID string   `json:"instance_id"`
-	State      JobState `json:"state"`
+	ID         string `json:"id"`
+	Kind       string `json:"kind"`
+	InstanceID string `json:"instance_id"`
+	// Key, when set, is unique: a second job asked for with the same key
+	// is the first one.
+	Key   string   `json:"key,omitempty"`
+	State JobState `json:"state"`
 	// Steps names every step, in order; Done counts those completed (while
 	// running) or those still to undo (while compensating).
 	Steps []string `json:"steps"`

@@ -19,4 +19,9 @@ type Bootstrap struct {
 	// before it is rolled back.
 	HealthTimeout time.Duration `yaml:"health_timeout,omitempty"`
 	LogLevel      string        `yaml:"log_level,omitempty"`
+	// ComposeSlots, when set, is a directory shared by the agents of one
+	// host (the local provider's): its lock files let only a few of them
+	// run compose at once, so a hundred stacks starting together do not
+	// swamp the one Docker engine. An instance of its own leaves it empty.
+	ComposeSlots string `yaml:"compose_slots,omitempty"`
 }

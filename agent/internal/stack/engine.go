@@ -10,8 +10,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/stackpro/stackpro/shared/protocol"
@@ -27,11 +32,29 @@ var (
 type Engine struct {
 	// compose is the command line prefix: docker compose, or docker-compose.
 	compose []string
+	// slots, if set, is the directory of lock files that bounds the
+	// compose commands the agents of this host run at once.
+	slots string
 }
 
 // Detect finds the Docker engine and a compose tool, preferring the
-// compose v2 plugin over the docker-compose binary.
-func Detect(ctx context.Context) (*Engine, error) {
+// compose v2 plugin over the docker-compose binary. slots, if set, is a
+// directory the agents sharing this host's engine take turns through.
+func Detect(ctx context.Context, slots string) (*Engine, error) {
+	e, err := detect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if slots != "" {
+		if err := os.MkdirAll(slots, 0o700); err != nil {
+			return nil, fmt.Errorf("stack: compose slots: %w", err)
+		}
+		e.slots = slots
+	}
+	return e, nil
+}
+
+func detect(ctx context.Context) (*Engine, error) {
 	if _, err := exec.LookPath("docker"); err != nil {
 		return nil, fmt.Errorf("%w: no docker command", ErrNoDocker)
 	}
@@ -50,11 +73,42 @@ func Detect(ctx context.Context) (*Engine, error) {
 // ComposeTool names the compose command in use, for the agent's facts.
 func (e *Engine) ComposeTool() string { return strings.Join(e.compose, " ") }
 
-// Compose runs a compose command for project with the files of dir.
+// Compose runs a compose command for project with the files of dir, in a
+// slot when the host's agents share them.
 func (e *Engine) Compose(ctx context.Context, project, dir string, args ...string) ([]byte, error) {
+	if e.slots != "" {
+		release, err := takeSlot(ctx, e.slots, 2*runtime.NumCPU())
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+	}
 	argv := append(append([]string{}, e.compose[1:]...), "-p", project, "--project-directory", dir,
 		"-f", dir+"/"+composeFile)
 	return run(ctx, e.compose[0], append(argv, args...)...)
+}
+
+// takeSlot locks one of n slot files in dir, waiting until one is free or
+// ctx ends. The lock goes with the process, so a crashed agent frees its
+// slot.
+func takeSlot(ctx context.Context, dir string, n int) (func(), error) {
+	for {
+		for i := range n {
+			f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("slot-%d", i)), os.O_CREATE|os.O_RDWR, 0o600)
+			if err != nil {
+				return nil, fmt.Errorf("stack: compose slot: %w", err)
+			}
+			if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
+				return func() { f.Close() }, nil
+			}
+			f.Close()
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("stack: waiting for a compose slot: %w", ctx.Err())
+		case <-time.After(time.Duration(100+rand.IntN(200)) * time.Millisecond):
+		}
+	}
 }
 
 // projectLabel is the label compose puts on every container of a project.

@@ -23,7 +23,7 @@ import (
 func requireEngine(t *testing.T) *Engine {
 	t.Helper()
 	dockertest.Require(t)
-	e, err := Detect(context.Background())
+	e, err := Detect(context.Background(), "")
 	if err != nil {
 		t.Fatalf("Detect: %v", err)
 	}
@@ -261,7 +261,7 @@ func TestInvalidComposeIsReported(t *testing.T) {
 
 func TestDetectWithoutDocker(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
-	if _, err := Detect(context.Background()); !errors.Is(err, ErrNoDocker) {
+	if _, err := Detect(context.Background(), ""); !errors.Is(err, ErrNoDocker) {
 		t.Errorf("Detect with no docker on PATH = %v, want ErrNoDocker", err)
 	}
 }
@@ -280,11 +280,41 @@ func TestDetectWithoutComposeBinary(t *testing.T) {
 	}
 	plugin := exec.Command(docker, "compose", "version").Run() == nil
 	t.Setenv("PATH", dir)
-	e, err := Detect(context.Background())
+	e, err := Detect(context.Background(), "")
 	switch {
 	case plugin && (err != nil || e.ComposeTool() != "docker compose"):
 		t.Errorf("Detect = %v, %v; want the compose plugin", e, err)
 	case !plugin && !errors.Is(err, ErrNoCompose):
 		t.Errorf("Detect = %v; want ErrNoCompose", err)
+	}
+}
+
+func TestComposeSlots(t *testing.T) {
+	dir := t.TempDir()
+	release, err := takeSlot(context.Background(), dir, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := takeSlot(ctx, dir, 1); err == nil {
+		t.Fatal("took a slot that another holder has")
+	}
+	got := make(chan error, 1)
+	go func() {
+		r, err := takeSlot(context.Background(), dir, 1)
+		if err == nil {
+			r()
+		}
+		got <- err
+	}()
+	release()
+	if err := <-got; err != nil {
+		t.Fatalf("the slot was not freed: %v", err)
+	}
+	if two, err := takeSlot(context.Background(), dir, 2); err != nil {
+		t.Fatal(err)
+	} else {
+		two()
 	}
 }

@@ -24,13 +24,8 @@ import (
 // audience is the aud of every access token the control plane signs.
 const audience = "stackpro-api"
 
-// newAccounts builds the accounts service: its signing keys in st, its
-// email through an SMTP relay or, by default, a file outbox in the data dir.
-func newAccounts(ctx context.Context, cfg config.Config, st *store.Store, awsConfig func() (aws.Config, error), log *slog.Logger) (*accounts.Service, *accounts.Signer, error) {
-	sender, err := newMailSender(ctx, cfg, awsConfig)
-	if err != nil {
-		return nil, nil, err
-	}
+// newAccounts builds the accounts service, its signing keys in st.
+func newAccounts(cfg config.Config, st *store.Store, sender mail.Sender, log *slog.Logger) (*accounts.Service, *accounts.Signer, error) {
 	signer, err := accounts.NewSigner(st, accounts.SignerOptions{Issuer: cfg.BaseURL(), Audience: audience,
 		AccessTTL: cfg.Auth.AccessTTL, RotateEvery: cfg.Auth.KeyRotation})
 	if err != nil {
@@ -41,6 +36,8 @@ func newAccounts(ctx context.Context, cfg config.Config, st *store.Store, awsCon
 	return svc, signer, nil
 }
 
+// newMailSender returns an SMTP relay when cfg names one, else a file
+// outbox in the data dir.
 func newMailSender(ctx context.Context, cfg config.Config, awsConfig func() (aws.Config, error)) (mail.Sender, error) {
 	m := cfg.Mail
 	if m.SMTP.Addr == "" {

@@ -1,6 +1,6 @@
 // Package app wires the control plane together: configuration, store,
-// embedded broker, fleet monitor, provisioning and dashboard-api, with one
-// lifecycle that a signal ends.
+// embedded broker, fleet monitor, provisioning, accounts, billing and
+// dashboard-api, with one lifecycle that a signal ends.
 package app
 
 import (
@@ -22,6 +22,9 @@ import (
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/google/renameio/v2"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
@@ -204,13 +207,24 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		return err
 	}
 
-	accts, signer, err := newAccounts(ctx, cfg, st, awsConfig, log)
+	sender, err := newMailSender(ctx, cfg, awsConfig)
 	if err != nil {
 		return err
 	}
+	accts, signer, err := newAccounts(cfg, st, sender, log)
+	if err != nil {
+		return err
+	}
+	bill, err := newBilling(ctx, cfg, st, sender, instancesAPI{prov, tracker}, awsConfig, log)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(bill, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	limits := dashboardapi.AuthLimits{PerIP: dashboardapi.Limit(cfg.Auth.PerIP), PerAccount: dashboardapi.Limit(cfg.Auth.PerAccount)}
 	api := dashboardapi.New(dashboardapi.Options{Fleet: tracker, Metrics: mon, Jobs: jobsAPI{prov}, Targets: targetsAPI{tgts},
 		Commander: commander{brk}, Tokens: tokens{st, signer}, Auth: authAPI{accts, signer}, Limits: limits,
+		Billing: billingAPI{bill}, Plans: plansOnOffer(cfg), Prometheus: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 		Ready: map[string]dashboardapi.Check{"broker": brk.Ready, "store": st.Ready}, Log: log})
 	ln, err := net.Listen("tcp", cfg.HTTP.Addr)
 	if err != nil {
@@ -221,6 +235,7 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return mon.Run(gctx) })
 	g.Go(func() error { return prov.Run(gctx) })
+	g.Go(func() error { return bill.Run(gctx) })
 	g.Go(func() error { pruneSessions(gctx, accts, log); return nil })
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -118,12 +119,20 @@ var fastFleet = []string{
 	"STACKPRO_FLEET_OFFLINE_AFTER=6s",
 }
 
+// startControlPlane runs the control plane in dev mode with env added to
+// the environment; entries of env that start with -- are flags instead.
 func startControlPlane(t testing.TB, data, httpAddr, natsAddr string, demo int, env ...string) *controlPlane {
 	t.Helper()
 	cp := &controlPlane{t: t, out: &output{}, data: data, httpAddr: httpAddr, natsAddr: natsAddr, exited: make(chan error, 1)}
-	cp.cmd = exec.Command(filepath.Join(binaries(t), "stackpro-controlplane"), "dev", "--data", data,
-		"--http", httpAddr, "--nats", natsAddr, "--demo-instances", strconv.Itoa(demo))
-	cp.cmd.Env = append(append(append(os.Environ(), fastFleet...), "STACKPRO_STACKS_IMAGE="+dockertest.DemoImage(t)), env...)
+	args := []string{"dev", "--data", data, "--http", httpAddr, "--nats", natsAddr, "--demo-instances", strconv.Itoa(demo)}
+	vars := slices.DeleteFunc(slices.Clone(env), func(e string) bool { return strings.HasPrefix(e, "--") })
+	for _, e := range env {
+		if strings.HasPrefix(e, "--") {
+			args = append(args, e)
+		}
+	}
+	cp.cmd = exec.Command(filepath.Join(binaries(t), "stackpro-controlplane"), args...)
+	cp.cmd.Env = append(append(append(os.Environ(), fastFleet...), "STACKPRO_STACKS_IMAGE="+dockertest.DemoImage(t)), vars...)
 	cp.cmd.Stdout, cp.cmd.Stderr = cp.out, cp.out
 	if err := cp.cmd.Start(); err != nil {
 		t.Fatal(err)

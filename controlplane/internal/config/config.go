@@ -15,11 +15,13 @@ import (
 	"net/url"
 	"os"
 	"reflect"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/robfig/cron/v3"
 	"gopkg.in/yaml.v3"
 )
 
@@ -57,9 +59,35 @@ type Config struct {
 	Faults Faults          `yaml:"faults"`
 	// PublicURL is where people reach the API and the console; links in
 	// emails start with it. By default http://<http.addr>.
-	PublicURL string `yaml:"public_url"`
-	Auth      Auth   `yaml:"auth"`
-	Mail      Mail   `yaml:"mail"`
+	PublicURL string  `yaml:"public_url"`
+	Auth      Auth    `yaml:"auth"`
+	Mail      Mail    `yaml:"mail"`
+	Billing   Billing `yaml:"billing"`
+}
+
+// Billing configures subscriptions: Stripe, or the local stand-in that
+// completes every checkout at once (the embedded default).
+type Billing struct {
+	// Provider is local or stripe.
+	Provider string `yaml:"provider"`
+	// SecretKey and WebhookSecret are secret references (env:NAME,
+	// file:/path or aws-sm:<id>) to Stripe's API key and the webhook
+	// endpoint's signing secret (whsec_...).
+	SecretKey     string `yaml:"secret_key"`
+	WebhookSecret string `yaml:"webhook_secret"`
+	// APIBase replaces Stripe's API URL (stripe-mock's, in tests).
+	APIBase string `yaml:"api_base"`
+	// SuccessURL and CancelURL are where checkout sends the customer back;
+	// PortalReturnURL is where the billing portal does. By default pages
+	// under public_url.
+	SuccessURL      string `yaml:"success_url"`
+	CancelURL       string `yaml:"cancel_url"`
+	PortalReturnURL string `yaml:"portal_return_url"`
+	// Currency is the three-letter ISO code, lower case, of plan prices.
+	Currency string `yaml:"currency"`
+	// GracePeriod is how long a canceled subscription's instance stays
+	// suspended, data kept, before it is terminated.
+	GracePeriod time.Duration `yaml:"grace_period"`
 }
 
 // Auth configures accounts and sign-in.
@@ -111,6 +139,26 @@ type Plan struct {
 	InstanceType string `yaml:"instance_type"`
 	// AMI is the image the plan's EC2 machines boot; aws.ami if empty.
 	AMI string `yaml:"ami"`
+	// PriceID is the plan's monthly Stripe price; billing.provider stripe
+	// needs one per plan.
+	PriceID string `yaml:"price_id"`
+	// MonthlyPrice is the plan's price a month in the currency's minor
+	// unit (cents): what local billing charges, and what MRR counts when
+	// Stripe does not say.
+	MonthlyPrice int `yaml:"monthly_price"`
+	// BackupSchedule is when the plan's instances are backed up: a cron
+	// expression of five fields, or @hourly, @daily, @weekly; @daily if
+	// empty.
+	BackupSchedule string `yaml:"backup_schedule"`
+	// Quotas bound the messages an instance may relay a month.
+	Quotas Quotas `yaml:"quotas"`
+}
+
+// Quotas are messages a month, by channel.
+type Quotas struct {
+	SMS      int `yaml:"sms"`
+	WhatsApp int `yaml:"whatsapp"`
+	Email    int `yaml:"email"`
 }
 
 // AWS configures the ec2 provider, the route53 DNS and aws-sm: secrets.
@@ -225,14 +273,18 @@ func Default() Config {
 		AWS:        AWS{PollInterval: 15 * time.Second},
 		Zone:       "stackpro.localhost",
 		Plans: map[string]Plan{
-			"starter":    {Stack: "starter", InstanceType: "t3.small"},
-			"business":   {Stack: "starter", InstanceType: "t3.medium"},
-			"enterprise": {Stack: "starter", InstanceType: "t3.large"},
+			"starter": {Stack: "starter", InstanceType: "t3.small", MonthlyPrice: 2900, BackupSchedule: "@daily",
+				Quotas: Quotas{SMS: 500, WhatsApp: 500, Email: 10000}},
+			"business": {Stack: "starter", InstanceType: "t3.medium", MonthlyPrice: 7900, BackupSchedule: "0 */6 * * *",
+				Quotas: Quotas{SMS: 2500, WhatsApp: 2500, Email: 50000}},
+			"enterprise": {Stack: "starter", InstanceType: "t3.large", MonthlyPrice: 19900, BackupSchedule: "@hourly",
+				Quotas: Quotas{SMS: 10000, WhatsApp: 10000, Email: 250000}},
 		},
 		Jobs: Jobs{Workers: 16, Attempts: 5, RetryBase: time.Second, RetryMax: 30 * time.Second, WaitTimeout: 10 * time.Minute},
 		Auth: Auth{AccessTTL: 15 * time.Minute, RefreshTTL: 30 * 24 * time.Hour, KeyRotation: 30 * 24 * time.Hour,
 			PerIP: Limit{30, 5 * time.Minute}, PerAccount: Limit{10, 15 * time.Minute}},
-		Mail: Mail{From: "StackPro <no-reply@stackpro.localhost>", SMTP: SMTP{StartTLS: "required"}},
+		Mail:    Mail{From: "StackPro <no-reply@stackpro.localhost>", SMTP: SMTP{StartTLS: "required"}},
+		Billing: Billing{Provider: "local", Currency: "usd", GracePeriod: 14 * 24 * time.Hour},
 	}
 }
 
@@ -333,6 +385,65 @@ func set(v reflect.Value, s string) error {
 	return nil
 }
 
+var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+func (p Plan) validate(key string) []error {
+	var errs []error
+	if p.Stack == "" || p.InstanceType == "" {
+		errs = append(errs, fmt.Errorf("%s: stack and instance_type are required", key))
+	}
+	if p.MonthlyPrice < 0 || p.Quotas.SMS < 0 || p.Quotas.WhatsApp < 0 || p.Quotas.Email < 0 {
+		errs = append(errs, fmt.Errorf("%s: monthly_price and quotas must not be negative", key))
+	}
+	if _, err := cronParser.Parse(p.BackupSchedule); p.BackupSchedule != "" && err != nil {
+		errs = append(errs, fmt.Errorf("%s.backup_schedule must be a cron expression of five fields or @hourly, @daily, @weekly, got %q: %w", key, p.BackupSchedule, err))
+	}
+	return errs
+}
+
+var currencyPattern = regexp.MustCompile(`^[a-z]{3}$`)
+
+func (b Billing) validate(plans map[string]Plan) []error {
+	var errs []error
+	switch b.Provider {
+	case "local":
+	case "stripe":
+		if b.SecretKey == "" || b.WebhookSecret == "" {
+			errs = append(errs, errors.New("billing provider stripe needs billing.secret_key and billing.webhook_secret (secret references)"))
+		}
+		prices := map[string]string{}
+		for _, name := range slices.Sorted(maps.Keys(plans)) {
+			id := plans[name].PriceID
+			if id == "" {
+				errs = append(errs, fmt.Errorf("plans.%s: billing provider stripe needs its price_id", name))
+			} else if other, dup := prices[id]; dup {
+				errs = append(errs, fmt.Errorf("plans.%s: price_id %s is plans.%s's too", name, id, other))
+			}
+			prices[id] = name
+		}
+	default:
+		errs = append(errs, fmt.Errorf("billing.provider must be local or stripe, got %q", b.Provider))
+	}
+	for _, u := range []struct{ key, url string }{{"billing.api_base", b.APIBase}, {"billing.success_url", b.SuccessURL},
+		{"billing.cancel_url", b.CancelURL}, {"billing.portal_return_url", b.PortalReturnURL}} {
+		if u.url != "" && !isHTTPURL(u.url) {
+			errs = append(errs, fmt.Errorf("%s must be an http:// or https:// URL, got %q", u.key, u.url))
+		}
+	}
+	if !currencyPattern.MatchString(b.Currency) {
+		errs = append(errs, fmt.Errorf("billing.currency must be a three-letter ISO code in lower case, got %q", b.Currency))
+	}
+	if b.GracePeriod < 0 {
+		errs = append(errs, fmt.Errorf("billing.grace_period must not be negative, got %s", b.GracePeriod))
+	}
+	return errs
+}
+
+func isHTTPURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
+}
+
 // BaseURL is where people reach the API: public_url, or http://<http.addr>.
 func (c Config) BaseURL() string {
 	if c.PublicURL != "" {
@@ -390,10 +501,9 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("plans: at least one plan is required"))
 	}
 	for _, name := range slices.Sorted(maps.Keys(c.Plans)) {
-		if p := c.Plans[name]; p.Stack == "" || p.InstanceType == "" {
-			errs = append(errs, fmt.Errorf("plans.%s: stack and instance_type are required", name))
-		}
+		errs = append(errs, c.Plans[name].validate("plans."+name)...)
 	}
+	errs = append(errs, c.Billing.validate(c.Plans)...)
 	if c.Jobs.Workers < 1 || c.Jobs.Attempts < 1 {
 		errs = append(errs, fmt.Errorf("jobs.workers and jobs.attempts must be at least 1, got %d and %d", c.Jobs.Workers, c.Jobs.Attempts))
 	}
@@ -443,7 +553,7 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("aws.region is required with provider ec2 or dns route53"))
 	}
 	if e := c.AWS.Endpoint; e != "" {
-		if u, err := url.Parse(e); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		if !isHTTPURL(e) {
 			errs = append(errs, fmt.Errorf("aws.endpoint must be an http:// or https:// URL, got %q", e))
 		}
 	}
@@ -470,7 +580,7 @@ func (c Config) Validate() error {
 	if (c.Mail.SMTP.Username == "") != (c.Mail.SMTP.Password == "") {
 		errs = append(errs, errors.New("mail.smtp.username and mail.smtp.password go together"))
 	}
-	if u, err := url.Parse(c.PublicURL); c.PublicURL != "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "") {
+	if c.PublicURL != "" && !isHTTPURL(c.PublicURL) {
 		errs = append(errs, fmt.Errorf("public_url must be an http(s) URL, got %q", c.PublicURL))
 	}
 	return errors.Join(errs...)

@@ -257,6 +257,34 @@ func TestValidateSingleProblems(t *testing.T) {
 			"mail.smtp.username and mail.smtp.password go together"},
 		{"public url without scheme", func(c *Config) { c.PublicURL = "app.example.com" },
 			`public_url must be an http(s) URL, got "app.example.com"`},
+		{"unknown billing provider", func(c *Config) { c.Billing.Provider = "paypal" },
+			`billing.provider must be local or stripe, got "paypal"`},
+		{"stripe without secrets", func(c *Config) { stripePrices(c); c.Billing.WebhookSecret = "" },
+			"billing provider stripe needs billing.secret_key and billing.webhook_secret (secret references)"},
+		{"stripe plan without price", func(c *Config) {
+			stripePrices(c)
+			c.Plans["business"] = Plan{Stack: "starter", InstanceType: "t3.medium"}
+		},
+			"plans.business: billing provider stripe needs its price_id"},
+		{"two plans one price", func(c *Config) {
+			stripePrices(c)
+			p := c.Plans["starter"]
+			p.PriceID = "price_business"
+			c.Plans["starter"] = p
+		}, "plans.starter: price_id price_business is plans.business's too"},
+		{"bad backup schedule", func(c *Config) {
+			c.Plans["starter"] = Plan{Stack: "starter", InstanceType: "t3.small", BackupSchedule: "daily"}
+		},
+			`plans.starter.backup_schedule must be a cron expression of five fields or @hourly, @daily, @weekly, got "daily": expected exactly 5 fields, found 1: [daily]`},
+		{"negative quota", func(c *Config) {
+			c.Plans["starter"] = Plan{Stack: "starter", InstanceType: "t3.small", Quotas: Quotas{SMS: -1}}
+		}, "plans.starter: monthly_price and quotas must not be negative"},
+		{"bad currency", func(c *Config) { c.Billing.Currency = "USD" },
+			`billing.currency must be a three-letter ISO code in lower case, got "USD"`},
+		{"bad success url", func(c *Config) { c.Billing.SuccessURL = "/thanks" },
+			`billing.success_url must be an http:// or https:// URL, got "/thanks"`},
+		{"negative grace", func(c *Config) { c.Billing.GracePeriod = -time.Hour },
+			"billing.grace_period must not be negative, got -1h0m0s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -267,6 +295,23 @@ func TestValidateSingleProblems(t *testing.T) {
 				t.Errorf("Validate() = %q, want %q", got, tt.want)
 			}
 		})
+	}
+}
+
+// stripePrices switches c to Stripe billing with a price for every plan.
+func stripePrices(c *Config) {
+	c.Billing.Provider, c.Billing.SecretKey, c.Billing.WebhookSecret = "stripe", "env:STRIPE_KEY", "env:STRIPE_WHSEC"
+	for name, p := range c.Plans {
+		p.PriceID = "price_" + name
+		c.Plans[name] = p
+	}
+}
+
+func TestStripeBillingValidates(t *testing.T) {
+	cfg := Default()
+	stripePrices(&cfg)
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
 	}
 }
 

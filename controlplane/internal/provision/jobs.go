@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/internal/store"
 )
 
 // Job kinds.
@@ -276,10 +277,17 @@ func sleep(ctx context.Context, d time.Duration) bool {
 
 // submit saves a new job of kind for instance id and hands it to Run. A
 // provision job's instance does not exist yet (its first step records it);
-// any other job's instance must exist and have no unfinished job.
-func (s *Service) submit(kind, id string, params map[string]string) (fleet.Job, error) {
+// any other job's instance must exist and have no unfinished job. A job
+// with a key is submitted once: asked for again, it is the same job.
+func (s *Service) submit(kind, id, key string, params map[string]string) (fleet.Job, error) {
 	s.submitMu.Lock()
 	defer s.submitMu.Unlock()
+	if key != "" {
+		job, err := s.o.Store.JobByKey(key)
+		if err == nil || !errors.Is(err, store.ErrNotFound) {
+			return job, err
+		}
+	}
 	if kind != KindProvision {
 		cur, err := s.o.Tracker.Get(id, time.Now())
 		if errors.Is(err, fleet.ErrNotFound) {
@@ -292,7 +300,7 @@ func (s *Service) submit(kind, id string, params map[string]string) (fleet.Job, 
 		}
 	}
 	now := time.Now().UTC()
-	job := fleet.Job{ID: newID("job-"), Kind: kind, InstanceID: id, State: fleet.JobPending,
+	job := fleet.Job{ID: newID("job-"), Kind: kind, InstanceID: id, Key: key, State: fleet.JobPending,
 		Params: params, CreatedAt: now, UpdatedAt: now}
 	for _, st := range s.defs[kind] {
 		job.Steps = append(job.Steps, st.name)

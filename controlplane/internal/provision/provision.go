@@ -74,6 +74,8 @@ type Store interface {
 	SaveJob(job fleet.Job, insts ...fleet.Instance) error
 	Job(id string) (fleet.Job, error)
 	Jobs() ([]fleet.Job, error)
+	// JobByKey returns the job saved with key, or store.ErrNotFound.
+	JobByKey(key string) (fleet.Job, error)
 	ReserveSubdomain(name, instanceID string) error
 	ReleaseSubdomain(name, instanceID string) error
 	RecordToken(instanceID, token string, ttl time.Duration, now time.Time) error

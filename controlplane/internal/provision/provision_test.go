@@ -270,6 +270,33 @@ func TestProvision(t *testing.T) {
 	}
 }
 
+func TestProvisionOnce(t *testing.T) {
+	dir := t.TempDir()
+	e := start(t, dir, provision.Faults{}, nil)
+	first, err := e.svc.ProvisionOnce("checkout:cs_1", "acme", "starter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := e.svc.ProvisionOnce("checkout:cs_1", "acme", "starter")
+	if err != nil || again.ID != first.ID || again.InstanceID != first.InstanceID {
+		t.Fatalf("second ProvisionOnce = %+v, %v; want job %s", again, err, first.ID)
+	}
+	e.wait(t, first.ID)
+	// The key outlives a restart.
+	e.cancel()
+	e = start(t, dir, provision.Faults{}, nil)
+	if again, err = e.svc.ProvisionOnce("checkout:cs_1", "acme", "starter"); err != nil || again.ID != first.ID {
+		t.Fatalf("after a restart: %+v, %v; want job %s", again, err, first.ID)
+	}
+	other, err := e.svc.ProvisionOnce("checkout:cs_2", "acme", "starter")
+	if err != nil || other.ID == first.ID {
+		t.Fatalf("another key: %+v, %v", other, err)
+	}
+	if jobs, _ := e.st.Jobs(); len(jobs) != 2 {
+		t.Errorf("%d jobs for two keys", len(jobs))
+	}
+}
+
 func TestProvisionRejectsBadRequests(t *testing.T) {
 	e := start(t, t.TempDir(), provision.Faults{}, nil)
 	for _, tt := range []struct{ customer, plan, sub string }{

@@ -21,6 +21,17 @@ var subdomainPattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`
 // Provision records a new instance for customer on plan and starts the job
 // that brings it to active. An empty subdomain becomes the instance id.
 func (s *Service) Provision(customer, plan, subdomain string) (fleet.Instance, fleet.Job, error) {
+	return s.provision("", customer, plan, subdomain)
+}
+
+// ProvisionOnce is Provision for the one instance key stands for (a
+// checkout, say): asked again with the same key, it returns the first job.
+func (s *Service) ProvisionOnce(key, customer, plan string) (fleet.Job, error) {
+	_, job, err := s.provision(key, customer, plan, "")
+	return job, err
+}
+
+func (s *Service) provision(key, customer, plan, subdomain string) (fleet.Instance, fleet.Job, error) {
 	p, ok := s.o.Plans[plan]
 	var errs []error
 	if !ok {
@@ -39,7 +50,7 @@ func (s *Service) Provision(customer, plan, subdomain string) (fleet.Instance, f
 	if err := errors.Join(errs...); err != nil {
 		return fleet.Instance{}, fleet.Job{}, fmt.Errorf("%w: %w", ErrBadRequest, err)
 	}
-	job, err := s.submit(KindProvision, id, map[string]string{"customer": customer, "plan": plan,
+	job, err := s.submit(KindProvision, id, key, map[string]string{"customer": customer, "plan": plan,
 		"subdomain": subdomain, "instance_type": p.InstanceType})
 	return newInstance(s.o.Provider.Name(), job), job, err
 }
@@ -54,21 +65,21 @@ func newInstance(provider string, job fleet.Job) fleet.Instance {
 
 // Terminate starts the job that takes instance id out for good.
 func (s *Service) Terminate(id string) (fleet.Job, error) {
-	return s.submit(KindTerminate, id, nil)
+	return s.submit(KindTerminate, id, "", nil)
 }
 
 // Suspend starts the job that stops instance id's stack and keeps its data.
-func (s *Service) Suspend(id string) (fleet.Job, error) { return s.submit(KindSuspend, id, nil) }
+func (s *Service) Suspend(id string) (fleet.Job, error) { return s.submit(KindSuspend, id, "", nil) }
 
 // Resume starts the job that brings a suspended instance back.
-func (s *Service) Resume(id string) (fleet.Job, error) { return s.submit(KindResume, id, nil) }
+func (s *Service) Resume(id string) (fleet.Job, error) { return s.submit(KindResume, id, "", nil) }
 
 // Resize starts the job that moves instance id to plan's instance type.
 func (s *Service) Resize(id, plan string) (fleet.Job, error) {
 	if _, ok := s.o.Plans[plan]; !ok {
 		return fleet.Job{}, fmt.Errorf("%w: %w %q", ErrBadRequest, ErrUnknownPlan, plan)
 	}
-	return s.submit(KindResize, id, map[string]string{"plan": plan})
+	return s.submit(KindResize, id, "", map[string]string{"plan": plan})
 }
 
 // instance is the job's instance as tracked now.

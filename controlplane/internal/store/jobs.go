@@ -13,11 +13,17 @@ import (
 )
 
 // SaveJob writes a job and, in the same transaction, the instances the
-// step changed (whole records: jobs own an instance's lifecycle fields).
+// step changed (whole records: jobs own an instance's lifecycle fields)
+// and the job's key, if it has one.
 func (s *Store) SaveJob(job fleet.Job, insts ...fleet.Instance) error {
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		if err := putJSON(tx.Bucket(bucketJobs), job.ID, job); err != nil {
 			return err
+		}
+		if job.Key != "" {
+			if err := tx.Bucket(bucketJobKeys).Put([]byte(job.Key), []byte(job.ID)); err != nil {
+				return err
+			}
 		}
 		for _, inst := range insts {
 			inst.Status = ""
@@ -47,6 +53,19 @@ func (s *Store) Job(id string) (fleet.Job, error) {
 		err = fmt.Errorf("store: reading job %s: %w", id, err)
 	}
 	return job, err
+}
+
+// JobByKey returns the job saved with key, or ErrNotFound.
+func (s *Store) JobByKey(key string) (fleet.Job, error) {
+	var id []byte
+	_ = s.db.View(func(tx *bbolt.Tx) error {
+		id = slices.Clone(tx.Bucket(bucketJobKeys).Get([]byte(key)))
+		return nil
+	})
+	if id == nil {
+		return fleet.Job{}, ErrNotFound
+	}
+	return s.Job(string(id))
 }
 
 // Jobs returns every job, oldest first.

@@ -1,6 +1,6 @@
 // Package store keeps every record the control plane owns in one bbolt file:
-// instances, enrollment tokens, agent credentials, operator API tokens and
-// the events agents report.
+// instances, jobs, enrollment tokens, agent credentials, accounts, API
+// tokens, subscriptions and the events agents and Stripe report.
 //
 // Layout of data.db:
 //
@@ -22,6 +22,13 @@
 //	                sha256(token) hex  → RefreshToken (JSON)
 //	signing_keys/ <key id>             → SigningKey (JSON), with its private key
 //	auth_audit/   <unix ns, 8-byte big-endian><seq, 8-byte big-endian> → AuditRecord (JSON)
+//	job_keys/     <idempotency key>    → <job id>
+//	billing_events/ <stripe event id>  → BillingEvent (JSON): every event received, once
+//	billing_queue/  <seq, 8-byte big-endian> → raw event JSON, until applied
+//	subscriptions/  <customer id>      → fleet.Subscription (JSON)
+//	stripe_customers/ <stripe customer id> → <customer id>
+//	billing_due/    <customer id>      → <unix ns, 8-byte big-endian>: when to look at its instance
+//	billing_mail/   <key>              → BillingMail (JSON), until sent
 //
 // Secrets (enrollment, API, refresh and one-time tokens) are kept only as
 // their SHA-256, so a copy of the file grants none of them; the signing keys
@@ -64,9 +71,18 @@ var (
 	bucketRefresh     = []byte("refresh_tokens")
 	bucketSigningKeys = []byte("signing_keys")
 	bucketAuthAudit   = []byte("auth_audit")
-	allBuckets        = [][]byte{bucketInstances, bucketTokens, bucketCredentials, bucketAPITokens, bucketEvents,
+	bucketJobKeys     = []byte("job_keys")
+	// Billing.
+	bucketBillingEvents   = []byte("billing_events")
+	bucketBillingQueue    = []byte("billing_queue")
+	bucketSubscriptions   = []byte("subscriptions")
+	bucketStripeCustomers = []byte("stripe_customers")
+	bucketBillingDue      = []byte("billing_due")
+	bucketBillingMail     = []byte("billing_mail")
+	allBuckets            = [][]byte{bucketInstances, bucketTokens, bucketCredentials, bucketAPITokens, bucketEvents,
 		bucketJobs, bucketSubdomains, bucketDNS, bucketUsers, bucketUserEmails, bucketPasswords, bucketCustomers,
-		bucketAuthTokens, bucketRefresh, bucketSigningKeys, bucketAuthAudit}
+		bucketAuthTokens, bucketRefresh, bucketSigningKeys, bucketAuthAudit, bucketJobKeys, bucketBillingEvents,
+		bucketBillingQueue, bucketSubscriptions, bucketStripeCustomers, bucketBillingDue, bucketBillingMail}
 )
 
 // Errors callers test for.
@@ -104,6 +120,9 @@ func Open(path string, timeout time.Duration) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: creating buckets in %s: %w", path, err)
 	}
+	// A lone Batch caller waits this long for company before it commits:
+	// bbolt's 10 ms would cap one webhook sender at 80 events a second.
+	db.MaxBatchDelay = 2 * time.Millisecond
 	return &Store{db: db}, nil
 }
 

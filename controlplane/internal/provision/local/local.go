@@ -76,6 +76,8 @@ func (p *Provider) start(spec provision.LaunchSpec) error {
 		InstanceID: spec.InstanceID, NATSURL: spec.NATSURL, EnrollmentToken: spec.EnrollmentToken,
 		StateDir:          filepath.Join(dir, "state"),
 		HeartbeatInterval: spec.HeartbeatInterval, MetricsInterval: spec.MetricsInterval,
+		// Every local agent shares this host's engine.
+		ComposeSlots: filepath.Join(p.dir, ".compose-slots"),
 	})
 	if err != nil {
 		return fmt.Errorf("local: %w", err)

@@ -1,0 +1,95 @@
+package store_test
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/internal/store"
+)
+
+func TestBillingEventsQueueOnce(t *testing.T) {
+	s, _ := newStore(t)
+	now := time.Now().UTC()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	queued := 0
+	for i := range 40 { // 20 events, each delivered twice at once
+		wg.Go(func() {
+			id := fmt.Sprintf("evt_%d", i%20)
+			ok, err := s.QueueBillingEvent(store.BillingEvent{ID: id, Type: "invoice.paid", ReceivedAt: now}, []byte(`{"id":"`+id+`"}`))
+			if err != nil {
+				t.Error(err)
+			}
+			if ok {
+				mu.Lock()
+				queued++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	q, err := s.QueuedBillingEvents(100)
+	if err != nil || queued != 20 || len(q) != 20 {
+		t.Fatalf("queued %d, %d in the queue (%v); want 20", queued, len(q), err)
+	}
+	for i := 1; i < len(q); i++ {
+		if q[i].Seq <= q[i-1].Seq {
+			t.Fatalf("queue out of order: %d after %d", q[i].Seq, q[i-1].Seq)
+		}
+	}
+
+	// Applying takes the event off the queue, with the subscription, the
+	// customer's look and the mail in the same transaction.
+	var first struct{ ID string }
+	if err := json.Unmarshal(q[0].Raw, &first); err != nil {
+		t.Fatal(err)
+	}
+	err = s.ApplyBillingEvent(q[0].Seq, first.ID, "c1", now, func(sub *fleet.Subscription) store.BillingEffects {
+		sub.Status, sub.StripeCustomer = fleet.SubscriptionActive, "cus_1"
+		return store.BillingEffects{Outcome: "applied", Reconcile: true,
+			Mails: []store.BillingMail{{Key: "m1", CustomerID: "c1", Kind: "payment_failed"}}}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q2, _ := s.QueuedBillingEvents(100); len(q2) != 19 {
+		t.Errorf("%d queued after applying one", len(q2))
+	}
+	if rec, _ := s.BillingEventRecord(first.ID); rec.Outcome != "applied" || rec.CustomerID != "c1" {
+		t.Errorf("event record %+v", rec)
+	}
+	if c, err := s.CustomerByStripe("cus_1"); err != nil || c != "c1" {
+		t.Errorf("CustomerByStripe = %q, %v", c, err)
+	}
+	due, _ := s.BillingDue()
+	mails, _ := s.BillingMails()
+	if !due["c1"].Equal(now) || len(mails) != 1 {
+		t.Errorf("due %v, mails %v", due, mails)
+	}
+
+	// A look asked for while one was being taken is kept.
+	later := now.Add(time.Minute)
+	if err := s.SetBillingDue("c1", later); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ClearBillingDue("c1", now); err != nil {
+		t.Fatal(err)
+	}
+	if due, _ := s.BillingDue(); !due["c1"].Equal(later) {
+		t.Errorf("a newer look was cleared: %v", due)
+	}
+	if err := s.ClearBillingDue("c1", later); err != nil {
+		t.Fatal(err)
+	}
+	if due, _ := s.BillingDue(); len(due) != 0 {
+		t.Errorf("due after clearing: %v", due)
+	}
+	if _, err := s.Subscription("nobody"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Subscription(nobody): %v", err)
+	}
+}
