@@ -26,21 +26,24 @@ const (
 const rightPassword = "correct horse battery staple"
 
 // fakeAuth records what it is asked and answers like the accounts service.
-type fakeAuth struct {
+type fakeAuth struct{ recorder }
+
+// recorder keeps the calls a fake was asked, in order.
+type recorder struct {
 	mu    sync.Mutex
 	calls []string
 }
 
-func (f *fakeAuth) record(format string, args ...any) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.calls = append(f.calls, fmt.Sprintf(format, args...))
+func (r *recorder) record(format string, args ...any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, fmt.Sprintf(format, args...))
 }
 
-func (f *fakeAuth) called() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.calls)
+func (r *recorder) called() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.calls)
 }
 
 var testSession = Session{AccessToken: "eyJ.access", TokenType: "bearer", ExpiresIn: 900, RefreshToken: "refresh-2",

@@ -10,7 +10,6 @@ import (
 	"reflect"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,9 +21,8 @@ import (
 // plans starter and pro, and one webhook signature. err, when set, fails
 // every call.
 type fakeBilling struct {
-	mu    sync.Mutex
-	calls []string
-	err   error
+	recorder
+	err error
 }
 
 var _ Billing = (*fakeBilling)(nil)
@@ -39,18 +37,6 @@ var testSubscription = fleet.Subscription{CustomerID: "cus_a", Status: fleet.Sub
 
 var testBillingMetrics = fleet.BillingMetrics{At: created, Currency: "eur", MRR: 4900,
 	Active: map[string]int{"starter": 1}, Trials: 2, Converted30d: 1, TrialsLost30d: 1, TrialConversion: 0.5}
-
-func (f *fakeBilling) record(format string, args ...any) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.calls = append(f.calls, fmt.Sprintf(format, args...))
-}
-
-func (f *fakeBilling) called() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.calls)
-}
 
 func (f *fakeBilling) Checkout(_ context.Context, customerID, plan string) (string, error) {
 	f.record("checkout %s %s", customerID, plan)
