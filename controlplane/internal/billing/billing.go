@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"sync"
 	"time"
 
 	"github.com/stripe/stripe-go/v76"
@@ -105,8 +104,6 @@ type Service struct {
 	log      *slog.Logger
 	wake     chan struct{}
 	counters *counters
-	// mu serializes checkouts, so a double click makes one Stripe customer.
-	mu sync.Mutex
 }
 
 // New returns the billing service; Run applies what it receives.
@@ -137,8 +134,6 @@ func (s *Service) Checkout(ctx context.Context, customerID, plan string) (string
 	if _, ok := s.o.Plans[plan]; !ok {
 		return "", fmt.Errorf("%w: unknown plan %q", ErrInvalid, plan)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	sub, err := s.o.Store.Subscription(customerID)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return "", err
@@ -159,6 +154,8 @@ func (s *Service) Checkout(ctx context.Context, customerID, plan string) (string
 		if len(users) > 0 {
 			email = users[0].Email
 		}
+		// Two checkouts at once both come here, and get one customer: its
+		// id is derived from ours (local), or Stripe's idempotency key is.
 		id, err := s.pay.customer(ctx, c, email)
 		if err != nil {
 			return "", err
