@@ -15,7 +15,7 @@ STRIPE_MOCK_VERSION := v0.203.0
 # Flags for `make run`; override like `make run RUN_FLAGS="--demo-instances 3"`.
 RUN_FLAGS ?=
 
-.PHONY: help build images test lint run bench clean
+.PHONY: help build images test test-tools lint run bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -28,8 +28,19 @@ images: ## build the starter stack's image FROM scratch (no registry needed), wh
 	@if docker version >/dev/null 2>&1; then deploy/stacks/build-images.sh stackpro/demo:dev; \
 	else echo "no Docker engine: instances will report 'docker engine not available'"; fi
 
-test: $(BIN)/stripe-mock ## run every test with the race detector
-	STRIPE_MOCK=$(BIN)/stripe-mock $(GO) test -race -count=1 -timeout 12m ./...
+test: $(BIN)/stripe-mock test-tools ## run every test with the race detector
+	STRIPE_MOCK=$(BIN)/stripe-mock TEST_ARTIFACTS=$(CURDIR)/test-artifacts $(GO) test -race -count=1 -timeout 13m ./...
+
+# The ops console's browser test drives Debian's Chromium; the /metrics
+# test lints with promtool, from Debian's prometheus package.
+test-tools: ## install Chromium and promtool from Debian when missing
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 $(BIN)/stripe-mock:
 	GOBIN=$(BIN) $(GO) install github.com/stripe/stripe-mock@$(STRIPE_MOCK_VERSION)

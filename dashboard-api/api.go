@@ -5,6 +5,7 @@ package dashboardapi
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,12 +13,12 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/shared/protocol"
@@ -27,11 +28,21 @@ import (
 type Fleet interface {
 	List(now time.Time) []fleet.Instance
 	Get(id string, now time.Time) (fleet.Instance, error)
+	OfCustomer(customer string, now time.Time) []fleet.Instance
 }
 
-// Metrics returns an instance's latest metrics sample.
+// Metrics returns an instance's latest metrics sample and its history.
 type Metrics interface {
 	LatestMetrics(id string) (protocol.Metrics, bool)
+	// MetricsHistory is instance id's metrics from from to to, at the
+	// finest resolution still kept for that window.
+	MetricsHistory(id string, from, to time.Time) (fleet.MetricsHistory, error)
+}
+
+// Events reads what agents reported.
+type Events interface {
+	// InstanceEvents returns the last limit events of instance id.
+	InstanceEvents(id string, limit int) ([]protocol.Event, error)
 }
 
 // Jobs starts provisioning jobs and reports on them. Errors wrap
@@ -42,6 +53,8 @@ type Jobs interface {
 	// instance id.
 	Start(kind, id string, params map[string]string) (fleet.Job, error)
 	Job(id string) (fleet.Job, error)
+	// InstanceJobs returns every job of instance id.
+	InstanceJobs(id string) ([]fleet.Job, error)
 }
 
 // TargetSpec is a stack an operator wants an instance to run.
@@ -102,7 +115,9 @@ type Check func() error
 // Options configures the API.
 type Options struct {
 	Fleet     Fleet
+	Feed      Feed
 	Metrics   Metrics
+	Events    Events
 	Jobs      Jobs
 	Targets   Targets
 	Commander Commander
@@ -116,9 +131,17 @@ type Options struct {
 	// Prometheus serves the control plane's metrics at /metrics, to
 	// operators; nil leaves /metrics out.
 	Prometheus http.Handler
+	// Registry takes the API's own metrics (HTTP latency by route); nil
+	// keeps them unregistered.
+	Registry prometheus.Registerer
+	// CORSOrigins are the origins of the web frontends allowed to call the
+	// API from a browser; none leaves CORS off.
+	CORSOrigins []string
 	// Ready maps a dependency's name to its check, for /readyz.
 	Ready map[string]Check
-	Log   *slog.Logger
+	// Ping is how often an idle event stream gets a comment; 15 s if zero.
+	Ping time.Duration
+	Log  *slog.Logger
 }
 
 // API serves dashboard-api.
@@ -126,19 +149,31 @@ type API struct {
 	o                 Options
 	log               *slog.Logger
 	perIP, perAccount *limiter
+	metrics           *httpMetrics
+	ping              time.Duration
 }
 
-// New returns the API; Handler serves it.
-func New(o Options) *API {
-	return &API{o: o, log: o.Log.With("component", "dashboard-api"),
+// New returns the API; Handler serves it. It fails only when the API's
+// metrics cannot be registered.
+func New(o Options) (*API, error) {
+	m, err := newHTTPMetrics(o.Registry)
+	if err != nil {
+		return nil, fmt.Errorf("dashboard-api: registering metrics: %w", err)
+	}
+	return &API{o: o, log: o.Log.With("component", "dashboard-api"), metrics: m, ping: cmp.Or(o.Ping, defaultPing),
 		perIP:      newLimiter(o.Limits.PerIP.Attempts, o.Limits.PerIP.Window),
-		perAccount: newLimiter(o.Limits.PerAccount.Attempts, o.Limits.PerAccount.Window)}
+		perAccount: newLimiter(o.Limits.PerAccount.Attempts, o.Limits.PerAccount.Window)}, nil
 }
 
 // Handler is the router with every route.
 func (a *API) Handler() http.Handler {
 	r := chi.NewRouter()
-	r.Use(middleware.RequestID, a.requestID, middleware.Recoverer)
+	r.Use(middleware.RequestID, a.requestID, a.observe, middleware.Recoverer)
+	if len(a.o.CORSOrigins) > 0 {
+		r.Use(corsFor(a.o.CORSOrigins))
+	}
+	r.Get("/", consoleHandler().ServeHTTP)
+	r.Get("/console/*", consoleHandler().ServeHTTP)
 	r.Get("/healthz", a.handle(a.healthz))
 	r.Get("/readyz", a.handle(a.readyz))
 	r.Get("/.well-known/jwks.json", a.handle(a.jwks))
@@ -149,6 +184,7 @@ func (a *API) Handler() http.Handler {
 	r.Route("/api/v1", func(r chi.Router) {
 		a.authRoutes(r)
 		r.Get("/plans", a.handle(a.plans))
+		r.Get("/openapi.json", a.handle(a.openapi))
 		r.Group(func(r chi.Router) {
 			r.Use(a.authenticate)
 			// Every signed-in user; customers see only their own.
@@ -158,7 +194,12 @@ func (a *API) Handler() http.Handler {
 			r.Patch("/me", a.handle(a.updateMe))
 			r.Get("/instances", a.handle(a.instances))
 			r.Get("/instances/{id}", a.handle(a.instance))
+			r.Get("/instances/{id}/metrics", a.handle(a.metricsHistory))
+			r.Get("/instances/{id}/jobs", a.handle(a.instanceJobs))
+			r.Get("/instances/{id}/timeline", a.handle(a.timeline))
+			r.Get("/customers/{id}/status", a.handle(a.customerStatus))
 			r.Get("/jobs/{id}", a.handle(a.job))
+			r.Get("/events", a.handle(a.events))
 			r.Group(func(r chi.Router) {
 				r.Use(a.requireCustomer)
 				r.Get("/billing", a.handle(a.subscription))
@@ -167,6 +208,7 @@ func (a *API) Handler() http.Handler {
 			})
 			r.Group(func(r chi.Router) {
 				r.Use(a.requireRole(RoleOperator, RoleAdmin))
+				r.Get("/fleet", a.handle(a.fleetOverview))
 				r.Post("/instances", a.handle(a.provision))
 				r.Delete("/instances/{id}", a.handle(a.startJob("terminate")))
 				r.Post("/instances/{id}/suspend", a.handle(a.startJob("suspend")))
@@ -193,14 +235,6 @@ func (a *API) Handler() http.Handler {
 		return httpError{Code: http.StatusMethodNotAllowed, Msg: "method not allowed"}
 	}))
 	return r
-}
-
-// requestID echoes chi's request id in the X-Request-Id response header.
-func (a *API) requestID(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("X-Request-Id", middleware.GetReqID(r.Context()))
-		next.ServeHTTP(w, r)
-	})
 }
 
 type principalKey struct{}
@@ -247,12 +281,6 @@ func (a *API) readyz(w http.ResponseWriter, _ *http.Request) error {
 	return writeJSON(w, code, map[string]any{"ready": ready, "checks": checks})
 }
 
-func (a *API) instances(w http.ResponseWriter, r *http.Request) error {
-	p := principal(r)
-	list := slices.DeleteFunc(a.o.Fleet.List(time.Now()), func(inst fleet.Instance) bool { return !sees(p, inst.Customer) })
-	return writeJSON(w, http.StatusOK, map[string]any{"instances": list})
-}
-
 // instanceView is an instance with its latest metrics.
 type instanceView struct {
 	fleet.Instance
@@ -260,16 +288,12 @@ type instanceView struct {
 }
 
 func (a *API) instance(w http.ResponseWriter, r *http.Request) error {
-	id := chi.URLParam(r, "id")
-	inst, err := a.o.Fleet.Get(id, time.Now())
-	if errors.Is(err, fleet.ErrNotFound) || err == nil && !sees(principal(r), inst.Customer) {
-		return httpError{Code: http.StatusNotFound, Msg: "instance not found", Err: err}
-	}
+	inst, err := a.visibleInstance(r)
 	if err != nil {
 		return err
 	}
 	view := instanceView{Instance: inst}
-	if m, ok := a.o.Metrics.LatestMetrics(id); ok {
+	if m, ok := a.o.Metrics.LatestMetrics(inst.ID); ok {
 		view.Metrics = &m
 	}
 	return writeJSON(w, http.StatusOK, view)

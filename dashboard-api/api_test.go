@@ -50,6 +50,28 @@ func (m fakeMetrics) LatestMetrics(id string) (protocol.Metrics, bool) {
 	return s, ok
 }
 
+// MetricsHistory answers the latest sample as the one point of any window.
+func (m fakeMetrics) MetricsHistory(id string, from, to time.Time) (fleet.MetricsHistory, error) {
+	h := fleet.MetricsHistory{InstanceID: id, From: from, To: to, Resolution: fleet.ResolutionRaw, Points: []fleet.MetricsPoint{}}
+	if s, ok := m[id]; ok {
+		h.Points = append(h.Points, fleet.PointFrom(nil, s))
+	}
+	return h, nil
+}
+
+// fakeEvents has one event of i-a.
+type fakeEvents struct{}
+
+var fakeEvent = protocol.Event{V: 1, ID: "ev-1", InstanceID: "i-a", At: created.Add(time.Minute), Type: protocol.EventAgentStarted,
+	Severity: protocol.SeverityInfo, Message: "agent started"}
+
+func (fakeEvents) InstanceEvents(id string, limit int) ([]protocol.Event, error) {
+	if id != "i-a" {
+		return nil, nil
+	}
+	return []protocol.Event{fakeEvent}, nil
+}
+
 // fakeJobs records the jobs it was asked to start, as "kind:id" followed by
 // any params, and fails with err.
 type fakeJobs struct {
@@ -97,6 +119,13 @@ func (f *fakeJobs) Job(id string) (fleet.Job, error) {
 	return fakeJob, nil
 }
 
+func (f *fakeJobs) InstanceJobs(id string) ([]fleet.Job, error) {
+	if id != fakeJob.InstanceID {
+		return nil, nil
+	}
+	return []fleet.Job{fakeJob}, nil
+}
+
 func (f *fakeJobs) calls() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -123,6 +152,8 @@ func (b *syncBuffer) String() string {
 }
 
 type testAPI struct {
+	tracker *fleet.Tracker
+	feed    *fleet.Feed
 	handler http.Handler
 	srv     *httptest.Server
 	term    *fakeJobs
@@ -144,10 +175,15 @@ func newTestAPI(t *testing.T, opt func(*Options)) *testAPI {
 	tr.Enrolled("i-a", now)
 	tr.Heartbeat(protocol.Heartbeat{InstanceID: "i-a", AgentVersion: "1.0.0", Health: protocol.HealthOK}, now)
 
-	ta := &testAPI{term: &fakeJobs{}, billing: &fakeBilling{}, log: &syncBuffer{}}
+	ta := &testAPI{tracker: tr, feed: fleet.NewFeed(256, 64), term: &fakeJobs{}, billing: &fakeBilling{}, log: &syncBuffer{}}
 	o := Options{
-		Fleet:      tr,
-		Metrics:    fakeMetrics{"i-a": {V: 1, InstanceID: "i-a", CPUPercent: 12.5, UptimeSeconds: 3600}},
+		Fleet: tr,
+		Feed:  ta.feed,
+		Metrics: fakeMetrics{"i-a": {V: 1, InstanceID: "i-a", At: created, CPUPercent: 12.5, UptimeSeconds: 3600,
+			Memory:  protocol.Memory{TotalBytes: 4 << 30, UsedBytes: 1 << 30},
+			Disks:   []protocol.Disk{{Mount: "/", TotalBytes: 40 << 30, UsedBytes: 10 << 30}},
+			Network: protocol.Network{RxBytes: 1000, TxBytes: 500}}},
+		Events:     fakeEvents{},
 		Jobs:       ta.term,
 		Tokens:     fakeTokens{},
 		Auth:       &fakeAuth{},
@@ -160,7 +196,11 @@ func newTestAPI(t *testing.T, opt func(*Options)) *testAPI {
 	if opt != nil {
 		opt(&o)
 	}
-	ta.handler = New(o).Handler()
+	a, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ta.handler = a.Handler()
 	ta.srv = httptest.NewServer(ta.handler)
 	t.Cleanup(ta.srv.Close)
 	return ta

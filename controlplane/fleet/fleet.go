@@ -57,6 +57,7 @@ type Instance struct {
 	Plan         string    `json:"plan,omitempty"`
 	Subdomain    string    `json:"subdomain,omitempty"`
 	InstanceType string    `json:"instance_type,omitempty"`
+	Region       string    `json:"region,omitempty"`
 	ProviderID   string    `json:"provider_id,omitempty"`
 	Address      string    `json:"address,omitempty"`
 	Lifecycle    Lifecycle `json:"lifecycle,omitempty"`
@@ -108,20 +109,26 @@ func Derive(inst Instance, now time.Time, th Thresholds) Status {
 // use. Changes since the last Dirty call are remembered so the caller can
 // persist them in batches instead of once per heartbeat.
 type Tracker struct {
-	th    Thresholds
-	mu    sync.Mutex
-	byID  map[string]*Instance
-	dirty map[string]struct{}
+	th   Thresholds
+	mu   sync.Mutex
+	byID map[string]*Instance
+	// byCustomer indexes byID by customer.
+	byCustomer map[string]map[string]*Instance
+	dirty      map[string]struct{}
+	// changed is what changed since Watch last looked; notify wakes it.
+	changed map[string]struct{}
+	notify  chan struct{}
 }
 
 // NewTracker returns a tracker holding insts, as loaded from the store.
 // Connections are not known after a restart, so every instance starts
 // disconnected until its agent reconnects.
 func NewTracker(th Thresholds, insts []Instance) *Tracker {
-	t := &Tracker{th: th, byID: make(map[string]*Instance, len(insts)), dirty: map[string]struct{}{}}
+	t := &Tracker{th: th, byID: make(map[string]*Instance, len(insts)), dirty: map[string]struct{}{},
+		byCustomer: map[string]map[string]*Instance{}, changed: map[string]struct{}{}, notify: make(chan struct{}, 1)}
 	for _, inst := range insts {
 		inst.Connected = false
-		t.byID[inst.ID] = &inst
+		t.put(&inst)
 	}
 	return t
 }
@@ -135,7 +142,13 @@ func (t *Tracker) Update(id string, fn func(*Instance)) (Instance, bool) {
 	if !ok {
 		return Instance{}, false
 	}
+	customer := inst.Customer
 	fn(inst)
+	if inst.Customer != customer {
+		t.unindex(id, customer)
+		t.put(inst)
+	}
+	t.touch(id)
 	return *inst, true
 }
 
@@ -143,15 +156,85 @@ func (t *Tracker) Update(id string, fn func(*Instance)) (Instance, bool) {
 func (t *Tracker) Put(inst Instance) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.byID[inst.ID] = &inst
+	if old, ok := t.byID[inst.ID]; ok {
+		t.unindex(old.ID, old.Customer)
+	}
+	t.put(&inst)
+	t.touch(inst.ID)
+}
+
+// put indexes inst; t.mu is held.
+func (t *Tracker) put(inst *Instance) {
+	t.byID[inst.ID] = inst
+	if t.byCustomer[inst.Customer] == nil {
+		t.byCustomer[inst.Customer] = map[string]*Instance{}
+	}
+	t.byCustomer[inst.Customer][inst.ID] = inst
+}
+
+// unindex drops instance id from customer's index; t.mu is held.
+func (t *Tracker) unindex(id, customer string) {
+	delete(t.byCustomer[customer], id)
+	if len(t.byCustomer[customer]) == 0 {
+		delete(t.byCustomer, customer)
+	}
+}
+
+// OfCustomer returns customer's instances, sorted by id, with their
+// status at now.
+func (t *Tracker) OfCustomer(customer string, now time.Time) []Instance {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]Instance, 0, len(t.byCustomer[customer]))
+	for _, inst := range t.byCustomer[customer] {
+		out = append(out, t.view(inst, now))
+	}
+	slices.SortFunc(out, func(a, b Instance) int { return strings.Compare(a.ID, b.ID) })
+	return out
 }
 
 // Remove forgets an instance.
 func (t *Tracker) Remove(id string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if inst, ok := t.byID[id]; ok {
+		t.unindex(id, inst.Customer)
+	}
 	delete(t.byID, id)
 	delete(t.dirty, id)
+	t.touch(id)
+}
+
+// touch notes that instance id changed, for Watch; t.mu is held.
+func (t *Tracker) touch(id string) {
+	t.changed[id] = struct{}{}
+	select {
+	case t.notify <- struct{}{}:
+	default:
+	}
+}
+
+// takeChanged returns the ids changed since the last call, and forgets them.
+func (t *Tracker) takeChanged() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ids := make([]string, 0, len(t.changed))
+	for id := range t.changed {
+		ids = append(ids, id)
+	}
+	clear(t.changed)
+	return ids
+}
+
+// ids returns the id of every instance.
+func (t *Tracker) ids() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ids := make([]string, 0, len(t.byID))
+	for id := range t.byID {
+		ids = append(ids, id)
+	}
+	return ids
 }
 
 // update applies fn to instance id and marks it dirty; false if unknown.
@@ -162,6 +245,7 @@ func (t *Tracker) update(id string, fn func(*Instance)) bool {
 	if ok {
 		fn(inst)
 		t.dirty[id] = struct{}{}
+		t.touch(id)
 	}
 	return ok
 }

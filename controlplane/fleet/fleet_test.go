@@ -275,3 +275,25 @@ func TestTrackerConcurrentUse(t *testing.T) {
 		}
 	}
 }
+
+func TestOfCustomer(t *testing.T) {
+	tr := fleet.NewTracker(fleet.Thresholds{StaleAfter: time.Minute, OfflineAfter: time.Hour}, []fleet.Instance{
+		{ID: "i-2", Customer: "acme"}, {ID: "i-1", Customer: "acme"}, {ID: "i-3", Customer: "other"},
+	})
+	ids := func(customer string) string {
+		var out []string
+		for _, inst := range tr.OfCustomer(customer, time.Now()) {
+			out = append(out, inst.ID)
+		}
+		return strings.Join(out, " ")
+	}
+	if got := ids("acme"); got != "i-1 i-2" {
+		t.Errorf("acme's instances: %q", got)
+	}
+	tr.Update("i-3", func(inst *fleet.Instance) { inst.Customer = "acme" })
+	tr.Put(fleet.Instance{ID: "i-1", Customer: "other"})
+	tr.Remove("i-2")
+	if got, other := ids("acme"), ids("other"); got != "i-3" || other != "i-1" {
+		t.Errorf("after moves: acme %q, other %q; want i-3 and i-1", got, other)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -57,7 +58,16 @@ type Signer struct {
 
 	mu   sync.Mutex
 	keys []store.SigningKey // oldest first; the last one signs
+
+	// verified remembers the claims of tokens whose signature was checked,
+	// until they expire: a client sends the same token with every request
+	// for 15 minutes, and the Ed25519 check is most of a request's cost.
+	vmu      sync.Mutex
+	verified map[string]Claims
 }
+
+// maxVerified bounds the verified-token cache.
+const maxVerified = 1 << 16
 
 // NewSigner loads the key set from st, rotating it if it is due.
 func NewSigner(st KeyStore, o SignerOptions) (*Signer, error) {
@@ -149,6 +159,39 @@ func (s *Signer) Sign(c Claims) (string, time.Time, error) {
 // issue time, issuer and audience — and returns its claims. Every refusal
 // wraps ErrInvalidToken.
 func (s *Signer) Verify(token string) (Claims, error) {
+	now := s.o.Now()
+	s.vmu.Lock()
+	c, ok := s.verified[token]
+	s.vmu.Unlock()
+	if ok && now.Before(c.ExpiresAt.Add(s.o.Leeway)) {
+		return c, nil
+	}
+	c, err := s.verify(token)
+	if err == nil {
+		s.remember(token, c, now)
+	}
+	return c, err
+}
+
+// remember caches the claims of a verified token; when the cache is full
+// it first forgets the expired ones, then, if that is not enough, all.
+func (s *Signer) remember(token string, c Claims, now time.Time) {
+	s.vmu.Lock()
+	defer s.vmu.Unlock()
+	if len(s.verified) >= maxVerified {
+		maps.DeleteFunc(s.verified, func(_ string, c Claims) bool { return !now.Before(c.ExpiresAt.Add(s.o.Leeway)) })
+		if len(s.verified) >= maxVerified {
+			clear(s.verified)
+		}
+	}
+	if s.verified == nil {
+		s.verified = map[string]Claims{}
+	}
+	s.verified[token] = c
+}
+
+// verify is Verify without the cache.
+func (s *Signer) verify(token string) (Claims, error) {
 	keys, err := s.keySet()
 	if err != nil {
 		return Claims{}, err

@@ -278,3 +278,20 @@ func TestKeyRotation(t *testing.T) {
 		t.Errorf("Verify(a token of the remaining key) = %v", err)
 	}
 }
+
+// TestVerifyCacheHonoursExpiry: a token verified once (and so cached) is
+// still refused once it has expired.
+func TestVerifyCacheHonoursExpiry(t *testing.T) {
+	clk := &clock{now: t0}
+	s := newSigner(t, openStore(t), clk, "https://cp.test")
+	token := sign(t, s, "usr-1")
+	for range 2 {
+		if _, err := s.Verify(token); err != nil {
+			t.Fatalf("Verify of a fresh token: %v", err)
+		}
+	}
+	clk.Advance(16 * time.Minute) // past the 15 minutes and the 30 s leeway
+	if _, err := s.Verify(token); !errors.Is(err, accounts.ErrInvalidToken) {
+		t.Errorf("Verify of an expired, cached token: %v, want ErrInvalidToken", err)
+	}
+}

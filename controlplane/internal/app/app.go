@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -151,6 +152,15 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		return err
 	}
 	tracker := fleet.NewTracker(fleet.Thresholds{StaleAfter: cfg.Fleet.StaleAfter, OfflineAfter: cfg.Fleet.OfflineAfter}, insts)
+	jobs, err := st.Jobs()
+	if err != nil {
+		return err
+	}
+	// What dashboard-api streams: instance changes the watcher sees, job
+	// steps and agent events as they are stored.
+	feed := fleet.NewFeed(feedSize, feedBuffer)
+	watcher := fleet.NewWatcher(tracker, feed)
+	fst := feedStore{Store: st, feed: feed, tracker: tracker, jobs: newJobCounts(jobs), log: log}
 
 	brk, err := broker.Start(ctx, broker.Options{Listen: cfg.NATS.Listen, StoreDir: filepath.Join(cfg.DataDir, "jetstream"),
 		Credentials: creds, Enroll: enroller{st, tracker}, Log: log})
@@ -167,7 +177,7 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	mon := monitor.New(monitor.Options{Tracker: tracker, Store: st, Keys: brk, Conn: brk.Conn(), Sys: brk.SysConn(),
+	mon := monitor.New(monitor.Options{Tracker: tracker, Store: fst, Keys: brk, Conn: brk.Conn(), Sys: brk.SysConn(),
 		PersistEvery: 5 * time.Second, Log: log})
 	awsConfig := sync.OnceValues(func() (aws.Config, error) { return loadAWS(ctx, cfg.AWS) })
 	provider, dns, err := machines(cfg, awsConfig, st, log)
@@ -182,8 +192,8 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	for name, p := range cfg.Plans {
 		plans[name] = provision.Plan{Stack: p.Stack, InstanceType: p.InstanceType}
 	}
-	prov := provision.New(provision.Options{Provider: provider, DNS: dns, Store: st,
-		Tracker: tracker, Broker: brk, Targets: tgts, Zone: cfg.Zone, NATSURL: cfg.NATSURL(),
+	prov := provision.New(provision.Options{Provider: provider, DNS: dns, Store: fst,
+		Tracker: tracker, Broker: brk, Targets: tgts, Zone: cfg.Zone, Region: region(cfg), NATSURL: cfg.NATSURL(),
 		TokenKey: tokenKey, TokenTTL: cfg.Enrollment.TokenTTL, Plans: plans, StackImage: cfg.Stacks.Image,
 		HeartbeatInterval: cfg.Fleet.HeartbeatInterval, MetricsInterval: cfg.Fleet.MetricsInterval,
 		Workers: cfg.Jobs.Workers, Attempts: cfg.Jobs.Attempts, RetryBase: cfg.Jobs.RetryBase, RetryMax: cfg.Jobs.RetryMax,
@@ -220,12 +230,18 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		return err
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(bill, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(bill, newFleetCollector(tracker, mon, fst.jobs),
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	limits := dashboardapi.AuthLimits{PerIP: dashboardapi.Limit(cfg.Auth.PerIP), PerAccount: dashboardapi.Limit(cfg.Auth.PerAccount)}
-	api := dashboardapi.New(dashboardapi.Options{Fleet: tracker, Metrics: mon, Jobs: jobsAPI{prov}, Targets: targetsAPI{tgts},
+	api, err := dashboardapi.New(dashboardapi.Options{Fleet: tracker, Feed: feed, Metrics: mon, Events: eventsAPI{st},
+		Jobs: jobsAPI{prov, st}, Targets: targetsAPI{tgts},
 		Commander: commander{brk}, Tokens: tokens{st, signer}, Auth: authAPI{accts, signer}, Limits: limits,
 		Billing: billingAPI{bill}, Plans: plansOnOffer(cfg), Prometheus: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		Registry: reg, CORSOrigins: cfg.HTTP.CORSOrigins,
 		Ready: map[string]dashboardapi.Check{"broker": brk.Ready, "store": st.Ready}, Log: log})
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", cfg.HTTP.Addr)
 	if err != nil {
 		return fmt.Errorf("http: %w", err)
@@ -234,6 +250,7 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return mon.Run(gctx) })
+	g.Go(func() error { return watcher.Run(gctx, time.Second) })
 	g.Go(func() error { return prov.Run(gctx) })
 	g.Go(func() error { return bill.Run(gctx) })
 	g.Go(func() error { pruneSessions(gctx, accts, log); return nil })
@@ -446,8 +463,40 @@ func (c commander) Command(ctx context.Context, id string, req protocol.CommandR
 	return reply, err
 }
 
+// Sizes of the feed: the changes it keeps for clients that reconnect, and
+// how far behind one client may fall before it is made to reconnect.
+const (
+	feedSize   = 10000
+	feedBuffer = 256
+)
+
+// region is where instances are launched, for the fleet overview.
+func region(cfg config.Config) string {
+	if cfg.Provider == "ec2" {
+		return cfg.AWS.Region
+	}
+	return "local"
+}
+
+// eventsAPI serves agent events to dashboard-api.
+type eventsAPI struct{ st *store.Store }
+
+func (e eventsAPI) InstanceEvents(id string, limit int) ([]protocol.Event, error) {
+	return e.st.Events(id, limit)
+}
+
 // jobsAPI serves provisioning jobs to dashboard-api.
-type jobsAPI struct{ s *provision.Service }
+type jobsAPI struct {
+	s  *provision.Service
+	st *store.Store
+}
+
+// InstanceJobs reads every job to find instance id's: jobs are few per
+// instance and the store keeps no index of them by instance yet.
+func (j jobsAPI) InstanceJobs(id string) ([]fleet.Job, error) {
+	jobs, err := j.st.Jobs()
+	return slices.DeleteFunc(jobs, func(job fleet.Job) bool { return job.InstanceID != id }), err
+}
 
 // apiErr maps provisioning's expected errors to dashboard-api's.
 func apiErr(err error) error {

@@ -38,9 +38,12 @@ func FuzzAuthBodies(f *testing.F) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	svc := accounts.NewService(st, signer, mailer{outbox}, accounts.Options{Plans: []string{"starter"}, AppURL: "http://test",
 		Hasher: accounts.Hasher{Memory: 64, Time: 1, Threads: 1}, Log: log})
-	api := dashboardapi.New(dashboardapi.Options{Tokens: tokens{st, signer}, Auth: authAPI{svc, signer}, Log: log,
+	api, err := dashboardapi.New(dashboardapi.Options{Tokens: tokens{st, signer}, Auth: authAPI{svc, signer}, Log: log,
 		Limits: dashboardapi.AuthLimits{PerIP: dashboardapi.Limit{Attempts: 1 << 30, Window: time.Second},
 			PerAccount: dashboardapi.Limit{Attempts: 1 << 30, Window: time.Second}}})
+	if err != nil {
+		f.Fatal(err)
+	}
 	srv := httptest.NewServer(api.Handler())
 	f.Cleanup(srv.Close)
 

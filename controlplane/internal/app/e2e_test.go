@@ -352,6 +352,7 @@ func TestFleetEndToEnd(t *testing.T) {
 	if code := cp.api(http.MethodGet, "/api/v1/instances/i-doesnotexist", nil); code != http.StatusNotFound {
 		t.Errorf("unknown instance: %d, want 404", code)
 	}
+	testObservability(t, cp, insts)
 
 	t.Run("a second control plane on the same data dir fails fast", func(t *testing.T) {
 		cmd := exec.Command(filepath.Join(binaries(t), "stackpro-controlplane"), "dev", "--data", data,

@@ -217,6 +217,9 @@ type Log struct {
 // HTTP configures dashboard-api's listener.
 type HTTP struct {
 	Addr string `yaml:"addr"`
+	// CORSOrigins are the web frontends' origins (https://app.example.com)
+	// allowed to call the API from a browser.
+	CORSOrigins []string `yaml:"cors_origins"`
 }
 
 // NATS configures the embedded broker.
@@ -486,6 +489,11 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s must be host:port, got %q", a.key, a.addr))
 		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
 			errs = append(errs, fmt.Errorf("%s has an invalid port in %q", a.key, a.addr))
+		}
+	}
+	for _, o := range c.HTTP.CORSOrigins {
+		if u, err := url.Parse(o); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" || u.RawQuery != "" {
+			errs = append(errs, fmt.Errorf("http.cors_origins: %q is not an origin like https://app.example.com", o))
 		}
 	}
 	if u := c.NATS.AdvertiseURL; u != "" && !strings.HasPrefix(u, "nats://") && !strings.HasPrefix(u, "tls://") {

@@ -204,6 +204,7 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	cfg.HTTP.Addr = "localhost"
 	cfg.NATS.Listen = "127.0.0.1:99999"
 	cfg.NATS.AdvertiseURL = "http://nats.example.com"
+	cfg.HTTP.CORSOrigins = []string{"https://app.example.com", "app.example.com", "https://app.example.com/path"}
 	cfg.Fleet.HeartbeatInterval = 0
 	cfg.Fleet.MetricsInterval = -time.Second
 	cfg.Enrollment.TokenTTL = 0
@@ -218,6 +219,8 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 		`log.format must be text or json, got "xml"`,
 		`http.addr must be host:port, got "localhost"`,
 		`nats.listen has an invalid port in "127.0.0.1:99999"`,
+		`http.cors_origins: "app.example.com" is not an origin like https://app.example.com`,
+		`http.cors_origins: "https://app.example.com/path" is not an origin like https://app.example.com`,
 		`nats.advertise_url must start with nats:// or tls://, got "http://nats.example.com"`,
 		"fleet.heartbeat_interval must be positive, got 0s",
 		"fleet.metrics_interval must be positive, got -1s",

@@ -1,11 +1,17 @@
 package monitor_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,11 +32,22 @@ type noEnroll struct{}
 func (noEnroll) RedeemToken(string, string, string, time.Time) error { return broker.ErrRefused }
 func (noEnroll) Enrolled(string, time.Time)                          {}
 
+// rig is a running monitor with what it works with.
+type rig struct {
+	tracker *fleet.Tracker
+	st      *store.Store
+	nc      *nats.Conn
+	mon     *monitor.Monitor
+	// stop stops the monitor, which writes what changed one last time.
+	stop func()
+}
+
 // setup runs a real broker and store with two enrolled instances and a
-// monitor over them. Messages are published with the control plane's own
-// connection, standing in for agents (the broker's permissions, tested in
-// package broker, are what tie a subject to its agent).
-func setup(t *testing.T) (*fleet.Tracker, *store.Store, *nats.Conn, func()) {
+// monitor over them; opts, if given, may change the monitor's options.
+// Messages are published with the control plane's own connection, standing
+// in for agents (the broker's permissions, tested in package broker, are
+// what tie a subject to its agent).
+func setup(t *testing.T, opts ...func(*monitor.Options)) rig {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := store.Open(filepath.Join(dir, "stackpro.db"), time.Second)
@@ -51,8 +68,12 @@ func setup(t *testing.T) (*fleet.Tracker, *store.Store, *nats.Conn, func()) {
 	}
 	t.Cleanup(brk.Shutdown)
 	tracker := fleet.NewTracker(fleet.Thresholds{StaleAfter: time.Minute, OfflineAfter: time.Hour}, insts)
-	mon := monitor.New(monitor.Options{Tracker: tracker, Store: st, Keys: brk, Conn: brk.Conn(), Sys: brk.SysConn(),
-		PersistEvery: time.Hour, Log: log})
+	o := monitor.Options{Tracker: tracker, Store: st, Keys: brk, Conn: brk.Conn(), Sys: brk.SysConn(),
+		PersistEvery: time.Hour, Log: log}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	mon := monitor.New(o)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- mon.Run(ctx) }()
@@ -69,7 +90,7 @@ func setup(t *testing.T) (*fleet.Tracker, *store.Store, *nats.Conn, func()) {
 			stop()
 		}
 	})
-	return tracker, st, brk.Conn(), stop
+	return rig{tracker: tracker, st: st, nc: brk.Conn(), mon: mon, stop: stop}
 }
 
 func publish(t *testing.T, nc *nats.Conn, subject string, v any) {
@@ -92,7 +113,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestHeartbeats(t *testing.T) {
-	tracker, st, nc, stop := setup(t)
+	r := setup(t)
+	tracker, st, nc, stop := r.tracker, r.st, r.nc, r.stop
 	// Core NATS keeps nothing for a subscriber that is not there yet, so
 	// the heartbeats are sent until the monitor has taken one, as an agent would.
 	waitFor(t, "a's heartbeat", func() bool {
@@ -112,6 +134,9 @@ func TestHeartbeats(t *testing.T) {
 	if other, _ := tracker.Get(b, time.Now()); other.AgentVersion != "" {
 		t.Errorf("b took a spoofed heartbeat: %+v", other)
 	}
+	if n := r.mon.Heartbeats(); n == 0 {
+		t.Error("Heartbeats() = 0 after a heartbeat was taken")
+	}
 
 	// Stopping the monitor writes what changed.
 	stop()
@@ -127,7 +152,8 @@ func TestHeartbeats(t *testing.T) {
 }
 
 func TestEventsAreStoredOnce(t *testing.T) {
-	_, st, nc, _ := setup(t)
+	r := setup(t)
+	st, nc := r.st, r.nc
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -156,5 +182,215 @@ func TestEventsAreStoredOnce(t *testing.T) {
 	}
 	if spoofed, _ := st.Events(b, 10); len(spoofed) != 0 {
 		t.Errorf("a spoofed event was stored for b: %+v", spoofed)
+	}
+}
+
+// metrics is a sample of instance id taken at at.
+func metrics(id string, at time.Time, cpu float64, rx, tx uint64) protocol.Metrics {
+	return protocol.Metrics{V: 1, InstanceID: id, At: at, CPUPercent: cpu,
+		Memory: protocol.Memory{TotalBytes: 4 << 30, UsedBytes: 1 << 30},
+		Disks: []protocol.Disk{{Mount: "/boot", TotalBytes: 1 << 30, UsedBytes: 1 << 20},
+			{Mount: "/", TotalBytes: 32 << 30, UsedBytes: 8 << 30}},
+		Network: protocol.Network{RxBytes: rx, TxBytes: tx}, UptimeSeconds: 3600}
+}
+
+// sendFirst publishes mt until the monitor has taken it, as core NATS
+// keeps nothing for a subscriber that is not there yet. Samples sent after
+// it on the same connection arrive after it.
+func sendFirst(t *testing.T, r rig, mt protocol.Metrics) {
+	t.Helper()
+	waitFor(t, "the first sample", func() bool {
+		publish(t, r.nc, protocol.AgentSubject(mt.InstanceID, protocol.KindMetrics), mt)
+		got, ok := r.mon.LatestMetrics(mt.InstanceID)
+		return ok && got.At.Equal(mt.At)
+	})
+}
+
+func cpus(points []fleet.MetricsPoint) []float64 {
+	var out []float64
+	for _, p := range points {
+		out = append(out, p.CPUPercent)
+	}
+	return out
+}
+
+func totalSamples(points []fleet.MetricsPoint) int {
+	n := 0
+	for _, p := range points {
+		n += p.Samples
+	}
+	return n
+}
+
+func TestMetricsHistory(t *testing.T) {
+	r := setup(t)
+	base := time.Now().Add(-10 * time.Minute).Truncate(time.Second).UTC()
+	sendFirst(t, r, metrics(a, base, 10, 1000, 2000))
+	subject := protocol.AgentSubject(a, protocol.KindMetrics)
+	publish(t, r.nc, subject, metrics(b, base.Add(15*time.Second), 99, 0, 0)) // names another instance
+	publish(t, r.nc, subject, "garbage")
+	publish(t, r.nc, subject, metrics(a, base, 10, 1000, 2000)) // the same sample again
+	publish(t, r.nc, subject, metrics(a, base.Add(30*time.Second), 30, 4000, 8000))
+	waitFor(t, "a's second sample", func() bool { return r.mon.Samples() >= 2 })
+	if n := r.mon.Samples(); n != 2 {
+		t.Errorf("Samples() = %d, want 2: a spoofed, malformed or repeated sample was taken", n)
+	}
+
+	// The store is written hourly here: the samples show before it is.
+	h, err := r.mon.MetricsHistory(a, base.Add(-time.Minute), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []fleet.MetricsPoint{
+		{At: base, CPUPercent: 10, CPUMax: 10, MemoryUsed: 1 << 30, MemoryTotal: 4 << 30, DiskUsed: 8 << 30, DiskTotal: 32 << 30, Samples: 1},
+		{At: base.Add(30 * time.Second), CPUPercent: 30, CPUMax: 30, MemoryUsed: 1 << 30, MemoryTotal: 4 << 30,
+			DiskUsed: 8 << 30, DiskTotal: 32 << 30, RxBps: 100, TxBps: 200, Samples: 1},
+	}
+	if h.InstanceID != a || h.Resolution != fleet.ResolutionRaw || !equalPoints(h.Points, want) {
+		t.Errorf("MetricsHistory = %+v, want raw points %+v", h, want)
+	}
+	empty, err := r.mon.MetricsHistory(b, base.Add(-time.Minute), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := json.Marshal(empty); !strings.Contains(string(data), `"points":[]`) {
+		t.Errorf("b's history = %s, want an empty list of points", data)
+	}
+
+	// Stopping the monitor writes the points, with their hourly rollups.
+	r.stop()
+	from, to := base.Add(-time.Minute), time.Now()
+	raw, err := r.st.MetricsHistory(a, from, to, fleet.ResolutionRaw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equalPoints(raw, want) {
+		t.Errorf("stored raw points = %+v, want %+v", raw, want)
+	}
+	hourly, err := r.st.MetricsHistory(a, from, to, fleet.ResolutionHourly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := totalSamples(hourly); n != 2 {
+		t.Errorf("hourly rollups %+v stand for %d samples, want 2", hourly, n)
+	}
+	// Read from the store now, the history is the same; a window reaching
+	// back past a day reads the rollups.
+	if h, err := r.mon.MetricsHistory(a, from, to); err != nil || !equalPoints(h.Points, want) {
+		t.Errorf("MetricsHistory after the flush = %+v, %v; want %+v", h, err, want)
+	}
+	long, err := r.mon.MetricsHistory(a, time.Now().Add(-48*time.Hour), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if long.Resolution != fleet.ResolutionHourly || totalSamples(long.Points) != 2 {
+		t.Errorf("two-day history = %+v, want hourly rollups of 2 samples", long)
+	}
+}
+
+// equalPoints compares points by value; times by instant.
+func equalPoints(got, want []fleet.MetricsPoint) bool {
+	if len(got) != len(want) {
+		return false
+	}
+	for i := range got {
+		g, w := got[i], want[i]
+		g.At, w.At = time.Time{}, time.Time{}
+		if g != w || !got[i].At.Equal(want[i].At) {
+			return false
+		}
+	}
+	return true
+}
+
+// flakyStore fails AppendMetrics while fail is set.
+type flakyStore struct {
+	monitor.Store
+	fail     atomic.Bool
+	failures atomic.Int32
+}
+
+func (f *flakyStore) AppendMetrics(points []fleet.InstancePoint) error {
+	if f.fail.Load() {
+		f.failures.Add(1)
+		return errors.New("disk full")
+	}
+	return f.Store.AppendMetrics(points)
+}
+
+// syncBuffer is a log sink for several goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}
+
+func TestMetricsFlushIsRetriedAndBounded(t *testing.T) {
+	flaky, logs := &flakyStore{}, &syncBuffer{}
+	flaky.fail.Store(true)
+	r := setup(t, func(o *monitor.Options) {
+		flaky.Store, o.Store = o.Store, flaky
+		o.PersistEvery, o.MaxPending = 20*time.Millisecond, 3
+		o.Log = slog.New(slog.NewTextHandler(logs, nil))
+	})
+	base := time.Now().Add(-10 * time.Minute).Truncate(time.Second).UTC()
+	sendFirst(t, r, metrics(a, base, 0, 0, 0))
+	for i := 1; i < 6; i++ {
+		publish(t, r.nc, protocol.AgentSubject(a, protocol.KindMetrics), metrics(a, base.Add(time.Duration(i)*30*time.Second), float64(i), 0, 0))
+	}
+	waitFor(t, "six samples", func() bool { return r.mon.Samples() == 6 })
+	waitFor(t, "a failed flush", func() bool { return flaky.failures.Load() > 0 })
+	waitFor(t, "the dropped points in the log", func() bool { return strings.Contains(logs.String(), "dropped metrics points") })
+
+	// The newest three wait for the store, and show meanwhile.
+	h, err := r.mon.MetricsHistory(a, base.Add(-time.Minute), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cpus(h.Points); !slices.Equal(got, []float64{3, 4, 5}) {
+		t.Errorf("history while the store fails = %v, want the newest three, 3 4 5", got)
+	}
+
+	flaky.fail.Store(false)
+	var stored []fleet.MetricsPoint
+	waitFor(t, "the retried flush", func() bool {
+		stored, err = r.st.MetricsHistory(a, base.Add(-time.Minute), time.Now(), fleet.ResolutionRaw)
+		return err == nil && len(stored) > 0
+	})
+	if got := cpus(stored); !slices.Equal(got, []float64{3, 4, 5}) {
+		t.Errorf("stored after the retry = %v, want 3 4 5", got)
+	}
+}
+
+func TestRunPrunesHistory(t *testing.T) {
+	old := time.Now().Add(-2 * time.Hour).Truncate(time.Second)
+	r := setup(t, func(o *monitor.Options) {
+		o.RawRetention = time.Hour
+		if err := o.Store.AppendMetrics([]fleet.InstancePoint{{InstanceID: a, Point: fleet.MetricsPoint{At: old, CPUPercent: 7, Samples: 1}}}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	waitFor(t, "the old raw point pruned", func() bool {
+		pts, err := r.st.MetricsHistory(a, old.Add(-time.Minute), time.Now(), fleet.ResolutionRaw)
+		return err == nil && len(pts) == 0
+	})
+	// Its rollup is kept, and read for a window older than RawRetention.
+	h, err := r.mon.MetricsHistory(a, old.Add(-time.Minute), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Resolution != fleet.ResolutionHourly || !slices.Equal(cpus(h.Points), []float64{7}) {
+		t.Errorf("MetricsHistory = %+v, want the hourly rollup of 7%%", h)
 	}
 }

@@ -126,7 +126,10 @@ type Options struct {
 	Broker   Broker
 	Targets  Targets
 	// Zone is the DNS zone instances get a name in: <subdomain>.<zone>.
-	Zone    string
+	Zone string
+	// Region is where the provider launches machines ("local" for local
+	// ones); instances carry it for the fleet overview.
+	Region  string
 	NATSURL string
 	// TokenKey derives each instance's enrollment token, so a retried step
 	// hands a machine the same token without storing it.

@@ -51,7 +51,7 @@ func (s *Service) provision(key, customer, plan, subdomain string) (fleet.Instan
 		return fleet.Instance{}, fleet.Job{}, fmt.Errorf("%w: %w", ErrBadRequest, err)
 	}
 	job, err := s.submit(KindProvision, id, key, map[string]string{"customer": customer, "plan": plan,
-		"subdomain": subdomain, "instance_type": p.InstanceType})
+		"subdomain": subdomain, "instance_type": p.InstanceType, "region": s.o.Region})
 	return newInstance(s.o.Provider.Name(), job), job, err
 }
 
@@ -59,8 +59,8 @@ func (s *Service) provision(key, customer, plan, subdomain string) (fleet.Instan
 func newInstance(provider string, job fleet.Job) fleet.Instance {
 	p := job.Params
 	return fleet.Instance{ID: job.InstanceID, Provider: provider, CreatedAt: job.CreatedAt, Customer: p["customer"],
-		Plan: p["plan"], Subdomain: p["subdomain"], InstanceType: p["instance_type"],
-		Lifecycle: fleet.LifecycleProvisioning, Job: job.ID}
+		Plan: p["plan"], Subdomain: p["subdomain"], InstanceType: p["instance_type"], Region: p["region"],
+		Lifecycle: fleet.LifecycleProvisioning, Job: job.ID, Status: fleet.StatusProvisioning}
 }
 
 // Terminate starts the job that takes instance id out for good.

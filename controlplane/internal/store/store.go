@@ -1,6 +1,7 @@
 // Package store keeps every record the control plane owns in one bbolt file:
 // instances, jobs, enrollment tokens, agent credentials, accounts, API
-// tokens, subscriptions and the events agents and Stripe report.
+// tokens, subscriptions, the events agents and Stripe report, and the
+// metrics history of every instance.
 //
 // Layout of data.db:
 //
@@ -29,6 +30,10 @@
 //	stripe_customers/ <stripe customer id> → <customer id>
 //	billing_due/    <customer id>      → <unix ns, 8-byte big-endian>: when to look at its instance
 //	billing_mail/   <key>              → BillingMail (JSON), until sent
+//	metrics_raw/    <instance id>/     (one bucket per instance): every sample, kept a day
+//	                <unix seconds, 8-byte big-endian> → fleet.MetricsPoint (binary, see metrics.go)
+//	metrics_hourly/ <instance id>/     (one bucket per instance): hourly rollups, kept a month
+//	                <hour start, unix seconds, 8-byte big-endian> → fleet.MetricsPoint (binary)
 //
 // Secrets (enrollment, API, refresh and one-time tokens) are kept only as
 // their SHA-256, so a copy of the file grants none of them; the signing keys
@@ -72,6 +77,9 @@ var (
 	bucketSigningKeys = []byte("signing_keys")
 	bucketAuthAudit   = []byte("auth_audit")
 	bucketJobKeys     = []byte("job_keys")
+	// Metrics history.
+	bucketMetricsRaw    = []byte("metrics_raw")
+	bucketMetricsHourly = []byte("metrics_hourly")
 	// Billing.
 	bucketBillingEvents   = []byte("billing_events")
 	bucketBillingQueue    = []byte("billing_queue")
@@ -82,7 +90,8 @@ var (
 	allBuckets            = [][]byte{bucketInstances, bucketTokens, bucketCredentials, bucketAPITokens, bucketEvents,
 		bucketJobs, bucketSubdomains, bucketDNS, bucketUsers, bucketUserEmails, bucketPasswords, bucketCustomers,
 		bucketAuthTokens, bucketRefresh, bucketSigningKeys, bucketAuthAudit, bucketJobKeys, bucketBillingEvents,
-		bucketBillingQueue, bucketSubscriptions, bucketStripeCustomers, bucketBillingDue, bucketBillingMail}
+		bucketBillingQueue, bucketSubscriptions, bucketStripeCustomers, bucketBillingDue, bucketBillingMail,
+		bucketMetricsRaw, bucketMetricsHourly}
 )
 
 // Errors callers test for.
@@ -217,13 +226,17 @@ func (s *Store) Instances() ([]fleet.Instance, error) {
 	return out, nil
 }
 
-// DeleteInstance removes an instance with its tokens, credentials and events.
+// DeleteInstance removes an instance with its tokens, credentials, events
+// and metrics history.
 func (s *Store) DeleteInstance(id string) error {
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		if err := revokeAccess(tx, id); err != nil {
 			return err
 		}
 		if err := tx.Bucket(bucketEvents).DeleteBucket([]byte(id)); err != nil && !errors.Is(err, bolterrors.ErrBucketNotFound) {
+			return err
+		}
+		if err := deleteMetrics(tx, id); err != nil {
 			return err
 		}
 		return tx.Bucket(bucketInstances).Delete([]byte(id))
