@@ -161,13 +161,14 @@ func (w *Watcher) Run(ctx context.Context, every time.Duration) error {
 	defer tick.Stop()
 	for {
 		var ids []string
+		sweep := false
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-w.t.notify:
 			ids = w.t.takeChanged()
 		case <-tick.C:
-			ids = w.t.ids()
+			ids, sweep = w.t.ids(), true
 		}
 		now := time.Now()
 		for _, id := range ids {
@@ -176,10 +177,13 @@ func (w *Watcher) Run(ctx context.Context, every time.Duration) error {
 				delete(w.seen, id) // removed: its last job says why
 				continue
 			}
-			v := visible(inst)
-			if old, ok := w.seen[id]; ok && reflect.DeepEqual(old, v) {
+			old, ok := w.seen[id]
+			// A sweep looks only for what silence changes, the status;
+			// everything else comes through notify.
+			if ok && (sweep && old.Status == inst.Status || !sweep && reflect.DeepEqual(old, visible(inst))) {
 				continue
 			}
+			v := visible(inst)
 			w.seen[id] = v
 			if err := w.f.Publish(ChangeInstance, inst.Customer, id, inst); err != nil {
 				return err
