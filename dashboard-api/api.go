@@ -172,8 +172,9 @@ func (a *API) Handler() http.Handler {
 	if len(a.o.CORSOrigins) > 0 {
 		r.Use(corsFor(a.o.CORSOrigins))
 	}
-	r.Get("/", consoleHandler().ServeHTTP)
-	r.Get("/console/*", consoleHandler().ServeHTTP)
+	console := a.handle(newConsole())
+	r.Get("/", console)
+	r.Get("/console/*", console)
 	r.Get("/healthz", a.handle(a.healthz))
 	r.Get("/readyz", a.handle(a.readyz))
 	r.Get("/.well-known/jwks.json", a.handle(a.jwks))

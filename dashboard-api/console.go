@@ -5,14 +5,11 @@ import (
 	"crypto/sha256"
 	"embed"
 	"encoding/hex"
-	"encoding/json"
 	"io/fs"
 	"net/http"
 	"path"
 	"strings"
 	"time"
-
-	"github.com/go-chi/chi/v5/middleware"
 )
 
 // The ops console: a page and its assets, no build step. index.html is
@@ -43,11 +40,12 @@ type consoleFile struct {
 	body              []byte
 }
 
-// consoleHandler serves the console: index.html at / (and at
-// /console/index.html), its assets under /console/. Every answer is
-// revalidated (no-cache) against a strong ETag, so a new binary's console
-// is picked up at once and an unchanged one costs a 304.
-func consoleHandler() http.Handler {
+// newConsole reads the embedded files once and returns the handler of the
+// console: index.html at / (and at /console/index.html), its assets under
+// /console/. Every answer is revalidated (no-cache) against a strong ETag,
+// so a new binary's console is picked up at once and an unchanged one
+// costs a 304.
+func newConsole() func(http.ResponseWriter, *http.Request) error {
 	files := map[string]consoleFile{}
 	err := fs.WalkDir(consoleFiles, "console", func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
@@ -69,20 +67,14 @@ func consoleHandler() http.Handler {
 	if err != nil {
 		panic("dashboardapi: reading the embedded console: " + err.Error()) // the files are compiled in
 	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		name := "index.html"
 		if r.URL.Path != "/" {
 			name = strings.TrimPrefix(r.URL.Path, "/console/")
 		}
 		f, ok := files[name]
 		if !ok {
-			consoleProblem(w, r, http.StatusNotFound, "no such console file")
-			return
-		}
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			w.Header().Set("Allow", "GET, HEAD")
-			consoleProblem(w, r, http.StatusMethodNotAllowed, "method not allowed")
-			return
+			return httpError{Code: http.StatusNotFound, Msg: "no such console file"}
 		}
 		h := w.Header()
 		h.Set("Content-Type", f.ctype)
@@ -95,13 +87,6 @@ func consoleHandler() http.Handler {
 			h.Set("X-Frame-Options", "DENY")
 		}
 		http.ServeContent(w, r, f.name, time.Time{}, bytes.NewReader(f.body))
-	})
-}
-
-// consoleProblem answers an error in the API's one error shape.
-func consoleProblem(w http.ResponseWriter, r *http.Request, code int, detail string) {
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(problem{Type: "about:blank", Title: http.StatusText(code), Status: code,
-		Detail: detail, RequestID: middleware.GetReqID(r.Context())})
+		return nil
+	}
 }
