@@ -23,6 +23,7 @@ help: ## list the targets
 build: ## build static binaries into bin/
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/stackpro-controlplane ./controlplane/cmd/stackpro-controlplane
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/stackpro-agent ./agent/cmd/stackpro-agent
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/stackctl ./controlplane/cmd/stackctl
 
 images: ## build the starter stack's image FROM scratch (no registry needed), when Docker is here
 	@if docker version >/dev/null 2>&1; then deploy/stacks/build-images.sh stackpro/demo:dev; \
@@ -57,8 +58,9 @@ run: build images ## run the embedded default: control plane, NATS, one local in
 	$(BIN)/stackpro-controlplane dev --data ./data --http 127.0.0.1:8080 --nats 127.0.0.1:4222 $(RUN_FLAGS)
 
 bench: $(BIN)/stripe-mock ## run the benchmarks (see BENCHMARKS.md)
-	STRIPE_MOCK=$(BIN)/stripe-mock $(GO) test -run '^$$' -bench . -benchmem $$($(GO) list ./... | grep -v /controlplane/internal/app)
+	STRIPE_MOCK=$(BIN)/stripe-mock $(GO) test -run '^$$' -bench . -benchmem $$($(GO) list ./... | grep -v -e /controlplane/internal/app -e /controlplane/internal/rollout)
 	STRIPE_MOCK=$(BIN)/stripe-mock $(GO) test -run '^$$' -bench . -benchtime 1x ./controlplane/internal/app
+	$(GO) test -run '^$$' -bench Fleet10k -benchtime 1x -timeout 30m ./controlplane/internal/rollout
 
 clean: ## remove bin/ (data/ is kept)
 	rm -rf $(BIN)

@@ -1,11 +1,12 @@
 // Package agent is the daemon on every customer instance: it enrolls with
 // the control plane, keeps a NATS link to it, sends heartbeats, metrics and
-// events, and answers commands from its catalog. It never imports the
-// control plane: the wire contract is shared/protocol.
+// events, and answers the signed commands of its catalog. It never imports
+// the control plane: the wire contract is shared/protocol.
 package agent
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -16,13 +17,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/stackpro/stackpro/agent/internal/link"
+	"github.com/stackpro/stackpro/agent/internal/nonces"
 	"github.com/stackpro/stackpro/agent/internal/outbox"
 	"github.com/stackpro/stackpro/agent/internal/stack"
 	"github.com/stackpro/stackpro/agent/internal/telemetry"
@@ -62,6 +63,11 @@ type Agent struct {
 	rep     *reporter
 	sampler *telemetry.Sampler
 	started time.Time
+	// key checks every command; nil when the agent has none, and then it
+	// refuses them all.
+	key      ed25519.PublicKey
+	nonces   *nonces.Store
+	refusals refusalBudget
 	// problems carries what the last metrics sample found wrong to the
 	// heartbeat goroutine.
 	problems chan []string
@@ -86,6 +92,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return fmt.Errorf("agent: %w", err)
 	}
 	defer box.Close()
+	seen, err := nonces.Open(filepath.Join(cfg.StateDir, "nonces.db"))
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	defer seen.Close()
 	id, err := link.LoadIdentity(cfg.StateDir)
 	if err != nil {
 		return err
@@ -97,7 +108,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return err
 		}
 	}
-	a := &Agent{cfg: cfg, log: log, box: box, sampler: telemetry.NewSampler("/proc"), started: time.Now(),
+	key, err := commandKey(cfg)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	if key == nil {
+		log.Error("no control plane key: every command will be refused as forged")
+	}
+	a := &Agent{cfg: cfg, log: log, box: box, sampler: telemetry.NewSampler(procRoot), started: time.Now(),
+		key: key, nonces: seen,
 		problems: make(chan []string, 1), restored: make(chan time.Duration, 1), refetch: make(chan struct{}, 1)}
 	if engine, err := stack.Detect(ctx, cfg.ComposeSlots); err != nil {
 		a.stackErr = err.Error()
@@ -128,6 +147,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { return a.heartbeats(gctx) })
 	g.Go(func() error { return a.metrics(gctx) })
 	g.Go(func() error { return a.serveCommands(gctx) })
+	g.Go(func() error { return every(gctx, time.Hour, a.pruneNonces) })
+	g.Go(func() error { return every(gctx, time.Minute, a.reportUnreported) })
 	g.Go(func() error { return a.watchLink(gctx) })
 	if a.stack != nil {
 		g.Go(func() error { return a.watchTargets(gctx, a.stack) })
@@ -223,6 +244,9 @@ func (a *Agent) emit(typ string, sev protocol.Severity, msg string, data map[str
 	_ = a.rep.Emit(typ, sev, msg, data)
 }
 
+// procRoot is where the proc filesystem is mounted.
+const procRoot = "/proc"
+
 // diskFullPercent is the share of a disk in use past which the instance
 // reports itself degraded.
 const diskFullPercent = 90
@@ -250,100 +274,4 @@ func (a *Agent) metrics(ctx context.Context) error {
 			a.log.Error("metrics not spooled", "err", err)
 		}
 	})
-}
-
-// serveCommands answers requests on the agent's command subject and the
-// broadcast subject until ctx ends, each in its own goroutine so that a
-// slow pull does not hold up a ping.
-func (a *Agent) serveCommands(ctx context.Context) error {
-	msgs := make(chan *nats.Msg, 64)
-	for _, subject := range []string{protocol.CommandSubject(a.cfg.InstanceID), protocol.BroadcastSubject} {
-		sub, err := a.nc.ChanSubscribe(subject, msgs)
-		if err != nil {
-			return fmt.Errorf("agent: subscribing to %s: %w", subject, err)
-		}
-		defer sub.Unsubscribe()
-	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case m := <-msgs:
-			wg.Go(func() { a.handleCommand(ctx, m) })
-		}
-	}
-}
-
-// commandTimeout bounds one command; a pull of large images is the slowest.
-const commandTimeout = 10 * time.Minute
-
-func (a *Agent) handleCommand(ctx context.Context, m *nats.Msg) {
-	ctx, cancel := context.WithTimeout(ctx, commandTimeout)
-	defer cancel()
-	var req protocol.CommandRequest
-	reply := protocol.CommandReply{V: protocol.Version, InstanceID: a.cfg.InstanceID}
-	if err := json.Unmarshal(m.Data, &req); err != nil {
-		reply.Error = "malformed command request"
-	} else {
-		reply.ID = req.ID
-		reply.Result, err = a.run(ctx, req)
-		reply.OK = err == nil
-		if err != nil {
-			reply.Error = err.Error()
-		}
-	}
-	data, _ := json.Marshal(reply)
-	if m.Reply != "" {
-		if err := m.Respond(data); err != nil {
-			a.log.Warn("answering command", "command", req.Name, "err", err)
-		}
-	}
-}
-
-// run runs one command of the catalog; there is no other way in.
-func (a *Agent) run(ctx context.Context, req protocol.CommandRequest) (json.RawMessage, error) {
-	var args protocol.StackArgs
-	if len(req.Args) > 0 {
-		if err := json.Unmarshal(req.Args, &args); err != nil {
-			return nil, fmt.Errorf("malformed arguments: %w", err)
-		}
-	}
-	var result any = map[string]bool{"done": true}
-	var err error
-	switch req.Name {
-	case protocol.CommandPing:
-		result = map[string]any{"pong": true, "at": time.Now().UTC()}
-	case protocol.CommandVersion:
-		result = map[string]any{"version": buildinfo.Version, "commit": buildinfo.Commit,
-			"protocol": protocol.Version, "uptime_seconds": int(time.Since(a.started).Seconds())}
-	case protocol.CommandStackStatus:
-		result = a.stackStatus(ctx)
-	case protocol.CommandStackRestart, protocol.CommandStackStop, protocol.CommandStackStart,
-		protocol.CommandStackPull, protocol.CommandStackLogs:
-		if a.stack == nil {
-			return nil, errors.New(a.stackErr)
-		}
-		switch req.Name {
-		case protocol.CommandStackRestart:
-			err = a.stack.Restart(ctx, args.Service)
-		case protocol.CommandStackStop:
-			err = a.stack.Stop(ctx)
-		case protocol.CommandStackStart:
-			err = a.stack.Start(ctx)
-		case protocol.CommandStackPull:
-			err = a.stack.Pull(ctx)
-		case protocol.CommandStackLogs:
-			var logs string
-			logs, err = a.stack.Logs(ctx, args.Service, args.Lines)
-			result = map[string]string{"logs": logs}
-		}
-	default:
-		return nil, fmt.Errorf("unknown command %q", req.Name)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return json.Marshal(result)
 }

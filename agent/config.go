@@ -17,12 +17,16 @@ import (
 // Config is the agent's configuration: the bootstrap file its instance was
 // launched with, then STACKPRO_AGENT_* environment variables.
 type Config struct {
-	protocol.Bootstrap
+	protocol.Bootstrap `yaml:",inline"`
+	// CommandKey, when set, pins the control plane's command key (base64
+	// Ed25519, as protocol.FormatCommandKey writes it): the agent checks
+	// commands with it instead of the key its enrollment was handed.
+	CommandKey string `yaml:"command_key,omitempty"`
 }
 
 // defaults fill what the bootstrap file leaves out.
 func defaults() Config {
-	return Config{protocol.Bootstrap{
+	return Config{Bootstrap: protocol.Bootstrap{
 		StateDir:          "/var/lib/stackpro",
 		HeartbeatInterval: 10 * time.Second,
 		MetricsInterval:   30 * time.Second,
@@ -42,7 +46,7 @@ func LoadConfig(path string, environ []string) (Config, error) {
 		}
 		dec := yaml.NewDecoder(bytes.NewReader(data))
 		dec.KnownFields(true)
-		if err := dec.Decode(&cfg.Bootstrap); err != nil && !errors.Is(err, io.EOF) {
+		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
 			return cfg, fmt.Errorf("config: %s: %w", path, err)
 		}
 	}
@@ -58,6 +62,7 @@ func (c *Config) applyEnv(environ []string) error {
 		"STACKPRO_AGENT_STATE_DIR":        &c.StateDir,
 		"STACKPRO_AGENT_LOG_LEVEL":        &c.LogLevel,
 		"STACKPRO_AGENT_COMPOSE_SLOTS":    &c.ComposeSlots,
+		"STACKPRO_AGENT_COMMAND_KEY":      &c.CommandKey,
 	}
 	durations := map[string]*time.Duration{
 		"STACKPRO_AGENT_HEARTBEAT_INTERVAL": &c.HeartbeatInterval,
@@ -110,6 +115,11 @@ func (c Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		errs = append(errs, fmt.Errorf("log_level must be debug, info, warn or error, got %q", c.LogLevel))
+	}
+	if c.CommandKey != "" {
+		if _, err := protocol.ParseCommandKey(c.CommandKey); err != nil {
+			errs = append(errs, fmt.Errorf("command_key: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -163,6 +163,11 @@ state_dir: ""
 			},
 		},
 		{
+			name:    "a command key that is not one",
+			content: minimalBootstrap + "command_key: bm90IGEga2V5\n",
+			want:    []string{"command_key: protocol: command key is not a base64 Ed25519 public key"},
+		},
+		{
 			name:    "missing instance id",
 			content: "nats_url: nats://127.0.0.1:4222\n",
 			want:    []string{`instance_id: invalid instance id ""`},
@@ -173,6 +178,24 @@ state_dir: ""
 			_, err := LoadConfig(writeBootstrap(t, tt.content), tt.environ)
 			wantErrMentions(t, err, tt.want...)
 		})
+	}
+}
+
+func TestLoadConfigCommandKey(t *testing.T) {
+	const key = "6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="
+	const other = "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="
+	got, err := LoadConfig(writeBootstrap(t, minimalBootstrap+"command_key: "+key+"\n"), nil)
+	if err != nil || got.CommandKey != key {
+		t.Errorf("LoadConfig = %q, %v; want the file's command key", got.CommandKey, err)
+	}
+	got, err = LoadConfig(writeBootstrap(t, minimalBootstrap+"command_key: "+key+"\n"),
+		[]string{"STACKPRO_AGENT_COMMAND_KEY=" + other})
+	if err != nil || got.CommandKey != other {
+		t.Errorf("LoadConfig = %q, %v; want the environment's command key", got.CommandKey, err)
+	}
+	got, err = LoadConfig(writeBootstrap(t, minimalBootstrap), nil)
+	if err != nil || got.CommandKey != "" {
+		t.Errorf("LoadConfig = %q, %v; want no command key", got.CommandKey, err)
 	}
 }
 

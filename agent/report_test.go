@@ -23,13 +23,14 @@ import (
 const testInstance = "i-0123456789abcdef"
 
 // runBroker starts a real nats-server with JetStream on port, letting in
-// only the given agent key (and a plain user for the test itself).
+// only the given agent key, the enrollment user and a plain user for the
+// test itself.
 func runBroker(t *testing.T, port int, storeDir, agentKey string) *server.Server {
 	t.Helper()
 	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true,
 		JetStream: true, StoreDir: storeDir,
 		Nkeys: []*server.NkeyUser{{Nkey: agentKey}},
-		Users: []*server.User{{Username: "test", Password: "test"}}})
+		Users: []*server.User{{Username: "test", Password: "test"}, {Username: protocol.EnrollUser}}})
 	if err != nil {
 		t.Fatalf("server.NewServer: %v", err)
 	}
@@ -170,8 +171,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestCommands(t *testing.T) {
-	a := &Agent{cfg: Config{protocol.Bootstrap{InstanceID: testInstance}}, started: time.Now(),
-		stackErr: "docker engine not available"}
+	a := &Agent{cfg: Config{Bootstrap: protocol.Bootstrap{InstanceID: testInstance}}, started: time.Now(),
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)), stackErr: "docker engine not available"}
 	tests := []struct {
 		name, command string
 		ok            bool
@@ -180,6 +181,8 @@ func TestCommands(t *testing.T) {
 		{"stack status without an engine", protocol.CommandStackStatus, true},
 		{"stack command without an engine", protocol.CommandStackRestart, false},
 		{"version", protocol.CommandVersion, true},
+		{"facts", protocol.CommandFacts, true},
+		{"result without a nonce", protocol.CommandResult, false},
 		{"not in the catalog", "shell", false},
 		{"empty", "", false},
 	}

@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -124,6 +125,10 @@ type Options struct {
 	Tokens    Tokens
 	Auth      Auth
 	Limits    AuthLimits
+	// Runs are the fleet's command runs; Tags sets the instance tags runs
+	// select by.
+	Runs Runs
+	Tags Tags
 	// Billing is the customers' subscriptions and Stripe's webhooks.
 	Billing Billing
 	// Plans are the plans on offer, cheapest first.
@@ -218,6 +223,12 @@ func (a *API) Handler() http.Handler {
 				r.Get("/instances/{id}/target", a.handle(a.target))
 				r.Put("/instances/{id}/target", a.handle(a.setTarget))
 				r.Post("/instances/{id}/commands", a.handle(a.command))
+				r.Put("/instances/{id}/tags", a.handle(a.setTags))
+				r.Post("/runs", a.handle(a.startRun))
+				r.Get("/runs", a.handle(a.listRuns))
+				r.Get("/runs/{id}", a.handle(a.getRun))
+				r.Get("/runs/{id}/targets", a.handle(a.runTargets))
+				r.Post("/runs/{id}/cancel", a.handle(a.cancelRun))
 				r.Get("/admin/billing/metrics", a.handle(a.billingMetrics)) // under /admin, for operators too
 			})
 			r.Group(func(r chi.Router) {
@@ -373,6 +384,9 @@ func (a *API) command(w http.ResponseWriter, r *http.Request) error {
 	if body.Name == "" {
 		return httpError{Code: http.StatusBadRequest, Msg: "want a JSON body {\"name\": ..., \"args\": {...}}"}
 	}
+	if err := checkCommand(body.Name); err != nil {
+		return refused(err)
+	}
 	reqID := middleware.GetReqID(r.Context())
 	a.audit(r, "command sent", "instance", id, "command", body.Name)
 	ctx, cancel := context.WithTimeout(r.Context(), commandTimeout(body.Name))
@@ -387,6 +401,20 @@ func (a *API) command(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, reply)
+}
+
+// operatorCommands are the commands the API sends: the agents' catalog but
+// command.result, which only the control plane asks.
+var operatorCommands = slices.DeleteFunc(slices.Clone(protocol.Catalog), func(name string) bool {
+	return name == protocol.CommandResult
+})
+
+// checkCommand refuses a command outside operatorCommands.
+func checkCommand(name string) error {
+	if !slices.Contains(operatorCommands, name) {
+		return fmt.Errorf("command %q: want one of %s", name, strings.Join(operatorCommands, ", "))
+	}
+	return nil
 }
 
 // maxBody bounds a request body; a target may be larger (maxTargetBody).
@@ -426,8 +454,9 @@ func decodeStrict(body []byte, v any) error {
 	return nil
 }
 
-// jobError answers the expected failures of starting a job.
-func jobError(err error) error {
+// instanceError answers the expected failures of changing an instance
+// (starting a job on it, setting its tags).
+func instanceError(err error) error {
 	if errors.Is(err, ErrNotFound) {
 		return httpError{Code: http.StatusNotFound, Msg: "instance not found", Err: err}
 	}
@@ -448,7 +477,7 @@ func (a *API) provision(w http.ResponseWriter, r *http.Request) error {
 	}
 	inst, job, err := a.o.Jobs.Provision(body.Customer, body.Plan, body.Subdomain)
 	if err != nil {
-		return jobError(err)
+		return instanceError(err)
 	}
 	a.audit(r, "provision job started", "instance", inst.ID, "job", job.ID, "customer", body.Customer, "plan", body.Plan)
 	w.Header().Set("Location", "/api/v1/jobs/"+job.ID)
@@ -474,7 +503,7 @@ func (a *API) startJob(kind string) func(http.ResponseWriter, *http.Request) err
 		}
 		job, err := a.o.Jobs.Start(kind, id, params)
 		if err != nil {
-			return jobError(err)
+			return instanceError(err)
 		}
 		a.audit(r, kind+" job started", "instance", id, "job", job.ID)
 		w.Header().Set("Location", "/api/v1/jobs/"+job.ID)

@@ -2,6 +2,7 @@ package dashboardapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -132,6 +133,130 @@ func (f *fakeJobs) calls() []string {
 	return slices.Clone(f.ids)
 }
 
+// fakeRuns keeps runs in memory and answers as the rollout engine does:
+// StartRun targets the known instances its selection names by id (all of
+// them for all) and refuses a selection that matches none; runDone has
+// finished, with a target of each outcome.
+type fakeRuns struct {
+	mu      sync.Mutex
+	runs    map[string]fleet.Run
+	targets map[string][]fleet.Target
+	started []startedRun
+}
+
+// startedRun is one call of StartRun.
+type startedRun struct {
+	spec fleet.RunSpec
+	by   string
+}
+
+// runDone is the finished run newFakeRuns holds.
+var runDone = fleet.Run{ID: "run-000", CreatedBy: "oscar", CreatedAt: created, State: fleet.RunStopped,
+	Reason: "error budget spent: 1 failed of 0 allowed", FinishedAt: created.Add(time.Minute),
+	Spec: fleet.RunSpec{Command: protocol.CommandStackStatus, Select: fleet.Selection{All: true}, MaxConcurrency: fleet.Limit{N: 10, Percent: true},
+		Timeout: fleet.Duration(time.Minute)},
+	Total: 2, Concurrency: 0, ErrorBudget: 0, Sent: 2, Counts: map[fleet.TargetState]int{fleet.TargetSucceeded: 1, fleet.TargetFailed: 1}}
+
+func newFakeRuns() *fakeRuns {
+	f := &fakeRuns{runs: map[string]fleet.Run{}, targets: map[string][]fleet.Target{}}
+	f.add(runDone, []fleet.Target{
+		{Instance: "i-a", State: fleet.TargetSucceeded, Nonce: "n-a", SentAt: created, FinishedAt: created.Add(time.Second),
+			Result: json.RawMessage(`{"applied_version":1}`)},
+		{Instance: "i-b", State: fleet.TargetFailed, Nonce: "n-b", SentAt: created, FinishedAt: created.Add(time.Second),
+			Error: "the command expired before it arrived", Refused: string(protocol.RefusedExpired)},
+	})
+	return f
+}
+
+// add keeps run with its targets.
+func (f *fakeRuns) add(run fleet.Run, targets []fleet.Target) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.runs[run.ID], f.targets[run.ID] = run, targets
+}
+
+func (f *fakeRuns) StartRun(_ context.Context, spec fleet.RunSpec, by string) (fleet.Run, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.started = append(f.started, startedRun{spec, by})
+	known := []string{"i-a", "i-b"}
+	ids := known
+	if !spec.Select.All {
+		ids = slices.DeleteFunc(slices.Clone(spec.Select.IDs), func(id string) bool { return !slices.Contains(known, id) })
+	}
+	if len(ids) == 0 {
+		return fleet.Run{}, fmt.Errorf("%w: rollout: the selection matches no instance", ErrInvalid)
+	}
+	n := len(f.runs)
+	run := fleet.Run{ID: fmt.Sprintf("run-%03d", n), Spec: spec, CreatedBy: by, CreatedAt: created.Add(time.Duration(n) * time.Hour),
+		State: fleet.RunRunning, Total: len(ids), Concurrency: spec.MaxConcurrency.Of(len(ids)), ErrorBudget: spec.MaxErrors.Of(len(ids)),
+		Counts: map[fleet.TargetState]int{fleet.TargetPending: len(ids)}}
+	f.runs[run.ID] = run
+	for _, id := range ids {
+		f.targets[run.ID] = append(f.targets[run.ID], fleet.Target{Instance: id, State: fleet.TargetPending})
+	}
+	return run, nil
+}
+
+func (f *fakeRuns) Run(_ context.Context, id string) (fleet.Run, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	run, ok := f.runs[id]
+	if !ok {
+		return run, fmt.Errorf("%w: rollout: no run %s", ErrNotFound, id)
+	}
+	return run, nil
+}
+
+func (f *fakeRuns) Runs(context.Context) ([]fleet.Run, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.SortedFunc(maps.Values(f.runs), func(x, y fleet.Run) int { return y.CreatedAt.Compare(x.CreatedAt) }), nil
+}
+
+func (f *fakeRuns) RunTargets(_ context.Context, id string) ([]fleet.Target, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	targets, ok := f.targets[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: rollout: no run %s", ErrNotFound, id)
+	}
+	return targets, nil
+}
+
+func (f *fakeRuns) CancelRun(_ context.Context, id, by string) (fleet.Run, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	run, ok := f.runs[id]
+	switch {
+	case !ok:
+		return run, fmt.Errorf("%w: rollout: no run %s", ErrNotFound, id)
+	case run.Done():
+		return run, fmt.Errorf("%w: rollout: run %s already %s", ErrConflict, id, run.State)
+	}
+	run.State, run.Reason, run.FinishedAt = fleet.RunCancelled, "cancelled by "+by, created.Add(2*time.Hour)
+	run.Counts = map[fleet.TargetState]int{fleet.TargetSkipped: run.Total}
+	f.runs[id] = run
+	return run, nil
+}
+
+func (f *fakeRuns) starts() []startedRun {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.started)
+}
+
+// trackerTags sets tags on the test's tracker, as the control plane sets
+// them on its fleet.
+type trackerTags struct{ tr *fleet.Tracker }
+
+func (t trackerTags) SetTags(_ context.Context, id string, tags map[string]string) (fleet.Instance, error) {
+	if _, ok := t.tr.Update(id, func(inst *fleet.Instance) { inst.Tags = maps.Clone(tags) }); !ok {
+		return fleet.Instance{}, fmt.Errorf("%w: fleet: no instance %s", ErrNotFound, id)
+	}
+	return t.tr.Get(id, time.Now())
+}
+
 // syncBuffer is a log destination the server's goroutines may write to
 // while the test reads it.
 type syncBuffer struct {
@@ -157,6 +282,7 @@ type testAPI struct {
 	handler http.Handler
 	srv     *httptest.Server
 	term    *fakeJobs
+	runs    *fakeRuns
 	billing *fakeBilling
 	log     *syncBuffer
 }
@@ -175,7 +301,7 @@ func newTestAPI(t *testing.T, opt func(*Options)) *testAPI {
 	tr.Enrolled("i-a", now)
 	tr.Heartbeat(protocol.Heartbeat{InstanceID: "i-a", AgentVersion: "1.0.0", Health: protocol.HealthOK}, now)
 
-	ta := &testAPI{tracker: tr, feed: fleet.NewFeed(256, 64), term: &fakeJobs{}, billing: &fakeBilling{}, log: &syncBuffer{}}
+	ta := &testAPI{tracker: tr, feed: fleet.NewFeed(256, 64), term: &fakeJobs{}, runs: newFakeRuns(), billing: &fakeBilling{}, log: &syncBuffer{}}
 	o := Options{
 		Fleet: tr,
 		Feed:  ta.feed,
@@ -185,6 +311,8 @@ func newTestAPI(t *testing.T, opt func(*Options)) *testAPI {
 			Network: protocol.Network{RxBytes: 1000, TxBytes: 500}}},
 		Events:     fakeEvents{},
 		Jobs:       ta.term,
+		Runs:       ta.runs,
+		Tags:       trackerTags{tr},
 		Tokens:     fakeTokens{},
 		Auth:       &fakeAuth{},
 		Limits:     AuthLimits{PerIP: Limit{1000, time.Minute}, PerAccount: Limit{1000, time.Minute}},

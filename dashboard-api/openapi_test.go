@@ -119,6 +119,28 @@ func TestOpenAPIDocument(t *testing.T) {
 	}
 }
 
+// The document's enums of commands and target states are the code's.
+func TestOpenAPIEnums(t *testing.T) {
+	doc := loadOpenAPI(t)
+	enum := func(schema string) []string {
+		var out []string
+		for _, v := range doc.Components.Schemas[schema].Value.Enum {
+			out = append(out, fmt.Sprint(v))
+		}
+		return out
+	}
+	if got := enum("Command"); !slices.Equal(got, operatorCommands) {
+		t.Errorf("Command enum = %v, want %v", got, operatorCommands)
+	}
+	var states []string
+	for _, s := range fleet.TargetStates {
+		states = append(states, string(s))
+	}
+	if got := enum("TargetState"); !slices.Equal(got, states) {
+		t.Errorf("TargetState enum = %v, want %v", got, states)
+	}
+}
+
 // apiCall is one request of TestResponsesMatchOpenAPI and the status it
 // must get.
 type apiCall struct {
@@ -209,6 +231,41 @@ var apiCalls = []apiCall{
 	{name: "command unreachable", method: "POST", path: "/api/v1/instances/i-b/commands", token: tokenOperator, body: `{"name":"ping"}`, want: 503},
 	{name: "command without a name", method: "POST", path: "/api/v1/instances/i-a/commands", token: tokenOperator, body: `{}`, want: 400, offContract: true},
 	{name: "command unknown instance", method: "POST", path: "/api/v1/instances/i-nope/commands", token: tokenOperator, body: `{"name":"ping"}`, want: 404},
+	{name: "command not in the catalog", method: "POST", path: "/api/v1/instances/i-a/commands", token: tokenOperator, body: `{"name":"stack.stop"}`, want: 422, offContract: true},
+	{name: "command of the control plane", method: "POST", path: "/api/v1/instances/i-a/commands", token: tokenOperator, body: `{"name":"command.result"}`, want: 422, offContract: true},
+	{name: "set tags", method: "PUT", path: "/api/v1/instances/i-a/tags", token: tokenOperator, body: `{"tags":{"ring":"canary","team":"eu-1"}}`, want: 200},
+	{name: "set tags refused", method: "PUT", path: "/api/v1/instances/i-a/tags", token: tokenOperator, body: `{"tags":{"Ring":"x"}}`, want: 422, offContract: true},
+	{name: "set tags too long", method: "PUT", path: "/api/v1/instances/i-a/tags", token: tokenOperator,
+		body: `{"tags":{"note":"` + strings.Repeat("é", 128) + `"}}`, want: 422}, // 128 characters, 256 bytes
+	{name: "set tags without tags", method: "PUT", path: "/api/v1/instances/i-a/tags", token: tokenOperator, body: `{}`, want: 400, offContract: true},
+	{name: "set tags unknown instance", method: "PUT", path: "/api/v1/instances/i-nope/tags", token: tokenOperator, body: `{"tags":{}}`, want: 404},
+	{name: "set tags as a customer", method: "PUT", path: "/api/v1/instances/i-a/tags", token: tokenCustomerA, body: `{"tags":{}}`, want: 403},
+	{name: "start run", method: "POST", path: "/api/v1/runs", token: tokenOperator, want: 201,
+		body: `{"command":"stack.restart","args":{"service":"crm"},"select":{"ids":["i-a"],"tags":{"ring":"canary"}},"max_concurrency":"10%","max_errors":"0","timeout":"2m"}`},
+	{name: "start run with defaults", method: "POST", path: "/api/v1/runs", token: goodToken, body: `{"command":"ping","select":{"all":true}}`, want: 201},
+	{name: "start run refused", method: "POST", path: "/api/v1/runs", token: tokenOperator, body: `{"command":"ping","select":{"all":true,"plan":"starter"}}`, want: 422},
+	{name: "start run matching nothing", method: "POST", path: "/api/v1/runs", token: tokenOperator, body: `{"command":"facts","select":{"plan":"gold"}}`, want: 422},
+	{name: "start run unknown command", method: "POST", path: "/api/v1/runs", token: tokenOperator, body: `{"command":"sh","select":{"all":true}}`, want: 422, offContract: true},
+	{name: "start run bad limit", method: "POST", path: "/api/v1/runs", token: tokenOperator, body: `{"command":"ping","select":{"all":true},"max_errors":"lots"}`, want: 422, offContract: true},
+	{name: "start run unknown field", method: "POST", path: "/api/v1/runs", token: tokenOperator, body: `{"command":"ping","select":{"all":true},"batch":2}`, want: 400, offContract: true},
+	{name: "start run too large", method: "POST", path: "/api/v1/runs", token: tokenOperator,
+		body: `{"command":"ping","select":{"ids":["` + strings.Repeat("i", maxRunBody) + `"]}}`, want: 413},
+	{name: "start run as a customer", method: "POST", path: "/api/v1/runs", token: tokenCustomerA, body: `{"command":"ping","select":{"all":true}}`, want: 403},
+	{name: "runs", method: "GET", path: "/api/v1/runs", token: tokenOperator, want: 200},
+	{name: "runs paged", method: "GET", path: "/api/v1/runs?limit=1", token: tokenOperator, want: 200},
+	{name: "runs bad cursor", method: "GET", path: "/api/v1/runs?cursor=%21", token: tokenOperator, want: 400},
+	{name: "runs without a token", method: "GET", path: "/api/v1/runs", want: 401, offContract: true},
+	{name: "runs as a customer", method: "GET", path: "/api/v1/runs", token: tokenCustomerA, want: 403},
+	{name: "run", method: "GET", path: "/api/v1/runs/run-000", token: tokenOperator, want: 200},
+	{name: "run unknown", method: "GET", path: "/api/v1/runs/run-nope", token: tokenOperator, want: 404},
+	{name: "run targets", method: "GET", path: "/api/v1/runs/run-000/targets", token: tokenOperator, want: 200},
+	{name: "run targets failed", method: "GET", path: "/api/v1/runs/run-000/targets?state=failed&limit=1", token: tokenOperator, want: 200},
+	{name: "run targets unknown state", method: "GET", path: "/api/v1/runs/run-000/targets?state=done", token: tokenOperator, want: 400, offContract: true},
+	{name: "run targets unknown run", method: "GET", path: "/api/v1/runs/run-nope/targets", token: tokenOperator, want: 404},
+	{name: "cancel run", method: "POST", path: "/api/v1/runs/run-001/cancel", token: tokenOperator, want: 200},
+	{name: "cancel run finished", method: "POST", path: "/api/v1/runs/run-000/cancel", token: tokenOperator, want: 409},
+	{name: "cancel run unknown", method: "POST", path: "/api/v1/runs/run-nope/cancel", token: tokenOperator, want: 404},
+	{name: "cancel run as a customer", method: "POST", path: "/api/v1/runs/run-001/cancel", token: tokenCustomerA, want: 403},
 	{name: "instances paged", method: "GET", path: "/api/v1/instances?limit=1&status=online", token: goodToken, want: 200},
 	{name: "instances bad cursor", method: "GET", path: "/api/v1/instances?cursor=%21", token: goodToken, want: 400},
 	{name: "metrics history", method: "GET", path: "/api/v1/instances/i-a/metrics", token: tokenCustomerA, want: 200},

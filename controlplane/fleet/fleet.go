@@ -53,14 +53,16 @@ type Instance struct {
 	Provider  string    `json:"provider"`
 	CreatedAt time.Time `json:"created_at"`
 	// Who and what it is for, and where it stands; written by jobs.
-	Customer     string    `json:"customer,omitempty"`
-	Plan         string    `json:"plan,omitempty"`
-	Subdomain    string    `json:"subdomain,omitempty"`
-	InstanceType string    `json:"instance_type,omitempty"`
-	Region       string    `json:"region,omitempty"`
-	ProviderID   string    `json:"provider_id,omitempty"`
-	Address      string    `json:"address,omitempty"`
-	Lifecycle    Lifecycle `json:"lifecycle,omitempty"`
+	Customer     string `json:"customer,omitempty"`
+	Plan         string `json:"plan,omitempty"`
+	Subdomain    string `json:"subdomain,omitempty"`
+	InstanceType string `json:"instance_type,omitempty"`
+	Region       string `json:"region,omitempty"`
+	// Tags are an operator's labels, for selecting instances in a run.
+	Tags       map[string]string `json:"tags,omitempty"`
+	ProviderID string            `json:"provider_id,omitempty"`
+	Address    string            `json:"address,omitempty"`
+	Lifecycle  Lifecycle         `json:"lifecycle,omitempty"`
 	// Job is the job working on the instance now, if any.
 	Job        string    `json:"job,omitempty"`
 	EnrolledAt time.Time `json:"enrolled_at,omitzero"`

@@ -667,7 +667,7 @@ $("#command-form").addEventListener("submit", async (ev) => {
   const body = { name };
   if (name === "stack.restart") body.args = { service: $("#command-service").value.trim() };
   if (name === "stack.logs") body.args = { service: $("#command-service").value.trim(), lines: Number($("#command-lines").value) || 100 };
-  if ((name === "stack.stop" || name === "stack.restart") &&
+  if ((name === "stack.down" || name === "stack.restart") &&
       !confirm(`${name} ${body.args?.service || ""} on ${v.inst?.subdomain || v.id}?`)) return;
   const button = $("#command-submit");
   const result = $("#command-result");

@@ -25,6 +25,9 @@ type EnrollReply struct {
 	InstanceID string `json:"instance_id,omitempty"`
 	Code       string `json:"code,omitempty"`
 	Error      string `json:"error,omitempty"`
+	// CommandKey is the control plane's Ed25519 public key (base64, std
+	// encoding), the one every SignedCommand must verify with. Version 3.
+	CommandKey string `json:"command_key,omitempty"`
 }
 
 // Enrollment refusal codes.
@@ -135,34 +138,65 @@ type Event struct {
 const (
 	EventAgentStarted = "agent.started"
 	EventLinkRestored = "agent.link_restored"
+	// EventCommandRefused reports a command the agent would not run. Data
+	// holds "reason" (a Refusal), and "command", "nonce" and "run" when the
+	// request could be read. The agent reports at most 10 a minute; past
+	// that, one event a minute has only "suppressed": how many it did not
+	// report one by one.
+	EventCommandRefused = "command.refused"
 )
 
-// CommandRequest asks an agent to run one command of its catalog.
+// CommandRequest asks an agent to run one command of its catalog. It
+// travels only inside a SignedCommand (see Seal and Open): Target, Nonce,
+// IssuedAt and Expires are what the signature binds it to.
 type CommandRequest struct {
 	V    int             `json:"v"`
 	ID   string          `json:"id"`
 	Name string          `json:"name"`
 	Args json.RawMessage `json:"args,omitempty"`
+	// Target is the one instance id that may run it.
+	Target string `json:"target"`
+	// Nonce is unique per request; an agent runs a nonce once.
+	Nonce    string    `json:"nonce"`
+	IssuedAt time.Time `json:"issued_at"`
+	Expires  time.Time `json:"expires"`
+	// Run is the rollout the request belongs to, if any.
+	Run string `json:"run,omitempty"`
+	// Ack asks the agent to answer twice: a CommandReply with State
+	// "running" once the request passed its checks, then the outcome.
+	Ack bool `json:"ack,omitempty"`
 }
 
-// Commands every agent answers. Arguments are JSON objects: StackArgs for
-// the stack commands that name a service or a number of log lines.
+// Commands every agent answers: its whole catalog; there is no shell.
+// Arguments are JSON objects: StackArgs for the stack commands that name a
+// service or a number of log lines, ResultArgs for CommandResult.
 const (
 	CommandPing    = "ping"
 	CommandVersion = "agent.version"
+	// CommandFacts answers Facts: what the instance is and runs.
+	CommandFacts = "facts"
 	// CommandStackStatus answers a StackStatus.
 	CommandStackStatus = "stack.status"
 	// CommandStackRestart restarts one service (StackArgs.Service).
 	CommandStackRestart = "stack.restart"
-	// CommandStackStop and CommandStackStart stop and start the whole stack.
-	CommandStackStop  = "stack.stop"
-	CommandStackStart = "stack.start"
+	// CommandStackDown stops the whole stack, keeping its data; CommandStackUp
+	// starts it again.
+	CommandStackDown = "stack.down"
+	CommandStackUp   = "stack.up"
 	// CommandStackPull pulls the images of the applied version.
 	CommandStackPull = "stack.pull"
 	// CommandStackLogs answers the last StackArgs.Lines lines of a
 	// service's logs, at most 64 KiB.
 	CommandStackLogs = "stack.logs"
+	// CommandResult answers a ResultReply: what became of an earlier
+	// request, by its nonce. It runs nothing; the control plane asks it
+	// after a restart instead of sending a command again.
+	CommandResult = "command.result"
 )
+
+// Catalog lists every command an agent runs, in the order to show them.
+var Catalog = []string{CommandPing, CommandVersion, CommandFacts, CommandStackStatus, CommandStackRestart,
+	CommandStackUp, CommandStackDown, CommandStackPull, CommandStackLogs, CommandResult}
 
 // StackArgs are the arguments of the stack commands.
 type StackArgs struct {
@@ -170,12 +204,53 @@ type StackArgs struct {
 	Lines   int    `json:"lines,omitempty"`
 }
 
+// ResultArgs are the arguments of CommandResult.
+type ResultArgs struct {
+	Nonce string `json:"nonce"`
+}
+
+// ResultReply is CommandResult's answer. Known is false when the agent
+// never received the nonce (or has forgotten it, ResultRetention after it
+// expired); then the request never ran there.
+type ResultReply struct {
+	Known bool          `json:"known"`
+	Reply *CommandReply `json:"reply,omitempty"`
+}
+
+// Facts is CommandFacts's answer: the instance's inventory.
+type Facts struct {
+	InstanceID    string    `json:"instance_id"`
+	Hostname      string    `json:"hostname"`
+	AgentVersion  string    `json:"agent_version"`
+	AgentCommit   string    `json:"agent_commit,omitempty"`
+	Protocol      int       `json:"protocol"`
+	OS            string    `json:"os"`
+	Arch          string    `json:"arch"`
+	CPUs          int       `json:"cpus"`
+	MemoryBytes   uint64    `json:"memory_bytes,omitempty"`
+	BootedAt      time.Time `json:"booted_at,omitzero"`
+	AgentStarted  time.Time `json:"agent_started"`
+	ComposeTool   string    `json:"compose_tool,omitempty"`
+	StackVersion  uint64    `json:"stack_version,omitempty"`
+	StackServices []string  `json:"stack_services,omitempty"`
+}
+
+// StateRunning is CommandReply.State in an acknowledgement.
+const StateRunning = "running"
+
 // CommandReply is an agent's answer to a CommandRequest.
 type CommandReply struct {
-	V          int             `json:"v"`
-	ID         string          `json:"id"`
-	InstanceID string          `json:"instance_id"`
-	OK         bool            `json:"ok"`
-	Error      string          `json:"error,omitempty"`
-	Result     json.RawMessage `json:"result,omitempty"`
+	V          int    `json:"v"`
+	ID         string `json:"id"`
+	InstanceID string `json:"instance_id"`
+	Nonce      string `json:"nonce,omitempty"`
+	// State is StateRunning in the acknowledgement an Ack request asks
+	// for (OK is false there: read State first), and empty in the outcome.
+	State  string          `json:"state,omitempty"`
+	OK     bool            `json:"ok"`
+	Error  string          `json:"error,omitempty"`
+	Result json.RawMessage `json:"result,omitempty"`
+	// Refused says why the agent would not run the request; Error is then
+	// a sentence for people.
+	Refused Refusal `json:"refused,omitempty"`
 }

@@ -17,17 +17,19 @@ import (
 //
 //	1: initial: enrollment, heartbeat, metrics, event, command request/reply.
 //	2: targets in the KV bucket; the heartbeat carries the stack's status.
-const Version = 2
+//	3: commands travel as SignedCommands (Ed25519, target, nonce, expiry);
+//	   the enrollment reply carries the command key; no broadcast subject
+//	   (a fleet command is one signed request per target); facts and
+//	   command.result join the catalog; stack.start/stop are stack.up/down.
+const Version = 3
 
 // Subjects the control plane and the agents share. Everything an agent
 // publishes lives under AgentSubjects(id); everything it may receive is its
-// CommandSubject, the BroadcastSubject and replies to its own inbox.
+// CommandSubject and replies to its own inbox.
 const (
 	// EnrollSubject takes an EnrollRequest and answers an EnrollReply.
 	// Only the restricted enrollment user may publish here.
 	EnrollSubject = "stackpro.enroll"
-	// BroadcastSubject carries CommandRequests meant for every agent.
-	BroadcastSubject = "stackpro.broadcast"
 	// EventsStream is the JetStream stream that keeps agent events, so the
 	// control plane sees them even after its own restart.
 	EventsStream = "STACKPRO_EVENTS"
@@ -56,7 +58,7 @@ func AgentSubjects(instanceID string) string { return "stackpro.agent." + instan
 // AgentWildcard is the subject the control plane subscribes to for kind from every agent.
 func AgentWildcard(kind string) string { return "stackpro.agent.*." + kind }
 
-// CommandSubject is where instance id receives its own CommandRequests.
+// CommandSubject is where instance id receives its own SignedCommands.
 func CommandSubject(instanceID string) string { return "stackpro.cmd." + instanceID }
 
 // InboxPrefix is the reply inbox prefix of instance id. Agents use their

@@ -2,8 +2,10 @@ package protocol_test
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"encoding/json"
 	"flag"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -23,7 +25,8 @@ var samples = map[string]any{
 	"enroll_request.json": &protocol.EnrollRequest{V: protocol.Version, InstanceID: "i-0123456789abcdef",
 		Token: "4f3c2b1a", PublicKey: "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4",
 		Hostname: "ip-10-0-0-12", AgentVersion: "v0.1.0"},
-	"enroll_reply_ok.json": &protocol.EnrollReply{V: protocol.Version, OK: true, InstanceID: "i-0123456789abcdef"},
+	"enroll_reply_ok.json": &protocol.EnrollReply{V: protocol.Version, OK: true, InstanceID: "i-0123456789abcdef",
+		CommandKey: protocol.FormatCommandKey(sampleKey.Public().(ed25519.PublicKey))},
 	"enroll_reply_refused.json": &protocol.EnrollReply{V: protocol.Version, Code: protocol.EnrollRefused,
 		Error: "enrollment refused"},
 	"heartbeat.json": &protocol.Heartbeat{V: protocol.Version, InstanceID: "i-0123456789abcdef", Seq: 42, At: at,
@@ -42,19 +45,61 @@ var samples = map[string]any{
 	"event.json": &protocol.Event{V: protocol.Version, ID: "evt-01", InstanceID: "i-0123456789abcdef", At: at,
 		Type: protocol.EventAgentStarted, Severity: protocol.SeverityInfo, Message: "agent v0.1.0 started",
 		Data: map[string]string{"version": "v0.1.0"}},
-	"command_request.json": &protocol.CommandRequest{V: protocol.Version, ID: "cmd-01", Name: protocol.CommandPing,
-		Args: json.RawMessage(`{"echo":"hi"}`)},
+	"command_request.json": &sampleRequest,
+	"signed_command.json":  sampleSigned(),
 	"target.json": &protocol.Target{V: protocol.Version, InstanceID: "i-0123456789abcdef", Version: 3,
 		Compose: "services:\n  crm:\n    image: stackpro/crm:1\n", Env: map[string]string{"SUBDOMAIN": "acme"},
 		Files: map[string]string{"config/crm.yaml": "title: Acme\n"}},
 	"command_reply.json": &protocol.CommandReply{V: protocol.Version, ID: "cmd-01", InstanceID: "i-0123456789abcdef",
-		OK: true, Result: json.RawMessage(`{"pong":true}`)},
+		Nonce: "bm9uY2Utb25l", OK: true, Result: json.RawMessage(`{"pong":true}`)},
+	"command_reply_running.json": &protocol.CommandReply{V: protocol.Version, ID: "cmd-01",
+		InstanceID: "i-0123456789abcdef", Nonce: "bm9uY2Utb25l", State: "running"},
+	"command_reply_refused.json": &protocol.CommandReply{V: protocol.Version, ID: "cmd-01",
+		InstanceID: "i-0123456789abcdef", Nonce: "bm9uY2Utb25l", Refused: protocol.RefusedReplayed,
+		Error: "command refused (replayed): nonce already seen"},
+}
+
+// payloads are the results commands answer with inside a CommandReply:
+// they travel in a versioned message, so they carry no version of their own.
+var payloads = map[string]any{
+	"stack_status.json": &protocol.StackStatus{AppliedVersion: 3, FailedVersion: 4,
+		FailedReason: "files is running unhealthy", ComposeTool: "docker compose",
+		Services: []protocol.ServiceState{
+			{Service: "crm", State: "running", Health: "healthy", RestartCount: 1, StartedAt: at},
+			{Service: "files", State: "exited"}}},
+	"result_reply.json": &protocol.ResultReply{Known: true, Reply: &protocol.CommandReply{V: protocol.Version,
+		ID: "cmd-01", InstanceID: "i-0123456789abcdef", Nonce: "bm9uY2Utb25l", OK: true,
+		Result: json.RawMessage(`{"done":true}`)}},
+	"facts.json": &protocol.Facts{InstanceID: "i-0123456789abcdef", Hostname: "ip-10-0-0-12",
+		AgentVersion: "v0.1.0", AgentCommit: "f9a2f0d", Protocol: protocol.Version, OS: "linux", Arch: "arm64",
+		CPUs: 2, MemoryBytes: 4 << 30, BootedAt: at.Add(-24 * time.Hour), AgentStarted: at.Add(-time.Hour),
+		ComposeTool: "docker compose", StackVersion: 3, StackServices: []string{"crm", "files"}},
+}
+
+// sampleKey signs the golden SignedCommand. Ed25519 signatures are
+// deterministic, so the file does not change from run to run.
+var sampleKey = ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, ed25519.SeedSize))
+
+var sampleRequest = protocol.CommandRequest{V: protocol.Version, ID: "cmd-01", Name: protocol.CommandStackRestart,
+	Args: json.RawMessage(`{"service":"crm"}`), Target: "i-0123456789abcdef", Nonce: "bm9uY2Utb25l",
+	IssuedAt: at, Expires: at.Add(time.Minute), Run: "run-01", Ack: true}
+
+func sampleSigned() *protocol.SignedCommand {
+	data, err := protocol.Seal(sampleKey, sampleRequest)
+	if err != nil {
+		panic(err)
+	}
+	var sc protocol.SignedCommand
+	if err := json.Unmarshal(data, &sc); err != nil {
+		panic(err)
+	}
+	return &sc
 }
 
 // TestGolden checks every message both ways: the sample encodes to its golden
 // file, and the golden file decodes to the sample.
 func TestGolden(t *testing.T) {
-	for name, sample := range samples {
+	for name, sample := range all() {
 		t.Run(name, func(t *testing.T) {
 			path := filepath.Join("testdata", name)
 			got, err := json.MarshalIndent(sample, "", "  ")
@@ -89,6 +134,12 @@ func TestGolden(t *testing.T) {
 			}
 		})
 	}
+}
+
+func all() map[string]any {
+	m := maps.Clone(samples)
+	maps.Copy(m, payloads)
+	return m
 }
 
 func TestEveryMessageHasAVersion(t *testing.T) {

@@ -1,10 +1,12 @@
 // Package link is the agent's connection to the control plane: its NKey
-// identity kept in the state directory, enrollment with a one-time token,
+// identity kept in the state directory, enrollment with a one-time token
+// (which also hands over the key the control plane signs commands with),
 // and a NATS connection that reconnects forever with backoff and jitter.
 package link
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +14,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/google/renameio/v2"
@@ -25,6 +28,9 @@ import (
 const (
 	seedFile     = "agent.nk"
 	enrolledFile = "enrolled"
+	// commandKeyFile holds the control plane's command key as the
+	// enrollment reply gave it (base64) and a newline.
+	commandKeyFile = "command.pub"
 )
 
 // ErrRefused means the control plane refused the enrollment for good;
@@ -104,6 +110,14 @@ func Enroll(ctx context.Context, o Options, id *Identity) error {
 		reply, err := enrollOnce(ctx, o.URL, req)
 		switch {
 		case err == nil && reply.OK:
+			// The key is kept before the enrollment is: an agent that
+			// stops in between enrolls again and is handed it again.
+			if err := saveCommandKey(o.StateDir, reply.CommandKey); err != nil {
+				return err
+			}
+			if reply.CommandKey == "" {
+				o.Log.Error("the control plane sent no command key; every command will be refused")
+			}
 			if err := renameio.WriteFile(filepath.Join(o.StateDir, enrolledFile), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600); err != nil {
 				return fmt.Errorf("link: %w", err)
 			}
@@ -122,6 +136,37 @@ func Enroll(ctx context.Context, o Options, id *Identity) error {
 		case <-time.After(delay):
 		}
 	}
+}
+
+// saveCommandKey keeps the command key of an enrollment reply in dir. An
+// empty key leaves the agent without one.
+func saveCommandKey(dir, key string) error {
+	if key == "" {
+		return nil
+	}
+	if _, err := protocol.ParseCommandKey(key); err != nil {
+		return fmt.Errorf("link: enrollment reply: %w", err)
+	}
+	path := filepath.Join(dir, commandKeyFile)
+	if err := renameio.WriteFile(path, []byte(key+"\n"), 0o600); err != nil {
+		return fmt.Errorf("link: writing %s: %w", path, err)
+	}
+	return nil
+}
+
+// LoadCommandKey returns the control plane's command key kept in dir at
+// enrollment. Without one the error wraps fs.ErrNotExist.
+func LoadCommandKey(dir string) (ed25519.PublicKey, error) {
+	path := filepath.Join(dir, commandKeyFile)
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("link: reading the command key: %w", err)
+	}
+	key, err := protocol.ParseCommandKey(strings.TrimSpace(string(raw)))
+	if err != nil {
+		return nil, fmt.Errorf("link: %s: %w", path, err)
+	}
+	return key, nil
 }
 
 func enrollOnce(ctx context.Context, url string, req []byte) (protocol.EnrollReply, error) {

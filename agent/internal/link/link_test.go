@@ -2,9 +2,11 @@ package link
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -91,16 +93,25 @@ func enrollServer(t *testing.T, reply protocol.EnrollReply) string {
 
 func TestEnroll(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	pub, _, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := protocol.FormatCommandKey(pub)
 	tests := []struct {
 		name    string
 		token   string
 		reply   protocol.EnrollReply
 		refused bool
+		failed  bool // an error that is not a refusal
+		hasKey  bool
 	}{
-		{"accepted", "tok", protocol.EnrollReply{V: 1, OK: true}, false},
-		{"refused token", "tok", protocol.EnrollReply{V: 1, Code: protocol.EnrollRefused, Error: "enrollment refused"}, true},
-		{"bad request", "tok", protocol.EnrollReply{V: 1, Code: protocol.EnrollBadRequest, Error: "invalid token"}, true},
-		{"no token in the config", "", protocol.EnrollReply{V: 1, OK: true}, true},
+		{"accepted", "tok", protocol.EnrollReply{V: 3, OK: true, CommandKey: key}, false, false, true},
+		{"accepted without a command key", "tok", protocol.EnrollReply{V: 2, OK: true}, false, false, false},
+		{"accepted with a malformed command key", "tok", protocol.EnrollReply{V: 3, OK: true, CommandKey: key[:20]}, false, true, false},
+		{"refused token", "tok", protocol.EnrollReply{V: 1, Code: protocol.EnrollRefused, Error: "enrollment refused"}, true, true, false},
+		{"bad request", "tok", protocol.EnrollReply{V: 1, Code: protocol.EnrollBadRequest, Error: "invalid token"}, true, true, false},
+		{"no token in the config", "", protocol.EnrollReply{V: 1, OK: true}, true, true, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -112,13 +123,36 @@ func TestEnroll(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			err = Enroll(ctx, Options{URL: enrollServer(t, tt.reply), InstanceID: "i-aaaa", StateDir: dir, Token: tt.token, Log: log}, id)
-			if tt.refused != errors.Is(err, ErrRefused) || (!tt.refused && err != nil) {
-				t.Fatalf("Enroll = %v, want refused=%v", err, tt.refused)
+			if tt.refused != errors.Is(err, ErrRefused) || tt.failed != (err != nil) {
+				t.Fatalf("Enroll = %v, want refused=%v failed=%v", err, tt.refused, tt.failed)
 			}
-			if Enrolled(dir) == tt.refused {
+			if Enrolled(dir) == tt.failed {
 				t.Errorf("Enrolled = %v after %s", Enrolled(dir), tt.name)
 			}
+			got, err := LoadCommandKey(dir)
+			switch {
+			case tt.hasKey && (err != nil || !got.Equal(pub)):
+				t.Errorf("LoadCommandKey = %v, %v; want the enrollment reply's key", got, err)
+			case !tt.hasKey && !errors.Is(err, fs.ErrNotExist):
+				t.Errorf("LoadCommandKey = %v, %v; want fs.ErrNotExist", got, err)
+			}
+			if tt.hasKey {
+				info, err := os.Stat(filepath.Join(dir, commandKeyFile))
+				if err != nil || info.Mode().Perm() != 0o600 {
+					t.Errorf("command key file: %v, %v; want mode 0600", info, err)
+				}
+			}
 		})
+	}
+}
+
+func TestLoadCommandKeyCorrupt(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, commandKeyFile), []byte("not a key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if key, err := LoadCommandKey(dir); err == nil || errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("LoadCommandKey of a corrupt file = %v, %v; want an error that is not fs.ErrNotExist", key, err)
 	}
 }
 

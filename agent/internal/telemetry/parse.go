@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/stackpro/stackpro/shared/protocol"
 )
@@ -37,6 +38,23 @@ func parseStat(text string) (cpuTimes, error) {
 		}
 	}
 	return t, nil
+}
+
+// parseBootTime reads the "btime" line of /proc/stat: the boot time in
+// seconds since the epoch.
+func parseBootTime(text string) (time.Time, error) {
+	for line := range strings.Lines(text) {
+		value, ok := strings.CutPrefix(line, "btime ")
+		if !ok {
+			continue
+		}
+		sec, err := strconv.ParseInt(strings.TrimSpace(value), 10, 64)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("btime: %w", err)
+		}
+		return time.Unix(sec, 0).UTC(), nil
+	}
+	return time.Time{}, errors.New("no btime")
 }
 
 // parseMeminfo reads MemTotal and MemAvailable, given in kB.

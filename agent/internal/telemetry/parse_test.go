@@ -3,6 +3,7 @@ package telemetry
 import (
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/stackpro/stackpro/shared/protocol"
 )
@@ -230,5 +231,26 @@ func TestUnescape(t *testing.T) {
 		if got := unescape(tt.in); got != tt.want {
 			t.Errorf("unescape(%q) = %q, want %q", tt.in, got, tt.want)
 		}
+	}
+}
+
+func TestParseBootTime(t *testing.T) {
+	tests := []struct {
+		name    string
+		text    string
+		want    time.Time
+		wantErr bool
+	}{
+		{"btime among others", "cpu 1 2 3 4\nintr 5\nbtime 1795532645\nprocesses 9\n", time.Unix(1795532645, 0).UTC(), false},
+		{"no btime", "cpu 1 2 3 4\n", time.Time{}, true},
+		{"malformed", "btime soon\n", time.Time{}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseBootTime(tt.text)
+			if (err != nil) != tt.wantErr || !got.Equal(tt.want) {
+				t.Errorf("parseBootTime = %v, %v; want %v, error %t", got, err, tt.want, tt.wantErr)
+			}
+		})
 	}
 }

@@ -1,5 +1,6 @@
 // Package telemetry samples the host for the agent's metrics: CPU, load,
-// memory, disks, network and uptime, read from /proc and statfs.
+// memory, disks, network and uptime, read from /proc and statfs, and what
+// the host is made of for the agent's facts.
 package telemetry
 
 import (
@@ -9,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -94,6 +96,22 @@ func (s *Sampler) disks() ([]protocol.Disk, error) {
 		kept = append(kept, d)
 	}
 	return kept, errors.Join(errs...)
+}
+
+// Host is what the host is made of, for the agent's facts.
+type Host struct {
+	MemoryBytes uint64
+	BootedAt    time.Time
+}
+
+// ReadHost reads the host's memory and boot time from the proc filesystem
+// at procRoot. A field whose source cannot be read stays zero, and the
+// error joins the failures.
+func ReadHost(procRoot string) (Host, error) {
+	s := NewSampler(procRoot)
+	mem, memErr := source(s, "meminfo", parseMeminfo)
+	booted, bootErr := source(s, "stat", parseBootTime)
+	return Host{MemoryBytes: mem.TotalBytes, BootedAt: booted}, errors.Join(memErr, bootErr)
 }
 
 // source reads the file name under procRoot and parses its text. Its errors

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stackpro/stackpro/shared/protocol"
 )
@@ -275,4 +276,18 @@ func TestSampleHost(t *testing.T) {
 		}
 	}
 	t.Logf("%+v", m)
+}
+
+func TestReadHost(t *testing.T) {
+	files := maps.Clone(procFiles)
+	files["stat"] += "btime 1795532645\n"
+	got, err := ReadHost(writeProc(t, files))
+	if want := (Host{MemoryBytes: 2 << 30, BootedAt: time.Unix(1795532645, 0).UTC()}); err != nil || got != want {
+		t.Errorf("ReadHost = %+v, %v; want %+v", got, err, want)
+	}
+	delete(files, "meminfo")
+	got, err = ReadHost(writeProc(t, files))
+	if !errors.Is(err, fs.ErrNotExist) || got.MemoryBytes != 0 || got.BootedAt.IsZero() {
+		t.Errorf("ReadHost without meminfo = %+v, %v; want the boot time and fs.ErrNotExist", got, err)
+	}
 }

@@ -36,6 +36,7 @@ import (
 	"github.com/stackpro/stackpro/controlplane/internal/provision/ec2"
 	"github.com/stackpro/stackpro/controlplane/internal/provision/local"
 	"github.com/stackpro/stackpro/controlplane/internal/provision/route53"
+	"github.com/stackpro/stackpro/controlplane/internal/rollout"
 	"github.com/stackpro/stackpro/controlplane/internal/secrets"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
 	"github.com/stackpro/stackpro/controlplane/internal/targets"
@@ -162,8 +163,12 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	watcher := fleet.NewWatcher(tracker, feed)
 	fst := feedStore{Store: st, feed: feed, tracker: tracker, jobs: newJobCounts(jobs), log: log}
 
+	commandKey, err := st.CommandKey()
+	if err != nil {
+		return err
+	}
 	brk, err := broker.Start(ctx, broker.Options{Listen: cfg.NATS.Listen, StoreDir: filepath.Join(cfg.DataDir, "jetstream"),
-		Credentials: creds, Enroll: enroller{st, tracker}, Log: log})
+		Credentials: creds, Enroll: enroller{st, tracker}, CommandKey: commandKey, Log: log})
 	if err != nil {
 		return err
 	}
@@ -179,6 +184,8 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	}
 	mon := monitor.New(monitor.Options{Tracker: tracker, Store: fst, Keys: brk, Conn: brk.Conn(), Sys: brk.SysConn(),
 		PersistEvery: 5 * time.Second, Log: log})
+	runs := rollout.New(rollout.Options{Store: st, Fleet: tracker, Conn: brk.Conn(), Sealer: brk,
+		NonceKey: nonceKey(commandKey), Log: log})
 	awsConfig := sync.OnceValues(func() (aws.Config, error) { return loadAWS(ctx, cfg.AWS) })
 	provider, dns, err := machines(cfg, awsConfig, st, log)
 	if err != nil {
@@ -235,7 +242,7 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	limits := dashboardapi.AuthLimits{PerIP: dashboardapi.Limit(cfg.Auth.PerIP), PerAccount: dashboardapi.Limit(cfg.Auth.PerAccount)}
 	api, err := dashboardapi.New(dashboardapi.Options{Fleet: tracker, Feed: feed, Metrics: mon, Events: eventsAPI{st},
 		Jobs: jobsAPI{prov, st}, Targets: targetsAPI{tgts},
-		Commander: commander{brk}, Tokens: tokens{st, signer}, Auth: authAPI{accts, signer}, Limits: limits,
+		Commander: commander{brk}, Runs: runsAPI{runs}, Tags: tagsAPI{st, tracker}, Tokens: tokens{st, signer}, Auth: authAPI{accts, signer}, Limits: limits,
 		Billing: billingAPI{bill}, Plans: plansOnOffer(cfg), Prometheus: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 		Registry: reg, CORSOrigins: cfg.HTTP.CORSOrigins,
 		Ready: map[string]dashboardapi.Check{"broker": brk.Ready, "store": st.Ready}, Log: log})
@@ -252,6 +259,7 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	g.Go(func() error { return mon.Run(gctx) })
 	g.Go(func() error { return watcher.Run(gctx, time.Second) })
 	g.Go(func() error { return prov.Run(gctx) })
+	g.Go(func() error { return runs.Run(gctx) })
 	g.Go(func() error { return bill.Run(gctx) })
 	g.Go(func() error { pruneSessions(gctx, accts, log); return nil })
 	g.Go(func() error {

@@ -98,8 +98,12 @@ func startLiveFleet(b *testing.B, n int, agents bool) *liveFleet {
 	watcher := fleet.NewWatcher(lf.tracker, lf.feed)
 	fst := feedStore{Store: st, feed: lf.feed, tracker: lf.tracker, jobs: newJobCounts(nil), log: log}
 
+	key, err := st.CommandKey()
+	if err != nil {
+		b.Fatal(err)
+	}
 	lf.brk, err = broker.Start(context.Background(), broker.Options{Listen: "127.0.0.1:0", StoreDir: filepath.Join(dir, "jetstream"),
-		Credentials: creds, Enroll: enroller{st, lf.tracker}, Log: log})
+		Credentials: creds, Enroll: enroller{st, lf.tracker}, CommandKey: key, Log: log})
 	if err != nil {
 		b.Fatal(err)
 	}

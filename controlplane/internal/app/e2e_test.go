@@ -708,26 +708,49 @@ func testCommands(t *testing.T, cp *controlPlane, id, offline string) {
 	if err := json.Unmarshal(r.Result, &logs); err != nil || !r.OK || !strings.Contains(logs.Logs, "stackpro-demo crm listening") {
 		t.Errorf("stack.logs crm: %+v %q", r, logs.Logs)
 	}
-	if r := command(`{"name":"stack.stop"}`); !r.OK {
-		t.Fatalf("stack.stop: %+v", r)
+	if r := command(`{"name":"stack.down"}`); !r.OK {
+		t.Fatalf("stack.down: %+v", r)
 	}
 	for _, s := range status().Services {
 		if s.State != "exited" {
-			t.Errorf("after stack.stop, %s is %s", s.Service, s.State)
+			t.Errorf("after stack.down, %s is %s", s.Service, s.State)
 		}
 	}
-	if r := command(`{"name":"stack.start"}`); !r.OK {
-		t.Fatalf("stack.start: %+v", r)
+	if r := command(`{"name":"stack.up"}`); !r.OK {
+		t.Fatalf("stack.up: %+v", r)
 	}
 	for _, s := range status().Services {
 		if s.State != "running" {
-			t.Errorf("after stack.start, %s is %s", s.Service, s.State)
+			t.Errorf("after stack.up, %s is %s", s.Service, s.State)
 		}
 	}
-	for _, body := range []string{`{"name":"stack.restart","args":{"service":"--help"}}`, `{"name":"shell","args":{"cmd":"id"}}`,
-		`{"name":"stack.logs","args":"crm"}`} {
+	for _, body := range []string{`{"name":"stack.restart","args":{"service":"--help"}}`, `{"name":"stack.logs","args":"crm"}`} {
 		if r := command(body); r.OK || r.Error == "" {
 			t.Errorf("%s: %+v, want refused with a reason", body, r)
+		}
+	}
+	if code := cp.send(http.MethodPost, path, `{"name":"shell","args":{"cmd":"id"}}`, nil); code != http.StatusUnprocessableEntity {
+		t.Errorf("a command outside the catalog: %d, want 422", code)
+	}
+	// A fleet run: one signed request per instance, acknowledged, then
+	// answered, by the real agents.
+	var run fleet.Run
+	if code := cp.send(http.MethodPost, "/api/v1/runs", `{"command":"facts","select":{"ids":["`+id+`","`+offline+`"]},"max_concurrency":"100%","max_errors":"100%","timeout":"30s"}`, &run); code != http.StatusCreated {
+		t.Fatalf("POST /api/v1/runs: %d", code)
+	}
+	waitFor(t, "the fleet run to finish", func() bool {
+		cp.api(http.MethodGet, "/api/v1/runs/"+run.ID, &run)
+		return run.Done()
+	})
+	var targets struct{ Targets []fleet.Target }
+	cp.api(http.MethodGet, "/api/v1/runs/"+run.ID+"/targets", &targets)
+	if run.State != fleet.RunCompleted || run.Counts[fleet.TargetSucceeded] != 1 || run.Counts[fleet.TargetUndeliverable] != 1 || len(targets.Targets) != 2 {
+		t.Fatalf("run %+v targets %+v: want the online agent to answer and the offline one undeliverable", run, targets)
+	}
+	for _, tg := range targets.Targets {
+		var facts protocol.Facts
+		if tg.Instance == id && (json.Unmarshal(tg.Result, &facts) != nil || facts.InstanceID != id || facts.CPUs == 0) {
+			t.Errorf("facts of %s: %s", id, tg.Result)
 		}
 	}
 	if code := cp.send(http.MethodPost, "/api/v1/instances/"+offline+"/commands", `{"name":"ping"}`, nil); code != http.StatusServiceUnavailable {

@@ -44,6 +44,9 @@ func (s feedStore) AppendEvent(ev protocol.Event, seq uint64) error {
 	if err := s.Store.AppendEvent(ev, seq); err != nil {
 		return err
 	}
+	if err := auditRefusal(s.Store, ev); err != nil {
+		s.log.Error("auditing a refused command", "instance", ev.InstanceID, "err", err)
+	}
 	inst, _ := s.tracker.Get(ev.InstanceID, time.Now())
 	s.publish(fleet.ChangeAgentEvent, inst.Customer, ev.InstanceID, ev)
 	return nil

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
@@ -145,7 +144,7 @@ func verify(publicKey, sig string, nonce []byte) bool {
 
 // agentPermissions: an agent publishes only under its own subjects, asks
 // for its own target and answers requests made to it; it subscribes only to
-// its own commands, the broadcast, its own target and its own inbox.
+// its own commands, its own target and its own inbox.
 func agentPermissions(instanceID string) *server.Permissions {
 	return &server.Permissions{
 		Publish: &server.SubjectPermission{Allow: []string{
@@ -154,11 +153,12 @@ func agentPermissions(instanceID string) *server.Permissions {
 		}},
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			protocol.CommandSubject(instanceID),
-			protocol.BroadcastSubject,
 			protocol.TargetSubject(instanceID),
 			protocol.InboxPrefix(instanceID) + ".>",
 		}},
-		Response: &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
+		// Two answers to a request: the acknowledgement a run asks for,
+		// then the outcome.
+		Response: &server.ResponsePermission{MaxMsgs: 2, Expires: protocol.MaxCommandLifetime},
 	}
 }
 

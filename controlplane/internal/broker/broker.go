@@ -11,6 +11,7 @@ package broker
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,7 +37,10 @@ type Options struct {
 	Credentials map[string]string
 	// Enroll redeems an enrollment token (see Enroller).
 	Enroll Enroller
-	Log    *slog.Logger
+	// CommandKey signs every command sent to an agent; its public half
+	// goes to each agent in the enrollment reply.
+	CommandKey ed25519.PrivateKey
+	Log        *slog.Logger
 }
 
 // Broker is a running embedded NATS server.
@@ -48,6 +52,7 @@ type Broker struct {
 	conn, sys *nats.Conn
 	enroll    *nats.Subscription
 	enroller  Enroller
+	key       ed25519.PrivateKey
 }
 
 // Start starts the server and waits until it takes connections, the
@@ -63,6 +68,9 @@ func Start(ctx context.Context, o Options) (*Broker, error) {
 	}
 	if port == 0 {
 		port = server.RANDOM_PORT
+	}
+	if len(o.CommandKey) != ed25519.PrivateKeySize {
+		return nil, errors.New("broker: no command key")
 	}
 	log := o.Log.With("component", "broker")
 	auth, err := newAuthenticator(log, o.Credentials)
@@ -90,7 +98,7 @@ func Start(ctx context.Context, o Options) (*Broker, error) {
 		ns.Shutdown()
 		return nil, errors.New("broker: not ready for connections after 30s")
 	}
-	b := &Broker{ns: ns, auth: auth, log: log, enroller: o.Enroll}
+	b := &Broker{ns: ns, auth: auth, log: log, enroller: o.Enroll, key: o.CommandKey}
 	if err := b.connect(ctx); err != nil {
 		b.Shutdown()
 		return nil, err
@@ -197,11 +205,29 @@ func (b *Broker) Revoke(instanceID string) {
 // ErrNoAgent means no agent is connected to answer a command.
 var ErrNoAgent = errors.New("broker: the instance's agent is not connected")
 
-// Command sends req to instance id's agent and waits for its answer until
-// ctx ends.
+// CommandKey is the public key agents check commands with.
+func (b *Broker) CommandKey() ed25519.PublicKey { return b.key.Public().(ed25519.PublicKey) }
+
+// Seal signs req for its target (see protocol.Seal).
+func (b *Broker) Seal(req protocol.CommandRequest) ([]byte, error) { return protocol.Seal(b.key, req) }
+
+// commandLifetime is how long a command sent by Command stays valid when
+// ctx has no deadline.
+const commandLifetime = 10 * time.Minute
+
+// Command signs req for instance id's agent (target, a fresh nonce, valid
+// until ctx's deadline), sends it and waits for the answer until ctx ends.
 func (b *Broker) Command(ctx context.Context, id string, req protocol.CommandRequest) (protocol.CommandReply, error) {
 	var reply protocol.CommandReply
-	data, err := json.Marshal(req)
+	now := time.Now().UTC()
+	req.V, req.Target, req.Nonce, req.IssuedAt, req.Expires = protocol.Version, id, protocol.NewNonce(), now, now.Add(commandLifetime)
+	if deadline, ok := ctx.Deadline(); ok {
+		req.Expires = deadline.UTC()
+	}
+	if limit := now.Add(protocol.MaxCommandLifetime); req.Expires.After(limit) {
+		req.Expires = limit
+	}
+	data, err := b.Seal(req)
 	if err != nil {
 		return reply, err
 	}

@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -59,7 +60,7 @@ func start(t *testing.T, ids ...string) *env {
 		}
 	}
 	e.b, err = broker.Start(context.Background(), broker.Options{Listen: "127.0.0.1:0", StoreDir: filepath.Join(dir, "js"),
-		Credentials: map[string]string{}, Enroll: enroller{st}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Credentials: map[string]string{}, Enroll: enroller{st}, CommandKey: commandKey(t, st), Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatalf("broker.Start: %v", err)
 	}
@@ -107,8 +108,12 @@ func request(id, token, pub string) []byte {
 func (e *env) agent(t *testing.T, id string) (*nats.Conn, <-chan error) {
 	t.Helper()
 	kp, pub := newKey(t)
-	if r := e.enroll(t, request(id, e.tokens[id], pub)); !r.OK {
+	r := e.enroll(t, request(id, e.tokens[id], pub))
+	if !r.OK {
 		t.Fatalf("enrolling %s: %+v", id, r)
+	}
+	if key, err := protocol.ParseCommandKey(r.CommandKey); err != nil || !key.Equal(e.b.CommandKey()) {
+		t.Fatalf("enrolling %s: command key %q (%v), want the broker's", id, r.CommandKey, err)
 	}
 	errs := make(chan error, 16)
 	nc, err := nats.Connect(e.b.ClientURL(), nats.Nkey(pub, kp.Sign), nats.CustomInboxPrefix(protocol.InboxPrefix(id)),
@@ -160,7 +165,7 @@ func TestAgentPermissions(t *testing.T) {
 		}
 		wantViolation(t, errsA, "subscribe to B's commands")
 	})
-	for _, subject := range []string{"stackpro.>", ">", protocol.AgentSubjects(b), protocol.InboxPrefix(b) + ".>", protocol.EnrollSubject} {
+	for _, subject := range []string{"stackpro.>", ">", protocol.AgentSubjects(b), protocol.InboxPrefix(b) + ".>", protocol.EnrollSubject, "stackpro.broadcast"} {
 		t.Run("subscribe "+subject, func(t *testing.T) {
 			if _, err := ncA.SubscribeSync(subject); err != nil {
 				t.Fatal(err)
@@ -168,7 +173,7 @@ func TestAgentPermissions(t *testing.T) {
 			wantViolation(t, errsA, "subscribe to "+subject)
 		})
 	}
-	for _, subject := range []string{protocol.CommandSubject(b), protocol.BroadcastSubject, protocol.EnrollSubject, "$JS.API.STREAM.LIST"} {
+	for _, subject := range []string{protocol.CommandSubject(b), "stackpro.broadcast", protocol.EnrollSubject, "$JS.API.STREAM.LIST"} {
 		t.Run("publish "+subject, func(t *testing.T) {
 			if err := ncA.Publish(subject, []byte(`{}`)); err != nil {
 				t.Fatal(err)
@@ -178,9 +183,6 @@ func TestAgentPermissions(t *testing.T) {
 	}
 	t.Run("own subjects work", func(t *testing.T) {
 		if _, err := ncA.SubscribeSync(protocol.CommandSubject(a)); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := ncA.SubscribeSync(protocol.BroadcastSubject); err != nil {
 			t.Fatal(err)
 		}
 		if err := ncB.Publish(protocol.AgentSubject(b, protocol.KindHeartbeat), []byte(`"from b"`)); err != nil {
@@ -424,4 +426,14 @@ func TestTargetsAreReadOnlyByTheirAgent(t *testing.T) {
 		}
 		wantViolation(t, errsA, "publish to "+subject)
 	}
+}
+
+// commandKey is the store's command key, as Run hands it to the broker.
+func commandKey(t *testing.T, st *store.Store) ed25519.PrivateKey {
+	t.Helper()
+	key, err := st.CommandKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
 }

@@ -61,7 +61,7 @@ func (b *Broker) handleEnroll(m *nats.Msg) {
 	b.enroller.Enrolled(req.InstanceID, now)
 	b.log.Info("agent enrolled", "instance", req.InstanceID, "key", req.PublicKey,
 		"hostname", req.Hostname, "agent_version", req.AgentVersion)
-	reply(protocol.EnrollReply{OK: true, InstanceID: req.InstanceID})
+	reply(protocol.EnrollReply{OK: true, InstanceID: req.InstanceID, CommandKey: protocol.FormatCommandKey(b.CommandKey())})
 }
 
 // validate returns what is wrong with req, or "".

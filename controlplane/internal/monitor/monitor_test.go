@@ -61,8 +61,12 @@ func setup(t *testing.T, opts ...func(*monitor.Options)) rig {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	key, err := st.CommandKey()
+	if err != nil {
+		t.Fatal(err)
+	}
 	brk, err := broker.Start(context.Background(), broker.Options{Listen: "127.0.0.1:0", StoreDir: filepath.Join(dir, "js"),
-		Credentials: map[string]string{}, Enroll: noEnroll{}, Log: log})
+		Credentials: map[string]string{}, Enroll: noEnroll{}, CommandKey: key, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}

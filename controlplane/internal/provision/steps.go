@@ -231,7 +231,7 @@ func (s *Service) terminateSteps() []step {
 			s.update(r, func(i *fleet.Instance) { i.Lifecycle = fleet.LifecycleTerminating })
 			// The machine goes next anyway: an agent that cannot answer
 			// does not hold the termination up.
-			if err := s.command(ctx, r, protocol.CommandStackStop); err != nil {
+			if err := s.command(ctx, r, protocol.CommandStackDown); err != nil {
 				r.detail = "skipped: " + err.Error()
 			}
 			return nil
@@ -283,14 +283,14 @@ func (s *Service) terminateSteps() []step {
 
 func (s *Service) suspendSteps() []step {
 	return []step{
-		{name: "stop_stack", do: func(ctx context.Context, r *run) error { return s.command(ctx, r, protocol.CommandStackStop) }},
+		{name: "stop_stack", do: func(ctx context.Context, r *run) error { return s.command(ctx, r, protocol.CommandStackDown) }},
 		{name: "suspend", do: s.setLifecycle(fleet.LifecycleSuspended)},
 	}
 }
 
 func (s *Service) resumeSteps() []step {
 	return []step{
-		{name: "start_stack", do: func(ctx context.Context, r *run) error { return s.command(ctx, r, protocol.CommandStackStart) }},
+		{name: "start_stack", do: func(ctx context.Context, r *run) error { return s.command(ctx, r, protocol.CommandStackUp) }},
 		{name: "wait_healthy", wait: true, do: s.waitHealthy},
 		{name: "activate", do: s.setLifecycle(fleet.LifecycleActive)},
 	}
@@ -298,7 +298,7 @@ func (s *Service) resumeSteps() []step {
 
 func (s *Service) resizeSteps() []step {
 	return []step{
-		{name: "stop_stack", do: func(ctx context.Context, r *run) error { return s.command(ctx, r, protocol.CommandStackStop) }},
+		{name: "stop_stack", do: func(ctx context.Context, r *run) error { return s.command(ctx, r, protocol.CommandStackDown) }},
 		{name: "resize", do: func(ctx context.Context, r *run) error {
 			inst, err := s.instance(r)
 			if err != nil {
@@ -318,7 +318,7 @@ func (s *Service) resizeSteps() []step {
 		// No undo: the record names the machine where it is now, and
 		// deleting it would take a resized instance off the net.
 		{name: "dns_record", do: s.upsertDNS},
-		{name: "start_stack", do: func(ctx context.Context, r *run) error { return s.command(ctx, r, protocol.CommandStackStart) }},
+		{name: "start_stack", do: func(ctx context.Context, r *run) error { return s.command(ctx, r, protocol.CommandStackUp) }},
 		{name: "wait_healthy", wait: true, do: s.waitHealthy},
 		{name: "activate", do: s.setLifecycle(fleet.LifecycleActive)},
 	}

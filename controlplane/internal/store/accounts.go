@@ -468,16 +468,19 @@ func (s *Store) ReplaceSigningKeys(keys []SigningKey) error {
 // AppendAudit appends rec to the audit log, under a key that orders the
 // log by time.
 func (s *Store) AppendAudit(rec AuditRecord) error {
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketAuthAudit)
-		seq, err := b.NextSequence()
-		if err != nil {
-			return err
-		}
-		key := binary.BigEndian.AppendUint64(nil, uint64(rec.Time.UnixNano()))
-		return putJSON(b, string(binary.BigEndian.AppendUint64(key, seq)), rec)
-	})
+	err := s.db.Update(func(tx *bbolt.Tx) error { return appendAudit(tx, rec) })
 	return wrap("appending audit record", err)
+}
+
+// appendAudit appends rec to the audit log within tx.
+func appendAudit(tx *bbolt.Tx, rec AuditRecord) error {
+	b := tx.Bucket(bucketAuthAudit)
+	seq, err := b.NextSequence()
+	if err != nil {
+		return err
+	}
+	key := binary.BigEndian.AppendUint64(nil, uint64(rec.Time.UnixNano()))
+	return putJSON(b, string(binary.BigEndian.AppendUint64(key, seq)), rec)
 }
 
 // AuditLog returns the last limit audit records, oldest first.

@@ -34,10 +34,14 @@
 //	                <unix seconds, 8-byte big-endian> → fleet.MetricsPoint (binary, see metrics.go)
 //	metrics_hourly/ <instance id>/     (one bucket per instance): hourly rollups, kept a month
 //	                <hour start, unix seconds, 8-byte big-endian> → fleet.MetricsPoint (binary)
+//	command_key/  "ed25519"            → the private key every command to an agent is signed with
+//	runs/         <run id>             → fleet.Run (JSON); run ids sort by creation
+//	run_targets/  <run id>/            (one bucket per run)
+//	                <instance id>      → fleet.Target (JSON): its state and outcome
 //
 // Secrets (enrollment, API, refresh and one-time tokens) are kept only as
 // their SHA-256, so a copy of the file grants none of them; the signing keys
-// are the exception, and the file is readable by its owner only. Every change
+// and the command key are the exception, and the file is readable by its owner only. Every change
 // is one bbolt transaction.
 package store
 
@@ -87,11 +91,14 @@ var (
 	bucketStripeCustomers = []byte("stripe_customers")
 	bucketBillingDue      = []byte("billing_due")
 	bucketBillingMail     = []byte("billing_mail")
+	bucketCommandKey      = []byte("command_key")
+	bucketRuns            = []byte("runs")
+	bucketRunTargets      = []byte("run_targets")
 	allBuckets            = [][]byte{bucketInstances, bucketTokens, bucketCredentials, bucketAPITokens, bucketEvents,
 		bucketJobs, bucketSubdomains, bucketDNS, bucketUsers, bucketUserEmails, bucketPasswords, bucketCustomers,
 		bucketAuthTokens, bucketRefresh, bucketSigningKeys, bucketAuthAudit, bucketJobKeys, bucketBillingEvents,
 		bucketBillingQueue, bucketSubscriptions, bucketStripeCustomers, bucketBillingDue, bucketBillingMail,
-		bucketMetricsRaw, bucketMetricsHourly}
+		bucketMetricsRaw, bucketMetricsHourly, bucketCommandKey, bucketRuns, bucketRunTargets}
 )
 
 // Errors callers test for.

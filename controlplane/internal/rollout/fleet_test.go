@@ -1,0 +1,353 @@
+package rollout_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/internal/fleetsim"
+	"github.com/stackpro/stackpro/controlplane/internal/store"
+)
+
+// The whole path with real processes: the control plane binary, the
+// simulator (stackctl simulate, its agents split over processes, each a
+// real NATS connection with its own key) and stackctl as an operator runs
+// it.
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// binaries builds stackpro-controlplane and stackctl once.
+func binaries(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		if binDir, buildErr = os.MkdirTemp("", "stackpro-rollout-bin-"); buildErr != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", binDir, "./controlplane/cmd/stackpro-controlplane", "./controlplane/cmd/stackctl")
+		cmd.Dir, cmd.Env = filepath.Join("..", "..", ".."), append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binDir
+}
+
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// seed writes n instances with enrollment tokens into a new data dir, as
+// provisioning would have left them for agents about to enroll, and the
+// simulator's credentials file.
+func seed(t testing.TB, data string, n int) (agentsFile string) {
+	t.Helper()
+	st, err := store.Open(filepath.Join(data, "stackpro.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Now().UTC()
+	insts := make([]fleet.Instance, n)
+	for i := range n {
+		insts[i] = fleet.Instance{ID: fmt.Sprintf("i-sim%05d", i), Provider: "sim", CreatedAt: now,
+			Customer: fmt.Sprintf("cus_%05d", i), Plan: "starter", Region: "local", Lifecycle: fleet.LifecycleActive}
+	}
+	if err := st.PutInstances(insts...); err != nil {
+		t.Fatal(err)
+	}
+	creds := make([]fleetsim.Credential, n)
+	for i, inst := range insts {
+		tok, err := st.MintToken(inst.ID, 24*time.Hour, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		creds[i] = fleetsim.Credential{InstanceID: inst.ID, Token: tok}
+	}
+	var buf bytes.Buffer
+	if err := fleetsim.WriteCredentials(&buf, creds); err != nil {
+		t.Fatal(err)
+	}
+	agentsFile = filepath.Join(data, "agents.jsonl")
+	if err := os.WriteFile(agentsFile, buf.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return agentsFile
+}
+
+// process is a child process whose output the test reads as it grows.
+type process struct {
+	cmd    *exec.Cmd
+	out    *lines
+	exited chan error
+}
+
+// lines keeps what a process wrote.
+type lines struct {
+	mu  sync.Mutex
+	all bytes.Buffer
+}
+
+func (l *lines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.all.Write(p)
+	return len(p), nil
+}
+
+func (l *lines) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.all.String()
+}
+
+func start(t testing.TB, name string, args ...string) *process {
+	t.Helper()
+	p := &process{cmd: exec.Command(filepath.Join(binaries(t), name), args...), out: &lines{}, exited: make(chan error, 1)}
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.exited <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("%s output:\n%s", name, p.out)
+		}
+	})
+	return p
+}
+
+// controlPlane runs the binary on data until killed.
+func controlPlane(t testing.TB, data, httpAddr, natsAddr string) *process {
+	t.Helper()
+	cp := start(t, "stackpro-controlplane", "dev", "--data", data, "--http", httpAddr, "--nats", natsAddr, "--demo-instances", "0")
+	waitFor(t, "the control plane to be ready", 2*time.Minute, func() bool {
+		select {
+		case err := <-cp.exited:
+			t.Fatalf("control plane exited: %v\n%s", err, cp.out)
+		default:
+		}
+		resp, err := http.Get("http://" + httpAddr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return cp
+}
+
+func waitFor(t testing.TB, what string, limit time.Duration, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", limit, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stackctl runs one stackctl command and returns its stdout and exit code.
+func stackctl(t testing.TB, url, token string, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(binaries(t), "stackctl"), args...)
+	cmd.Env = append(os.Environ(), "STACKPRO_URL="+url, "STACKPRO_TOKEN="+token, "STACKPRO_CONFIG="+filepath.Join(t.TempDir(), "none.json"))
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		code = exit.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	if t.Failed() || code != 0 {
+		t.Logf("stackctl %s → %d\nstderr: %s", strings.Join(args, " "), code, stderr.String())
+	}
+	return stdout.String(), code
+}
+
+func post(t testing.TB, url, token, body string, out any) int {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode
+}
+
+func getJSON(t testing.TB, url, token string, v any) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(resp.Body)
+		t.Fatalf("GET %s: %s %s", url, resp.Status, body)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFleetCommandsEndToEnd runs the issue's proofs against real processes:
+// 1,000 simulated agents in two simulator processes, the control plane
+// binary, and stackctl. A run with max errors 5% over a fleet 10% failing
+// stops near its budget; offline agents come out undeliverable; a control
+// plane killed (SIGKILL) mid-run and started again finishes the run, and
+// no agent ran the command twice.
+func TestFleetCommandsEndToEnd(t *testing.T) {
+	const n = 1000
+	data := t.TempDir()
+	agentsFile := seed(t, data, n)
+	httpAddr, natsAddr := freeAddr(t), freeAddr(t)
+	cp := controlPlane(t, data, httpAddr, natsAddr)
+	raw, err := os.ReadFile(filepath.Join(data, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, url := strings.TrimSpace(string(raw)), "http://"+httpAddr
+	simLog := &lines{}
+	sim, err := fleetsim.StartProcesses(context.Background(), filepath.Join(binaries(t), "stackctl"), []string{"simulate",
+		"--nats", "nats://" + natsAddr, "--agents", agentsFile, "--per-process", "500", "--fail", "10%", "--heartbeat", "5s"}, simLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = sim.Stop()
+		if t.Failed() {
+			t.Logf("simulator output:\n%s", simLog)
+		}
+	})
+	waitFor(t, "1,000 simulated agents to connect", 3*time.Minute, func() bool {
+		st := sim.Stats()
+		return st.Processes == 2 && st.Connected == n
+	})
+
+	type report struct {
+		Run     fleet.Run      `json:"run"`
+		Targets []fleet.Target `json:"targets"`
+	}
+	t.Run("error budget", func(t *testing.T) {
+		var report report
+		out, code := stackctl(t, url, token, "run", "ping", "--select", "all", "--max-concurrency", "20", "--max-errors", "5%", "--json")
+		if err := json.Unmarshal([]byte(out), &report); err != nil {
+			t.Fatalf("stackctl run --json: %v\n%s", err, out)
+		}
+		run := report.Run
+		if code != 6 || run.State != fleet.RunStopped {
+			t.Errorf("exit %d, run %s: want 6 and stopped", code, run.State)
+		}
+		if errs := run.Errors(); errs < 51 || errs > 51+20 {
+			t.Errorf("%d errors, want 51 to 71 (the budget of 50, one more, and what was in flight)", errs)
+		}
+		if run.Counts[fleet.TargetSkipped] == 0 || run.Total != n {
+			t.Errorf("counts %v of %d: want skipped targets", run.Counts, run.Total)
+		}
+	})
+	t.Run("offline agents", func(t *testing.T) {
+		if err := sim.Send("offline 5%"); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "50 agents to go offline", time.Minute, func() bool { return sim.Stats().Connected == n-50 })
+		var report report
+		out, code := stackctl(t, url, token, "run", "agent.version", "--select", "all", "--max-concurrency", "100%", "--max-errors", "100%",
+			"--timeout", "5s", "--json")
+		if err := json.Unmarshal([]byte(out), &report); err != nil {
+			t.Fatalf("stackctl run --json: %v\n%s", err, out)
+		}
+		c := report.Run.Counts
+		if code != 5 || c[fleet.TargetUndeliverable] != 50 || c[fleet.TargetSucceeded]+c[fleet.TargetFailed] != n-50 {
+			t.Errorf("exit %d, counts %v: want 5, with 50 undeliverable and the rest answered", code, c)
+		}
+		if err := sim.Send("normal"); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "every agent back online", time.Minute, func() bool { return sim.Stats().Connected == n })
+	})
+	t.Run("control plane killed mid-run", func(t *testing.T) {
+		before := sim.Stats().Acked
+		out, code := stackctl(t, url, token, "run", "facts", "--select", "all", "--max-concurrency", "2", "--max-errors", "100%", "--detach")
+		id := strings.TrimSpace(out)
+		if code != 0 || !strings.HasPrefix(id, "r-") {
+			t.Fatalf("stackctl run --detach: %d %q", code, out)
+		}
+		var run fleet.Run
+		waitFor(t, "the run to be under way", time.Minute, func() bool {
+			getJSON(t, url+"/api/v1/runs/"+id, token, &run)
+			return run.Sent >= 100
+		})
+		if run.Done() {
+			t.Fatalf("run finished before the kill: %+v", run)
+		}
+		if err := cp.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		<-cp.exited
+		cp = controlPlane(t, data, httpAddr, natsAddr)
+		var report report
+		out, code = stackctl(t, url, token, "runs", "show", id, "--follow", "--json")
+		if err := json.Unmarshal([]byte(out), &report); err != nil {
+			t.Fatalf("stackctl runs show --json: %v\n%s", err, out)
+		}
+		c := report.Run.Counts
+		if code != 0 || report.Run.State != fleet.RunCompleted || c[fleet.TargetSucceeded] != n {
+			t.Errorf("exit %d, resumed run %s %v: want 0, completed, every target succeeded", code, report.Run.State, c)
+		}
+		// Every agent acknowledged this run's command once: none ran it
+		// twice. The simulator adds up its processes' counts every second:
+		// wait for all of them, then a little longer for any extra.
+		waitFor(t, "the simulator to count every acknowledgement", time.Minute, func() bool { return sim.Stats().Acked-before >= n })
+		time.Sleep(2 * time.Second)
+		if acked := sim.Stats().Acked - before; acked != n {
+			t.Errorf("the agents acknowledged the command %d times, want %d", acked, n)
+		}
+	})
+}

@@ -1,0 +1,199 @@
+package rollout
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/shared/protocol"
+)
+
+// resolveTimeout bounds one command.result question after a restart.
+const resolveTimeout = 10 * time.Second
+
+// resolve asks the agent of every target sent before a restart, and not
+// answered, what became of its nonce: an outcome is recorded, a command
+// still running is waited for, and a nonce the agent never saw is sent
+// again (the same nonce, so it cannot run twice).
+func (e *Engine) resolve(ctx context.Context, a *active, ids []string) {
+	e.mu.Lock()
+	run := a.run
+	e.mu.Unlock()
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			e.resolveOne(ctx, a, run, id)
+		})
+	}
+	wg.Wait()
+}
+
+func (e *Engine) resolveOne(ctx context.Context, a *active, run fleet.Run, id string) {
+	args, _ := json.Marshal(protocol.ResultArgs{Nonce: e.nonce(run.ID, id)})
+	// Agents reconnect after the control plane's restart: give them the
+	// run's timeout to come back.
+	var m *nats.Msg
+	var err error
+	for giveUp := time.Now().Add(time.Duration(run.Spec.Timeout)); ; {
+		now := time.Now().UTC()
+		var data []byte
+		data, err = e.o.Sealer.Seal(protocol.CommandRequest{V: protocol.Version, ID: run.ID, Name: protocol.CommandResult,
+			Args: args, Target: id, Nonce: protocol.NewNonce(), IssuedAt: now, Expires: now.Add(resolveTimeout), Run: run.ID})
+		if err != nil {
+			e.finish(a, id, fleet.TargetFailed, "control plane could not ask for the outcome: "+err.Error(), "", nil)
+			return
+		}
+		qctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+		m, err = e.o.Conn.RequestWithContext(qctx, protocol.CommandSubject(id), data)
+		cancel()
+		if !errors.Is(err, nats.ErrNoResponders) || time.Now().After(giveUp) {
+			break
+		}
+		select {
+		case <-time.After(retryEvery):
+		case <-ctx.Done():
+			return
+		}
+	}
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		e.finish(a, id, fleet.TargetUndeliverable, "agent not connected when the run resumed; whether it ran is unknown", "", nil)
+		return
+	case err != nil:
+		e.finish(a, id, fleet.TargetTimedOut, "no answer about the outcome after a control plane restart", "", nil)
+		return
+	}
+	var r protocol.CommandReply
+	var res protocol.ResultReply
+	if err := json.Unmarshal(m.Data, &r); err != nil || !r.OK || json.Unmarshal(r.Result, &res) != nil {
+		e.finish(a, id, fleet.TargetFailed, "the agent could not say what became of the command: "+r.Error, string(r.Refused), nil)
+		return
+	}
+	switch {
+	case res.Reply != nil:
+		e.outcome(a, id, *res.Reply)
+	case res.Known:
+		// Still running: its outcome comes to the same inbox.
+		e.mu.Lock()
+		if t := a.targets[id]; t != nil && !t.State.Final() {
+			a.count(t.State, fleet.TargetRunning)
+			t.State = fleet.TargetRunning
+			a.inflight[id] = time.Now().Add(time.Duration(run.Spec.Timeout))
+			a.dirty[id] = struct{}{}
+		}
+		e.mu.Unlock()
+	default:
+		e.mu.Lock()
+		if t := a.targets[id]; t != nil && !t.State.Final() {
+			a.count(t.State, fleet.TargetPending)
+			t.State, t.SentAt = fleet.TargetPending, time.Time{}
+			a.resend = append(a.resend, id)
+			a.dirty[id] = struct{}{}
+		}
+		e.mu.Unlock()
+	}
+}
+
+// Get returns run id with its live counts.
+func (e *Engine) Get(id string) (fleet.Run, error) {
+	e.mu.Lock()
+	if a, ok := e.active[id]; ok {
+		run := a.run
+		run.Counts = maps.Clone(a.run.Counts)
+		e.mu.Unlock()
+		return run, nil
+	}
+	e.mu.Unlock()
+	run, err := e.o.Store.Run(id)
+	return run, storeErr(id, err)
+}
+
+// List returns every run, newest first, with live counts.
+func (e *Engine) List() ([]fleet.Run, error) {
+	runs, err := e.o.Store.Runs()
+	if err != nil {
+		return nil, fmt.Errorf("rollout: %w", err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i, run := range runs {
+		if a, ok := e.active[run.ID]; ok {
+			runs[i] = a.run
+			runs[i].Counts = maps.Clone(a.run.Counts)
+		}
+	}
+	return runs, nil
+}
+
+// Targets returns run id's targets, ordered by instance id.
+func (e *Engine) Targets(id string) ([]fleet.Target, error) {
+	e.mu.Lock()
+	if a, ok := e.active[id]; ok {
+		out := make([]fleet.Target, len(a.order))
+		for i, inst := range a.order {
+			out[i] = *a.targets[inst]
+		}
+		e.mu.Unlock()
+		return out, nil
+	}
+	e.mu.Unlock()
+	targets, err := e.o.Store.RunTargets(id)
+	return targets, storeErr(id, err)
+}
+
+// Cancel stops run id from sending to more targets; those in flight
+// still report. The run ends cancelled once they have.
+func (e *Engine) Cancel(id, by string) (fleet.Run, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	a, ok := e.active[id]
+	if !ok || a.run.Done() {
+		if _, err := e.o.Store.Run(id); err != nil {
+			return fleet.Run{}, storeErr(id, err)
+		}
+		return fleet.Run{}, fmt.Errorf("rollout: %s: %w", id, ErrFinished)
+	}
+	if !a.stopping || !isCancel(a.run.Reason) {
+		a.stopping = true
+		a.run.Reason = "cancelled by " + by
+		now := time.Now().UTC()
+		a.audit = append(a.audit, store.AuditRecord{Time: now, Event: "run.cancelled", Actor: by,
+			Detail: fmt.Sprintf("run %s cancelled with %d in flight", id, len(a.inflight))})
+		e.settle(a, now)
+		select {
+		case a.kick <- struct{}{}:
+		default:
+		}
+		select {
+		case e.wake <- struct{}{}:
+		default:
+		}
+	}
+	run := a.run
+	run.Counts = maps.Clone(a.run.Counts)
+	return run, nil
+}
+
+func isCancel(reason string) bool { return strings.HasPrefix(reason, "cancelled") }
+
+func storeErr(id string, err error) error {
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("rollout: %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("rollout: %w", err)
+	}
+	return nil
+}

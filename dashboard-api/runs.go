@@ -1,0 +1,227 @@
+package dashboardapi
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/stackpro/stackpro/controlplane/fleet"
+)
+
+// Runs starts and follows fleet command runs (controlplane/internal/rollout
+// behind an adapter). A run outlives the request that started it: ctx
+// bounds each call, not the run.
+type Runs interface {
+	// StartRun starts spec for by; the error wraps ErrInvalid for a spec
+	// the engine refuses (a selection that matches no instance).
+	StartRun(ctx context.Context, spec fleet.RunSpec, by string) (fleet.Run, error)
+	// Run is run id, or an error that wraps ErrNotFound.
+	Run(ctx context.Context, id string) (fleet.Run, error)
+	// Runs is every run, newest first.
+	Runs(ctx context.Context) ([]fleet.Run, error)
+	// RunTargets is run id's targets, ordered by instance id, or an error
+	// that wraps ErrNotFound.
+	RunTargets(ctx context.Context, id string) ([]fleet.Target, error)
+	// CancelRun cancels run id for by: its error wraps ErrNotFound, or
+	// ErrConflict when the run has already finished.
+	CancelRun(ctx context.Context, id, by string) (fleet.Run, error)
+}
+
+// Tags sets an instance's tags (replacing them all). Its error wraps
+// ErrNotFound for an unknown instance and ErrInvalid for tags it refuses.
+type Tags interface {
+	SetTags(ctx context.Context, id string, tags map[string]string) (fleet.Instance, error)
+}
+
+// Defaults of the run limits a POST /api/v1/runs leaves out.
+const (
+	defaultRunConcurrency = "50"
+	defaultRunErrors      = "0"
+	defaultRunTimeout     = "60s"
+)
+
+// maxRunBody bounds a POST /api/v1/runs: room for a selection of some
+// ten thousand instance ids.
+const maxRunBody = 1 << 20
+
+// runRequest is the body of POST /api/v1/runs. The limits are read here
+// rather than by fleet.Limit's decoder, so that a bad one is a 422 listed
+// with every other problem, not a 400 on its own.
+type runRequest struct {
+	Command        string          `json:"command"`
+	Args           json.RawMessage `json:"args,omitempty"`
+	Select         fleet.Selection `json:"select"`
+	MaxConcurrency string          `json:"max_concurrency"`
+	MaxErrors      string          `json:"max_errors"`
+	Timeout        string          `json:"timeout"`
+}
+
+// spec is the run the request asks for, or every problem with it.
+func (b runRequest) spec() (fleet.RunSpec, error) {
+	spec := fleet.RunSpec{Command: b.Command, Args: b.Args, Select: b.Select}
+	var errs []error
+	if b.Command != "" { // spec.Validate reports a missing one
+		errs = append(errs, checkCommand(b.Command))
+	}
+	var err error
+	if spec.MaxConcurrency, err = fleet.ParseLimit(b.MaxConcurrency); err != nil {
+		errs = append(errs, fmt.Errorf("max_concurrency: %w", err))
+	}
+	if spec.MaxErrors, err = fleet.ParseLimit(b.MaxErrors); err != nil {
+		errs = append(errs, fmt.Errorf("max_errors: %w", err))
+	}
+	if err := spec.Timeout.UnmarshalText([]byte(b.Timeout)); err != nil {
+		errs = append(errs, fmt.Errorf("timeout %q: want a duration like 60s or 2m", b.Timeout))
+	}
+	errs = append(errs, spec.Validate())
+	return spec, errors.Join(errs...)
+}
+
+// refused answers 422 with every problem err joins, on one line.
+func refused(err error) error {
+	return httpError{Code: http.StatusUnprocessableEntity, Msg: strings.ReplaceAll(err.Error(), "\n", "; "), Err: err}
+}
+
+// runError answers the expected failures of a run's routes.
+func runError(err error) error {
+	if errors.Is(err, ErrNotFound) {
+		return httpError{Code: http.StatusNotFound, Msg: "run not found", Err: err}
+	}
+	return expected(err)
+}
+
+func (a *API) startRun(w http.ResponseWriter, r *http.Request) error {
+	// Decoding over the defaults keeps them for absent limits only: an
+	// explicit "0" stays 0.
+	body := runRequest{MaxConcurrency: defaultRunConcurrency, MaxErrors: defaultRunErrors, Timeout: defaultRunTimeout}
+	if err := decodeBody(w, r, maxRunBody, &body); err != nil {
+		return err
+	}
+	spec, err := body.spec()
+	if err != nil {
+		return refused(err)
+	}
+	run, err := a.o.Runs.StartRun(r.Context(), spec, principal(r).Name)
+	if err != nil {
+		return expected(err)
+	}
+	a.audit(r, "run started", "run", run.ID, "command", spec.Command, "select", spec.Select.String(), "targets", run.Total,
+		"max_concurrency", spec.MaxConcurrency.String(), "max_errors", spec.MaxErrors.String())
+	w.Header().Set("Location", "/api/v1/runs/"+run.ID)
+	return writeJSON(w, http.StatusCreated, run)
+}
+
+// runList is a page of runs.
+type runList struct {
+	Runs       []fleet.Run `json:"runs"`
+	NextCursor string      `json:"next_cursor,omitempty"`
+}
+
+// runKey sorts runs newest first, as jobKey does jobs.
+func runKey(run fleet.Run) string { return newestFirst(run.CreatedAt, run.ID) }
+
+func (a *API) listRuns(w http.ResponseWriter, r *http.Request) error {
+	pg, err := readPage(r)
+	if err != nil {
+		return err
+	}
+	runs, err := a.o.Runs.Runs(r.Context())
+	if err != nil {
+		return err
+	}
+	// Paging needs the order of its keys; the engine's slice stays as it is.
+	runs = slices.Clone(runs)
+	slices.SortFunc(runs, func(x, y fleet.Run) int { return cmp.Compare(runKey(x), runKey(y)) })
+	items, next := page(runs, runKey, pg)
+	return writeJSON(w, http.StatusOK, runList{Runs: nonNil(items), NextCursor: next})
+}
+
+func (a *API) getRun(w http.ResponseWriter, r *http.Request) error {
+	run, err := a.o.Runs.Run(r.Context(), chi.URLParam(r, "id"))
+	if err != nil {
+		return runError(err)
+	}
+	return writeJSON(w, http.StatusOK, run)
+}
+
+// targetList is a page of a run's targets.
+type targetList struct {
+	Targets    []fleet.Target `json:"targets"`
+	NextCursor string         `json:"next_cursor,omitempty"`
+}
+
+// runTargets lists a run's targets by instance id, paged, optionally only
+// those in one ?state=.
+func (a *API) runTargets(w http.ResponseWriter, r *http.Request) error {
+	pg, err := readPage(r)
+	if err != nil {
+		return err
+	}
+	state := fleet.TargetState(r.URL.Query().Get("state"))
+	if state != "" && !slices.Contains(fleet.TargetStates, state) {
+		return httpError{Code: http.StatusBadRequest, Msg: fmt.Sprintf("state: want one of %s", joinStates(fleet.TargetStates))}
+	}
+	targets, err := a.o.Runs.RunTargets(r.Context(), chi.URLParam(r, "id"))
+	if err != nil {
+		return runError(err)
+	}
+	targets = slices.DeleteFunc(slices.Clone(targets), func(t fleet.Target) bool { return state != "" && t.State != state })
+	key := func(t fleet.Target) string { return t.Instance }
+	slices.SortFunc(targets, func(x, y fleet.Target) int { return cmp.Compare(key(x), key(y)) })
+	items, next := page(targets, key, pg)
+	return writeJSON(w, http.StatusOK, targetList{Targets: nonNil(items), NextCursor: next})
+}
+
+// joinStates is states as "a, b, c".
+func joinStates(states []fleet.TargetState) string {
+	names := make([]string, len(states))
+	for i, s := range states {
+		names[i] = string(s)
+	}
+	return strings.Join(names, ", ")
+}
+
+func (a *API) cancelRun(w http.ResponseWriter, r *http.Request) error {
+	id := chi.URLParam(r, "id")
+	run, err := a.o.Runs.CancelRun(r.Context(), id, principal(r).Name)
+	if err != nil {
+		return runError(err)
+	}
+	a.audit(r, "run cancelled", "run", id)
+	return writeJSON(w, http.StatusOK, run)
+}
+
+// tagsRequest is the body of PUT /api/v1/instances/{id}/tags.
+type tagsRequest struct {
+	Tags map[string]string `json:"tags"`
+}
+
+func (a *API) setTags(w http.ResponseWriter, r *http.Request) error {
+	id := chi.URLParam(r, "id")
+	if err := a.knownInstance(id); err != nil {
+		return err
+	}
+	var body tagsRequest
+	if err := decodeBody(w, r, maxBody, &body); err != nil {
+		return err
+	}
+	if body.Tags == nil { // absent or null: never read as "clear them all"
+		return httpError{Code: http.StatusBadRequest, Msg: `want a JSON body {"tags": {...}}; {"tags": {}} clears them`}
+	}
+	if err := fleet.ValidateTags(body.Tags); err != nil {
+		return refused(err)
+	}
+	inst, err := a.o.Tags.SetTags(r.Context(), id, body.Tags)
+	if err != nil {
+		return instanceError(err)
+	}
+	a.audit(r, "tags set", "instance", id, "tags", body.Tags)
+	return writeJSON(w, http.StatusOK, inst)
+}
