@@ -206,7 +206,7 @@ func (cp *controlPlane) send(method, path, body string, out any) int {
 		cp.t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer resp.Body.Close()
-	if out != nil && (resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusAccepted) {
+	if out != nil && (resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusCreated || resp.StatusCode == http.StatusAccepted) {
 		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 			cp.t.Fatalf("%s %s: decoding: %v", method, path, err)
 		}
@@ -735,7 +735,7 @@ func testCommands(t *testing.T, cp *controlPlane, id, offline string) {
 	// A fleet run: one signed request per instance, acknowledged, then
 	// answered, by the real agents.
 	var run fleet.Run
-	if code := cp.send(http.MethodPost, "/api/v1/runs", `{"command":"facts","select":{"ids":["`+id+`","`+offline+`"]},"max_concurrency":"100%","max_errors":"100%","timeout":"30s"}`, &run); code != http.StatusCreated {
+	if code := cp.send(http.MethodPost, "/api/v1/runs", `{"command":"facts","select":{"ids":["`+id+`","`+offline+`"]},"max_concurrency":"100%","max_errors":"100%","timeout":"10s"}`, &run); code != http.StatusCreated {
 		t.Fatalf("POST /api/v1/runs: %d", code)
 	}
 	waitFor(t, "the fleet run to finish", func() bool {
