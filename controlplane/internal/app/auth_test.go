@@ -12,6 +12,7 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/mail"
+	"github.com/stackpro/stackpro/internal/proctest"
 )
 
 // call makes one JSON request with an optional bearer token and decodes
@@ -62,7 +63,7 @@ type session struct {
 func TestAccountsEndToEnd(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "data")
 	t.Cleanup(func() { destroyInstances(t, data) })
-	cp := startControlPlane(t, data, freeAddr(t), freeAddr(t), 0, "STACKPRO_AUTH_PER_ACCOUNT_ATTEMPTS=4")
+	cp := startControlPlane(t, data, proctest.FreeAddr(t), proctest.FreeAddr(t), 0, "STACKPRO_AUTH_PER_ACCOUNT_ATTEMPTS=4")
 	base := "http://" + cp.httpAddr
 	outbox, err := mail.NewFileOutbox(filepath.Join(data, "mail"), "test@example.com")
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/stackpro/stackpro/internal/dockertest"
+	"github.com/stackpro/stackpro/internal/proctest"
 )
 
 // BenchmarkAgentIdle reports what an idle agent costs: its resident memory
@@ -38,9 +39,9 @@ func BenchmarkAgentIdle(b *testing.B) {
 	data := filepath.Join(dir, "data")
 	b.Cleanup(func() { destroyInstances(b, data) })
 	cmd := exec.Command(filepath.Join(dir, "stackpro-controlplane"), "dev", "--data", data,
-		"--http", freeAddr(b), "--nats", freeAddr(b), "--demo-instances", "1")
+		"--http", proctest.FreeAddr(b), "--nats", proctest.FreeAddr(b), "--demo-instances", "1")
 	cmd.Env = append(os.Environ(), "STACKPRO_STACKS_IMAGE="+dockertest.DemoImage(b))
-	out := &output{}
+	out := &proctest.Output{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/mail"
+	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/internal/stripemock"
 )
 
@@ -93,7 +94,7 @@ billing:
 	if err := os.WriteFile(cfgPath, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cp := startControlPlane(t, data, freeAddr(t), freeAddr(t), 0, "--config="+cfgPath,
+	cp := startControlPlane(t, data, proctest.FreeAddr(t), proctest.FreeAddr(t), 0, "--config="+cfgPath,
 		"E2E_STRIPE_KEY=sk_test_123", "E2E_STRIPE_WEBHOOK_SECRET="+testWebhookSecret)
 	base := "http://" + cp.httpAddr
 	var offer struct {

@@ -20,6 +20,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/internal/proctest"
 )
 
 // chromium finds the browser the console test drives: $CHROMIUM, else the
@@ -49,7 +50,7 @@ func chromium(t *testing.T) string {
 type browser struct {
 	t    *testing.T
 	ctx  context.Context
-	out  *output // Chromium's own output
+	out  *proctest.Output // Chromium's own output
 	mu   sync.Mutex
 	msgs []chromedp.ConsoleMessage
 	dir  string // where screenshots go
@@ -61,7 +62,7 @@ func newBrowser(t *testing.T) *browser {
 	t.Helper()
 	// Not a STACKPRO_ variable: the control plane the test starts would
 	// take it for configuration and refuse it.
-	b := &browser{t: t, out: &output{}, dir: t.TempDir(), artifacts: os.Getenv("TEST_ARTIFACTS")}
+	b := &browser{t: t, out: &proctest.Output{}, dir: t.TempDir(), artifacts: os.Getenv("TEST_ARTIFACTS")}
 	path := chromium(t)
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(path),
@@ -215,7 +216,7 @@ func js(s string) string {
 func TestConsoleInBrowser(t *testing.T) {
 	b := newBrowser(t)
 	data := filepath.Join(t.TempDir(), "data")
-	httpAddr, natsAddr := freeAddr(t), freeAddr(t)
+	httpAddr, natsAddr := proctest.FreeAddr(t), proctest.FreeAddr(t)
 	t.Cleanup(func() { destroyInstances(t, data) })
 	cp := startControlPlane(t, data, httpAddr, natsAddr, 0)
 	base := "http://" + httpAddr

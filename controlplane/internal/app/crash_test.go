@@ -11,6 +11,7 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/internal/proctest"
 )
 
 // provisionSteps are the steps of a provision job, in order.
@@ -25,7 +26,7 @@ func TestProvisionSurvivesCrashes(t *testing.T) {
 	for _, step := range provisionSteps {
 		t.Run(step, func(t *testing.T) {
 			data := filepath.Join(t.TempDir(), "data")
-			httpAddr, natsAddr := freeAddr(t), freeAddr(t)
+			httpAddr, natsAddr := proctest.FreeAddr(t), proctest.FreeAddr(t)
 			t.Cleanup(func() { destroyInstances(t, data) })
 			cp := startControlPlane(t, data, httpAddr, natsAddr, 0, "STACKPRO_FAULTS_CRASH_AFTER_STEP="+step)
 			var started struct {

@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"maps"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,7 +16,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,86 +23,26 @@ import (
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/provision/local"
 	"github.com/stackpro/stackpro/internal/dockertest"
+	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
 // The end-to-end tests build the real binaries once and run them as
 // processes: a control plane on free ports, and agents it launches through
 // the local provider.
-var (
-	buildOnce sync.Once
-	binDir    string
-	buildErr  error
-)
-
-func binaries(t testing.TB) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		binDir, buildErr = os.MkdirTemp("", "stackpro-e2e-bin-")
-		if buildErr != nil {
-			return
-		}
-		root := filepath.Join("..", "..", "..")
-		for pkg, name := range map[string]string{
-			"./controlplane/cmd/stackpro-controlplane": "stackpro-controlplane",
-			"./agent/cmd/stackpro-agent":               "stackpro-agent",
-		} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, name), pkg)
-			cmd.Dir, cmd.Env = root, append(os.Environ(), "CGO_ENABLED=0")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				buildErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
-				return
-			}
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binDir
-}
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
+	proctest.Cleanup()
 	dockertest.RemoveImage()
 	os.Exit(code)
-}
-
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-// output collects a process's output; the test reads it while it grows.
-type output struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (o *output) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.buf.Write(p)
-}
-
-func (o *output) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.buf.String()
 }
 
 // controlPlane is one run of stackpro-controlplane.
 type controlPlane struct {
 	t        testing.TB
 	cmd      *exec.Cmd
-	out      *output
+	out      *proctest.Output
 	data     string
 	httpAddr string
 	natsAddr string
@@ -123,7 +61,7 @@ var fastFleet = []string{
 // the environment; entries of env that start with -- are flags instead.
 func startControlPlane(t testing.TB, data, httpAddr, natsAddr string, demo int, env ...string) *controlPlane {
 	t.Helper()
-	cp := &controlPlane{t: t, out: &output{}, data: data, httpAddr: httpAddr, natsAddr: natsAddr, exited: make(chan error, 1)}
+	cp := &controlPlane{t: t, out: &proctest.Output{}, data: data, httpAddr: httpAddr, natsAddr: natsAddr, exited: make(chan error, 1)}
 	args := []string{"dev", "--data", data, "--http", httpAddr, "--nats", natsAddr, "--demo-instances", strconv.Itoa(demo)}
 	vars := slices.DeleteFunc(slices.Clone(env), func(e string) bool { return strings.HasPrefix(e, "--") })
 	for _, e := range env {
@@ -131,7 +69,7 @@ func startControlPlane(t testing.TB, data, httpAddr, natsAddr string, demo int, 
 			args = append(args, e)
 		}
 	}
-	cp.cmd = exec.Command(filepath.Join(binaries(t), "stackpro-controlplane"), args...)
+	cp.cmd = exec.Command(filepath.Join(proctest.Binaries(t), "stackpro-controlplane"), args...)
 	cp.cmd.Env = append(append(append(os.Environ(), fastFleet...), "STACKPRO_STACKS_IMAGE="+dockertest.DemoImage(t)), vars...)
 	cp.cmd.Stdout, cp.cmd.Stderr = cp.out, cp.out
 	if err := cp.cmd.Start(); err != nil {
@@ -302,7 +240,7 @@ func waitWithin(t testing.TB, timeout time.Duration, what string, cond func() bo
 
 func TestFleetEndToEnd(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "data")
-	httpAddr, natsAddr := freeAddr(t), freeAddr(t)
+	httpAddr, natsAddr := proctest.FreeAddr(t), proctest.FreeAddr(t)
 	t.Cleanup(func() { destroyInstances(t, data) })
 	cp := startControlPlane(t, data, httpAddr, natsAddr, 3)
 
@@ -355,8 +293,8 @@ func TestFleetEndToEnd(t *testing.T) {
 	testObservability(t, cp, insts)
 
 	t.Run("a second control plane on the same data dir fails fast", func(t *testing.T) {
-		cmd := exec.Command(filepath.Join(binaries(t), "stackpro-controlplane"), "dev", "--data", data,
-			"--http", freeAddr(t), "--nats", freeAddr(t), "--demo-instances", "0")
+		cmd := exec.Command(filepath.Join(proctest.Binaries(t), "stackpro-controlplane"), "dev", "--data", data,
+			"--http", proctest.FreeAddr(t), "--nats", proctest.FreeAddr(t), "--demo-instances", "0")
 		out, err := cmd.CombinedOutput()
 		if err == nil || !strings.Contains(string(out), "locked by another process") {
 			t.Errorf("second control plane: err=%v, output:\n%s", err, out)
@@ -485,7 +423,7 @@ func startAgent(t *testing.T, data, id string) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(filepath.Join(binaries(t), "stackpro-agent"), "--config", filepath.Join(dir, "bootstrap.yaml"))
+	cmd := exec.Command(filepath.Join(proctest.Binaries(t), "stackpro-agent"), "--config", filepath.Join(dir, "bootstrap.yaml"))
 	cmd.Dir, cmd.Stdout, cmd.Stderr = dir, logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -498,7 +436,7 @@ func startAgent(t *testing.T, data, id string) {
 }
 
 func TestBadInput(t *testing.T) {
-	bin := filepath.Join(binaries(t), "stackpro-controlplane")
+	bin := filepath.Join(proctest.Binaries(t), "stackpro-controlplane")
 	dir := t.TempDir()
 	write := func(name, text string) string {
 		path := filepath.Join(dir, name)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/internal/proctest"
 )
 
 // failingCustomers is the prefix of the customers whose provisioning the
@@ -28,7 +29,7 @@ const failingCustomers = "cus_fail_"
 func provisionMany(t testing.TB, n, failing int) time.Duration {
 	data := filepath.Join(t.TempDir(), "data")
 	t.Cleanup(func() { destroyInstances(t, data) })
-	cp := startControlPlane(t, data, freeAddr(t), freeAddr(t), 0,
+	cp := startControlPlane(t, data, proctest.FreeAddr(t), proctest.FreeAddr(t), 0,
 		"STACKPRO_FLEET_HEARTBEAT_INTERVAL=1s", "STACKPRO_FLEET_METRICS_INTERVAL=30s",
 		"STACKPRO_FLEET_STALE_AFTER=5s", "STACKPRO_FLEET_OFFLINE_AFTER=15s",
 		"STACKPRO_FAULTS_FAIL_STEP=wait_healthy", "STACKPRO_FAULTS_FAIL_FOR="+failingCustomers)

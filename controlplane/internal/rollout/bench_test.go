@@ -13,6 +13,7 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/fleetsim"
+	"github.com/stackpro/stackpro/internal/proctest"
 )
 
 // BenchmarkFleet10k measures, against the control plane binary and 10,000
@@ -26,14 +27,14 @@ func BenchmarkFleet10k(b *testing.B) {
 	const n = 10000
 	data := b.TempDir()
 	agentsFile := seed(b, data, n)
-	httpAddr, natsAddr := freeAddr(b), freeAddr(b)
+	httpAddr, natsAddr := proctest.FreeAddr(b), proctest.FreeAddr(b)
 	cp := controlPlane(b, data, httpAddr, natsAddr)
 	raw, err := os.ReadFile(filepath.Join(data, "admin.token"))
 	if err != nil {
 		b.Fatal(err)
 	}
 	token, url := strings.TrimSpace(string(raw)), "http://"+httpAddr
-	sim, err := fleetsim.StartProcesses(context.Background(), filepath.Join(binaries(b), "stackctl"), []string{"simulate",
+	sim, err := fleetsim.StartProcesses(context.Background(), filepath.Join(proctest.Binaries(b), "stackctl"), []string{"simulate",
 		"--nats", "nats://" + natsAddr, "--agents", agentsFile, "--per-process", "5000", "--heartbeat", "10s"}, nil)
 	if err != nil {
 		b.Fatal(err)
@@ -52,6 +53,7 @@ func BenchmarkFleet10k(b *testing.B) {
 		b.ReportMetric(float64(rssBytes(b, pid))/(1<<20), "cp-rss-MiB")
 
 		var run fleet.Run
+		cpCPU, machineCPU := cpuSeconds(b, pid), machineCPUSeconds(b)
 		code := post(b, url+"/api/v1/runs", token, `{"command":"ping","select":{"all":true},"max_concurrency":"100%","max_errors":"100%","timeout":"60s"}`, &run)
 		if code != http.StatusCreated {
 			b.Fatalf("POST /api/v1/runs: %d", code)
@@ -60,7 +62,10 @@ func BenchmarkFleet10k(b *testing.B) {
 			getJSON(b, url+"/api/v1/runs/"+run.ID, token, &run)
 			return run.Done()
 		})
+		b.ReportMetric(cpuSeconds(b, pid)-cpCPU, "ping-cp-cpu-s")
+		b.ReportMetric(machineCPUSeconds(b)-machineCPU, "ping-machine-cpu-s")
 		var lat []time.Duration
+		var firstSent time.Time
 		for cursor := ""; ; {
 			var page struct {
 				Targets    []fleet.Target `json:"targets"`
@@ -70,6 +75,9 @@ func BenchmarkFleet10k(b *testing.B) {
 			for _, t := range page.Targets {
 				if t.State == fleet.TargetSucceeded {
 					lat = append(lat, t.FinishedAt.Sub(run.CreatedAt))
+				}
+				if firstSent.IsZero() || t.SentAt.Before(firstSent) {
+					firstSent = t.SentAt
 				}
 			}
 			if cursor = page.NextCursor; cursor == "" {
@@ -83,6 +91,7 @@ func BenchmarkFleet10k(b *testing.B) {
 		b.ReportMetric(float64(lat[n/2].Microseconds())/1000, "ping-p50-ms")
 		b.ReportMetric(float64(lat[n*99/100].Microseconds())/1000, "ping-p99-ms")
 		b.ReportMetric(float64(lat[n-1].Microseconds())/1000, "ping-all-ms")
+		b.ReportMetric(float64(firstSent.Sub(run.CreatedAt).Microseconds())/1000, "first-sent-ms")
 	}
 }
 
@@ -99,6 +108,24 @@ func cpuSeconds(b *testing.B, pid int) float64 {
 	utime, _ := strconv.ParseFloat(fields[11], 64)
 	stime, _ := strconv.ParseFloat(fields[12], 64)
 	return (utime + stime) / 100
+}
+
+// machineCPUSeconds is the CPU time every process on the machine has
+// used: user, nice, system, irq and softirq from /proc/stat.
+func machineCPUSeconds(b *testing.B) float64 {
+	b.Helper()
+	raw, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	line, _, _ := strings.Cut(string(raw), "\n")
+	fields := strings.Fields(line) // cpu user nice system idle iowait irq softirq ...
+	var ticks float64
+	for _, i := range []int{1, 2, 3, 6, 7} {
+		v, _ := strconv.ParseFloat(fields[i], 64)
+		ticks += v
+	}
+	return ticks / 100
 }
 
 // rssBytes is process pid's resident set size.

@@ -7,13 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +19,7 @@ import (
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/fleetsim"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/internal/proctest"
 )
 
 // The whole path with real processes: the control plane binary, the
@@ -28,47 +27,10 @@ import (
 // real NATS connection with its own key) and stackctl as an operator runs
 // it.
 
-var (
-	buildOnce sync.Once
-	binDir    string
-	buildErr  error
-)
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
+	proctest.Cleanup()
 	os.Exit(code)
-}
-
-// binaries builds stackpro-controlplane and stackctl once.
-func binaries(t testing.TB) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		if binDir, buildErr = os.MkdirTemp("", "stackpro-rollout-bin-"); buildErr != nil {
-			return
-		}
-		cmd := exec.Command("go", "build", "-o", binDir, "./controlplane/cmd/stackpro-controlplane", "./controlplane/cmd/stackctl")
-		cmd.Dir, cmd.Env = filepath.Join("..", "..", ".."), append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binDir
-}
-
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // seed writes n instances with enrollment tokens into a new data dir, as
@@ -112,32 +74,13 @@ func seed(t testing.TB, data string, n int) (agentsFile string) {
 // process is a child process whose output the test reads as it grows.
 type process struct {
 	cmd    *exec.Cmd
-	out    *lines
+	out    *proctest.Output
 	exited chan error
-}
-
-// lines keeps what a process wrote.
-type lines struct {
-	mu  sync.Mutex
-	all bytes.Buffer
-}
-
-func (l *lines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.all.Write(p)
-	return len(p), nil
-}
-
-func (l *lines) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.all.String()
 }
 
 func start(t testing.TB, name string, args ...string) *process {
 	t.Helper()
-	p := &process{cmd: exec.Command(filepath.Join(binaries(t), name), args...), out: &lines{}, exited: make(chan error, 1)}
+	p := &process{cmd: exec.Command(filepath.Join(proctest.Binaries(t), name), args...), out: &proctest.Output{}, exited: make(chan error, 1)}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -186,7 +129,7 @@ func waitFor(t testing.TB, what string, limit time.Duration, ok func() bool) {
 // stackctl runs one stackctl command and returns its stdout and exit code.
 func stackctl(t testing.TB, url, token string, args ...string) (string, int) {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(binaries(t), "stackctl"), args...)
+	cmd := exec.Command(filepath.Join(proctest.Binaries(t), "stackctl"), args...)
 	cmd.Env = append(os.Environ(), "STACKPRO_URL="+url, "STACKPRO_TOKEN="+token, "STACKPRO_CONFIG="+filepath.Join(t.TempDir(), "none.json"))
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -247,15 +190,15 @@ func TestFleetCommandsEndToEnd(t *testing.T) {
 	const n = 1000
 	data := t.TempDir()
 	agentsFile := seed(t, data, n)
-	httpAddr, natsAddr := freeAddr(t), freeAddr(t)
+	httpAddr, natsAddr := proctest.FreeAddr(t), proctest.FreeAddr(t)
 	cp := controlPlane(t, data, httpAddr, natsAddr)
 	raw, err := os.ReadFile(filepath.Join(data, "admin.token"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	token, url := strings.TrimSpace(string(raw)), "http://"+httpAddr
-	simLog := &lines{}
-	sim, err := fleetsim.StartProcesses(context.Background(), filepath.Join(binaries(t), "stackctl"), []string{"simulate",
+	simLog := &proctest.Output{}
+	sim, err := fleetsim.StartProcesses(context.Background(), filepath.Join(proctest.Binaries(t), "stackctl"), []string{"simulate",
 		"--nats", "nats://" + natsAddr, "--agents", agentsFile, "--per-process", "500", "--fail", "10%", "--heartbeat", "5s"}, simLog)
 	if err != nil {
 		t.Fatal(err)
