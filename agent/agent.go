@@ -102,7 +102,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	lo := link.Options{URL: cfg.NATSURL, InstanceID: cfg.InstanceID, StateDir: cfg.StateDir,
-		Token: cfg.EnrollmentToken, AgentVersion: buildinfo.Version, Log: log}
+		Token: cfg.EnrollmentToken, AgentVersion: buildinfo.Version, CommandKey: cfg.CommandKey, Log: log}
 	if !link.Enrolled(cfg.StateDir) {
 		if err := link.Enroll(ctx, lo, id); err != nil {
 			return err

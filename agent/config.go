@@ -18,10 +18,6 @@ import (
 // launched with, then STACKPRO_AGENT_* environment variables.
 type Config struct {
 	protocol.Bootstrap `yaml:",inline"`
-	// CommandKey, when set, pins the control plane's command key (base64
-	// Ed25519, as protocol.FormatCommandKey writes it): the agent checks
-	// commands with it instead of the key its enrollment was handed.
-	CommandKey string `yaml:"command_key,omitempty"`
 }
 
 // defaults fill what the bootstrap file leaves out.

@@ -91,6 +91,8 @@ type Auth interface {
 	ResetPassword(ctx context.Context, token, password string, m Meta) error
 	// ChangePassword ends every session of p's user and starts a new one.
 	ChangePassword(ctx context.Context, p Principal, oldPassword, newPassword string, m Meta) (Session, error)
+	// Me is the profile of p's user; the API asks it only for a
+	// principal that has one (not an API token's).
 	Me(ctx context.Context, p Principal) (Profile, error)
 	UpdateMe(ctx context.Context, p Principal, patch ProfilePatch) (Profile, error)
 	// JWKS is the public key set access tokens are verified with.
@@ -324,8 +326,14 @@ func (a *API) changePassword(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, s)
 }
 
+// me answers who the token is: a user's profile, or an operator's API
+// token, which has no user, as its principal (name and role).
 func (a *API) me(w http.ResponseWriter, r *http.Request) error {
-	p, err := a.o.Auth.Me(r.Context(), principal(r))
+	who := principal(r)
+	if who.UserID == "" {
+		return writeJSON(w, http.StatusOK, who)
+	}
+	p, err := a.o.Auth.Me(r.Context(), who)
 	if err != nil {
 		return expected(err)
 	}

@@ -206,6 +206,25 @@ func TestAuthRoutes(t *testing.T) {
 	}
 }
 
+// An operator's API token has no user: /me answers its name and role
+// without asking the accounts service.
+func TestMeAsAPIToken(t *testing.T) {
+	auth := &fakeAuth{}
+	ta := newTestAPI(t, func(o *Options) { o.Auth = auth })
+	res := ta.send(t, "GET", "/api/v1/me", tokenOperator, "")
+	if res.code != http.StatusOK {
+		t.Fatalf("GET /api/v1/me = %d, want 200 (body %s)", res.code, res.body)
+	}
+	var got map[string]any
+	decode(t, res, "application/json", &got)
+	if want := map[string]any{"name": "oscar", "role": RoleOperator}; !reflect.DeepEqual(got, want) {
+		t.Errorf("GET /api/v1/me = %v, want %v", got, want)
+	}
+	if calls := auth.called(); len(calls) != 0 {
+		t.Errorf("calls = %q, want none", calls)
+	}
+}
+
 func TestAuthErrors(t *testing.T) {
 	tests := []struct {
 		name, path, token, body string

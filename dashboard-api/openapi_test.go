@@ -194,6 +194,7 @@ var apiCalls = []apiCall{
 	{name: "change password wrong", method: "POST", path: "/api/v1/auth/password", token: tokenCustomerA, want: 401,
 		body: `{"old_password":"guess","new_password":"x"}`},
 	{name: "me", method: "GET", path: "/api/v1/me", token: tokenCustomerA, want: 200},
+	{name: "me as an API token", method: "GET", path: "/api/v1/me", token: tokenOperator, want: 200},
 	{name: "me with a broken token store", method: "GET", path: "/api/v1/me", token: "sp_broken", want: 500},
 	{name: "update me", method: "PATCH", path: "/api/v1/me", token: tokenCustomerA, body: `{"company":"A Group","last_name":null}`, want: 200},
 	{name: "update me unknown field", method: "PATCH", path: "/api/v1/me", token: tokenCustomerA, body: `{"role":"admin"}`, want: 400, offContract: true},

@@ -24,4 +24,10 @@ type Bootstrap struct {
 	// run compose at once, so a hundred stacks starting together do not
 	// swamp the one Docker engine. An instance of its own leaves it empty.
 	ComposeSlots string `yaml:"compose_slots,omitempty"`
+	// CommandKey pins the control plane's command key (base64 Ed25519, as
+	// FormatCommandKey writes it): the agent checks commands with it and
+	// refuses an enrollment reply that hands it another one. Enrollment
+	// runs over an unauthenticated connection, so a key that arrives
+	// with the instance is the one a man in the middle cannot swap.
+	CommandKey string `yaml:"command_key,omitempty"`
 }

@@ -37,6 +37,11 @@ const (
 // retrying with the same token cannot help.
 var ErrRefused = errors.New("link: enrollment refused")
 
+// ErrKeyMismatch means the enrollment reply handed over a command key other
+// than the one the config pins: a man in the middle, or a bootstrap meant
+// for another control plane. The agent does not enroll.
+var ErrKeyMismatch = errors.New("link: the enrollment reply's command key is not the pinned one")
+
 // Identity is the agent's NKey, kept in the state directory.
 type Identity struct {
 	kp     nkeys.KeyPair
@@ -90,12 +95,17 @@ type Options struct {
 	StateDir     string
 	Token        string
 	AgentVersion string
-	Log          *slog.Logger
+	// CommandKey, when set, is the command key the config pins (base64):
+	// an enrollment reply that hands over another one is refused with
+	// ErrKeyMismatch.
+	CommandKey string
+	Log        *slog.Logger
 }
 
 // Enroll trades the one-time token for the right of id to connect, retrying
 // with backoff while the control plane cannot be reached. It returns
-// ErrRefused when the control plane says no.
+// ErrRefused when the control plane says no, and ErrKeyMismatch when its
+// command key is not the pinned one.
 func Enroll(ctx context.Context, o Options, id *Identity) error {
 	if o.Token == "" {
 		return fmt.Errorf("%w: no enrollment token in the config", ErrRefused)
@@ -112,11 +122,8 @@ func Enroll(ctx context.Context, o Options, id *Identity) error {
 		case err == nil && reply.OK:
 			// The key is kept before the enrollment is: an agent that
 			// stops in between enrolls again and is handed it again.
-			if err := saveCommandKey(o.StateDir, reply.CommandKey); err != nil {
+			if err := keepCommandKey(o, reply.CommandKey); err != nil {
 				return err
-			}
-			if reply.CommandKey == "" {
-				o.Log.Error("the control plane sent no command key; every command will be refused")
 			}
 			if err := renameio.WriteFile(filepath.Join(o.StateDir, enrolledFile), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600); err != nil {
 				return fmt.Errorf("link: %w", err)
@@ -138,16 +145,30 @@ func Enroll(ctx context.Context, o Options, id *Identity) error {
 	}
 }
 
-// saveCommandKey keeps the command key of an enrollment reply in dir. An
-// empty key leaves the agent without one.
-func saveCommandKey(dir, key string) error {
+// keepCommandKey checks the command key of an enrollment reply against the
+// one o pins and keeps it in the state dir. An empty key leaves the agent
+// with the pinned one, if any.
+func keepCommandKey(o Options, key string) error {
 	if key == "" {
+		if o.CommandKey == "" {
+			o.Log.Error("the control plane sent no command key; every command will be refused")
+		}
 		return nil
 	}
-	if _, err := protocol.ParseCommandKey(key); err != nil {
+	got, err := protocol.ParseCommandKey(key)
+	if err != nil {
 		return fmt.Errorf("link: enrollment reply: %w", err)
 	}
-	path := filepath.Join(dir, commandKeyFile)
+	if o.CommandKey != "" {
+		pinned, err := protocol.ParseCommandKey(o.CommandKey)
+		if err != nil {
+			return fmt.Errorf("link: pinned command key: %w", err)
+		}
+		if !got.Equal(pinned) {
+			return fmt.Errorf("%w: handed %s, pinned %s", ErrKeyMismatch, key, o.CommandKey)
+		}
+	}
+	path := filepath.Join(o.StateDir, commandKeyFile)
 	if err := renameio.WriteFile(path, []byte(key+"\n"), 0o600); err != nil {
 		return fmt.Errorf("link: writing %s: %w", path, err)
 	}

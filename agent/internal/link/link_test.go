@@ -146,6 +146,57 @@ func TestEnroll(t *testing.T) {
 	}
 }
 
+// A command key the config pins wins: an enrollment reply that hands over
+// another one is refused at once, and nothing of it is kept.
+func TestEnrollPinnedCommandKey(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	pinned, _, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		reply    string // the reply's command key
+		mismatch bool
+		kept     bool // the reply's key is kept in the state dir
+	}{
+		{"the reply hands over the pinned key", protocol.FormatCommandKey(pinned), false, true},
+		{"the reply hands over no key", "", false, false},
+		{"the reply hands over another key", protocol.FormatCommandKey(other), true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			id, err := LoadIdentity(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			url := enrollServer(t, protocol.EnrollReply{V: protocol.Version, OK: true, CommandKey: tt.reply})
+			err = Enroll(ctx, Options{URL: url, InstanceID: "i-aaaa", StateDir: dir, Token: "tok",
+				CommandKey: protocol.FormatCommandKey(pinned), Log: log}, id)
+			if tt.mismatch != errors.Is(err, ErrKeyMismatch) || tt.mismatch != (err != nil) {
+				t.Fatalf("Enroll = %v, want mismatch=%v", err, tt.mismatch)
+			}
+			if Enrolled(dir) == tt.mismatch {
+				t.Errorf("Enrolled = %v after %s", Enrolled(dir), tt.name)
+			}
+			got, err := LoadCommandKey(dir)
+			switch {
+			case tt.kept && (err != nil || !got.Equal(pinned)):
+				t.Errorf("LoadCommandKey = %v, %v; want the pinned key", got, err)
+			case !tt.kept && !errors.Is(err, fs.ErrNotExist):
+				t.Errorf("LoadCommandKey = %v, %v; want fs.ErrNotExist", got, err)
+			}
+		})
+	}
+}
+
 func TestLoadCommandKeyCorrupt(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, commandKeyFile), []byte("not a key\n"), 0o600); err != nil {

@@ -202,7 +202,7 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	prov := provision.New(provision.Options{Provider: provider, DNS: dns, Store: fst,
 		Tracker: tracker, Broker: brk, Targets: tgts, Zone: cfg.Zone, Region: region(cfg), NATSURL: cfg.NATSURL(),
 		TokenKey: tokenKey, TokenTTL: cfg.Enrollment.TokenTTL, Plans: plans, StackImage: cfg.Stacks.Image,
-		HeartbeatInterval: cfg.Fleet.HeartbeatInterval, MetricsInterval: cfg.Fleet.MetricsInterval,
+		HeartbeatInterval: cfg.Fleet.HeartbeatInterval, MetricsInterval: cfg.Fleet.MetricsInterval, CommandKey: brk.CommandKey(),
 		Workers: cfg.Jobs.Workers, Attempts: cfg.Jobs.Attempts, RetryBase: cfg.Jobs.RetryBase, RetryMax: cfg.Jobs.RetryMax,
 		WaitTimeout: cfg.Jobs.WaitTimeout, Faults: provision.Faults{CrashAfter: cfg.Faults.CrashAfterStep, Fail: cfg.Faults.FailStep, FailFor: cfg.Faults.FailFor},
 		Log: log})

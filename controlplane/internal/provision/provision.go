@@ -8,6 +8,7 @@ package provision
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -35,6 +36,9 @@ type LaunchSpec struct {
 	ClientToken string
 	// Intervals the agent reports at.
 	HeartbeatInterval, MetricsInterval time.Duration
+	// CommandKey is the control plane's command key (base64, as
+	// protocol.FormatCommandKey writes it), pinned in the agent's bootstrap.
+	CommandKey string
 }
 
 // Provider starts and stops the machines instances run on. Every method is
@@ -140,6 +144,9 @@ type Options struct {
 	StackImage string
 	// Intervals the agents are told to report at.
 	HeartbeatInterval, MetricsInterval time.Duration
+	// CommandKey is the key agents check commands with; every bootstrap
+	// pins it, so an enrollment reply cannot hand over another.
+	CommandKey ed25519.PublicKey
 	// Workers bounds how many jobs run a step at once; steps that only
 	// wait hold no worker.
 	Workers int

@@ -2,6 +2,7 @@ package provision_test
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
@@ -34,6 +35,8 @@ type cloud struct {
 	revoked     []string
 	launchFails int // transient failures before a launch works
 	launches    int
+	// commandKeys is the command key each launch was told to pin, by instance id.
+	commandKeys map[string]string
 	// resizes counts Resize calls: each moves a machine to a new address.
 	resizes int
 	// holdEnrollment keeps launched agents from enrolling until the test
@@ -56,6 +59,7 @@ func (c *cloud) Launch(_ context.Context, spec provision.LaunchSpec) (string, er
 		return "", errors.New("InsufficientInstanceCapacity")
 	}
 	c.machines["m-"+spec.InstanceID] = true
+	c.commandKeys[spec.InstanceID] = spec.CommandKey
 	if !c.holdEnrollment {
 		c.tracker.Enrolled(spec.InstanceID, time.Now())
 	}
@@ -169,6 +173,9 @@ type env struct {
 	cancel  func()
 }
 
+// testCommandKey is the key the service's launches pin in each bootstrap.
+var testCommandKey = ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize)).Public().(ed25519.PublicKey)
+
 func start(t *testing.T, dir string, faults provision.Faults, c *cloud) *env {
 	t.Helper()
 	st, err := store.Open(filepath.Join(dir, "stackpro.db"), time.Second)
@@ -180,6 +187,9 @@ func start(t *testing.T, dir string, faults provision.Faults, c *cloud) *env {
 	if c == nil {
 		c = &cloud{machines: map[string]bool{}, dns: map[string]string{}, targets: map[string]protocol.Target{}}
 	}
+	if c.commandKeys == nil {
+		c.commandKeys = map[string]string{}
+	}
 	c.tracker = tracker
 	var provider provision.Provider = c
 	if c.snapshotter {
@@ -187,7 +197,7 @@ func start(t *testing.T, dir string, faults provision.Faults, c *cloud) *env {
 	}
 	svc := provision.New(provision.Options{Provider: provider, DNS: c, Store: st, Tracker: tracker, Broker: c, Targets: targetsOf{c},
 		Zone: "example.test", NATSURL: "nats://127.0.0.1:4222", TokenKey: []byte("0123456789abcdef0123456789abcdef"),
-		TokenTTL: time.Hour, Plans: map[string]provision.Plan{"starter": {Stack: "starter", InstanceType: "t3.small"},
+		TokenTTL: time.Hour, CommandKey: testCommandKey, Plans: map[string]provision.Plan{"starter": {Stack: "starter", InstanceType: "t3.small"},
 			"business": {Stack: "starter", InstanceType: "t3.medium"}},
 		StackImage: "stackpro/demo:test", Workers: 4, Attempts: 3, RetryBase: time.Millisecond, RetryMax: 5 * time.Millisecond,
 		WaitTimeout: 5 * time.Second, Faults: faults, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
@@ -241,6 +251,9 @@ func TestProvision(t *testing.T) {
 	}
 	if e.cloud.dns["acme.example.test"] != "10.0.0.7" {
 		t.Errorf("dns = %v", e.cloud.dns)
+	}
+	if got, want := e.cloud.commandKeys[inst.ID], protocol.FormatCommandKey(testCommandKey); got != want {
+		t.Errorf("launch pinned command key %q, want %q", got, want)
 	}
 	if owner, _ := e.st.SubdomainOwner("acme"); owner != inst.ID {
 		t.Errorf("subdomain owner = %q", owner)

@@ -173,7 +173,8 @@ func (s *Service) provisionSteps() []step {
 				}
 				pid, err := s.o.Provider.Launch(ctx, LaunchSpec{InstanceID: inst.ID, EnrollmentToken: s.enrollmentToken(inst.ID),
 					NATSURL: s.o.NATSURL, Customer: inst.Customer, Plan: inst.Plan, InstanceType: inst.InstanceType,
-					ClientToken: r.job.ID + "-launch", HeartbeatInterval: s.o.HeartbeatInterval, MetricsInterval: s.o.MetricsInterval})
+					ClientToken: r.job.ID + "-launch", HeartbeatInterval: s.o.HeartbeatInterval, MetricsInterval: s.o.MetricsInterval,
+					CommandKey: protocol.FormatCommandKey(s.o.CommandKey)})
 				if err != nil {
 					return err
 				}

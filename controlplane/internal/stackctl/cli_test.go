@@ -24,7 +24,7 @@ func TestLogin(t *testing.T) {
 	}
 	res := exec(context.Background(), tokenOperator+"\n", "login", "--url", e.url, "--token-stdin")
 	wantCode(t, res, ExitOK, "login with an operator's API token")
-	if !strings.Contains(res.stdout, "with an operator's API token") {
+	if !strings.Contains(res.stdout, `with the API token "oscar" (operator)`) {
 		t.Errorf("login said %q", res.stdout)
 	}
 	if strings.Contains(res.stdout+res.stderr, tokenOperator) {

@@ -120,28 +120,25 @@ const (
 )
 
 // whoami checks that the token is an operator's or an admin's and says
-// whose it is ("as ada@example.com (admin)").
+// whose it is: "as ada@example.com (admin)" for a user's access token, or
+// `with the API token "ci" (operator)` for an API token, which /me
+// answers with its name and role.
 func whoami(ctx context.Context, api *client) (string, error) {
 	var me struct {
-		Email string `json:"email"`
+		Email string `json:"email"` // a user's
+		Name  string `json:"name"`  // an API token's
 		Role  string `json:"role"`
 	}
-	err := api.do(ctx, http.MethodGet, "/api/v1/me", nil, nil, &me)
-	var ae *apiError
-	switch {
-	case err == nil && (me.Role == roleOperator || me.Role == roleAdmin):
-		return fmt.Sprintf("as %s (%s)", me.Email, me.Role), nil
-	case err == nil:
-		return "", &codedError{code: ExitAuth, msg: fmt.Sprintf(
-			"login: the token is %s's, a %s; stackctl needs an operator's or an admin's", me.Email, me.Role)}
-	case errors.As(err, &ae) && ae.Status == http.StatusForbidden:
-		// An API token has no profile, so /me refuses it; an operators'
-		// route tells whether it is an operator's.
-		if err := api.do(ctx, http.MethodGet, "/api/v1/fleet", nil, nil, nil); err != nil {
-			return "", fmt.Errorf("login: checking the token: %w", err)
-		}
-		return "with an operator's API token", nil
-	default:
+	if err := api.do(ctx, http.MethodGet, "/api/v1/me", nil, nil, &me); err != nil {
 		return "", fmt.Errorf("login: checking the token: %w", err)
+	}
+	switch {
+	case me.Role != roleOperator && me.Role != roleAdmin:
+		return "", &codedError{code: ExitAuth, msg: fmt.Sprintf(
+			"login: the token is %s's, a %s; stackctl needs an operator's or an admin's", cmp.Or(me.Email, me.Name), me.Role)}
+	case me.Email == "":
+		return fmt.Sprintf("with the API token %q (%s)", me.Name, me.Role), nil
+	default:
+		return fmt.Sprintf("as %s (%s)", me.Email, me.Role), nil
 	}
 }

@@ -20,7 +20,7 @@ import (
 )
 
 // Tokens the fake token store knows. An API token carries no user id, as
-// in the control plane, so /me refuses it.
+// in the control plane, so /me answers its name and role.
 const (
 	tokenOperator = "sp_op_secret_4f1c"     // an operator's API token
 	tokenAdmin    = "sp_admin_user_session" // an admin user's access token
@@ -44,14 +44,11 @@ func (fakeTokens) Principal(token string) (dashboardapi.Principal, error) {
 	return dashboardapi.Principal{}, dashboardapi.ErrUnauthorized
 }
 
-// fakeAuth answers /me as the control plane does; stackctl calls nothing
-// else of Auth (the embedded interface would panic).
+// fakeAuth answers /me for a user as the control plane does; stackctl
+// calls nothing else of Auth (the embedded interface would panic).
 type fakeAuth struct{ dashboardapi.Auth }
 
 func (fakeAuth) Me(_ context.Context, p dashboardapi.Principal) (dashboardapi.Profile, error) {
-	if p.UserID == "" {
-		return dashboardapi.Profile{}, fmt.Errorf("%w: an API token has no profile", dashboardapi.ErrForbidden)
-	}
 	return dashboardapi.Profile{ID: p.UserID, Email: p.Name, Role: p.Role, EmailVerified: true}, nil
 }
 

@@ -389,7 +389,8 @@ func clientToken(token string) string {
 // waiting on a unit that may be ordered after cloud-init itself.
 func cloudConfig(spec provision.LaunchSpec) ([]byte, error) {
 	boot, err := yaml.Marshal(protocol.Bootstrap{InstanceID: spec.InstanceID, NATSURL: spec.NATSURL,
-		EnrollmentToken: spec.EnrollmentToken, HeartbeatInterval: spec.HeartbeatInterval, MetricsInterval: spec.MetricsInterval})
+		EnrollmentToken: spec.EnrollmentToken, HeartbeatInterval: spec.HeartbeatInterval, MetricsInterval: spec.MetricsInterval,
+		CommandKey: spec.CommandKey})
 	if err != nil {
 		return nil, fmt.Errorf("ec2: bootstrap file: %w", err)
 	}

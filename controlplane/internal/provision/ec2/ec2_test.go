@@ -277,7 +277,8 @@ func start(t *testing.T, o ec2.Options) (*fakeEC2, *ec2.Provider) {
 
 var spec = provision.LaunchSpec{InstanceID: "i-0123456789abcdef", EnrollmentToken: "spe_TOKENTOKENTOKEN",
 	NATSURL: "tls://nats.example.com:4222", Customer: "acme", Plan: "starter", InstanceType: "t3.small",
-	ClientToken: "job-0123456789abcdef-launch", HeartbeatInterval: 10 * time.Second, MetricsInterval: 30 * time.Second}
+	ClientToken: "job-0123456789abcdef-launch", HeartbeatInterval: 10 * time.Second, MetricsInterval: 30 * time.Second,
+	CommandKey: "6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="}
 
 func TestLaunch(t *testing.T) {
 	var logs bytes.Buffer
@@ -322,7 +323,7 @@ func TestLaunch(t *testing.T) {
 
 	boot := bootstrapOf(t, req.Get("UserData"))
 	want := protocol.Bootstrap{InstanceID: spec.InstanceID, NATSURL: spec.NATSURL, EnrollmentToken: spec.EnrollmentToken,
-		HeartbeatInterval: spec.HeartbeatInterval, MetricsInterval: spec.MetricsInterval}
+		HeartbeatInterval: spec.HeartbeatInterval, MetricsInterval: spec.MetricsInterval, CommandKey: spec.CommandKey}
 	if boot != want {
 		t.Errorf("bootstrap file = %+v, want %+v", boot, want)
 	}

@@ -78,6 +78,7 @@ func (p *Provider) start(spec provision.LaunchSpec) error {
 		HeartbeatInterval: spec.HeartbeatInterval, MetricsInterval: spec.MetricsInterval,
 		// Every local agent shares this host's engine.
 		ComposeSlots: filepath.Join(p.dir, ".compose-slots"),
+		CommandKey:   spec.CommandKey,
 	})
 	if err != nil {
 		return fmt.Errorf("local: %w", err)

@@ -11,8 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/stackpro/stackpro/controlplane/internal/provision"
 	"github.com/stackpro/stackpro/controlplane/internal/provision/local"
+	"github.com/stackpro/stackpro/shared/protocol"
 )
 
 func newProvider(t *testing.T, agentBin string) *local.Provider {
@@ -122,5 +125,31 @@ func TestBootstrapFileIsPrivate(t *testing.T) {
 	}
 	if info.Mode().Perm() != 0o600 {
 		t.Errorf("bootstrap.yaml mode %v, want 0600", info.Mode().Perm())
+	}
+}
+
+// The bootstrap file hands the agent what it needs to enroll, and pins the
+// control plane's command key.
+func TestBootstrapFile(t *testing.T) {
+	p := newProvider(t, "/bin/true")
+	spec := provision.LaunchSpec{InstanceID: "i-aaaa", EnrollmentToken: "secret", NATSURL: "nats://127.0.0.1:1",
+		HeartbeatInterval: 2 * time.Second, MetricsInterval: 5 * time.Second,
+		CommandKey: "6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="}
+	if _, err := p.Launch(context.Background(), spec); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(p.InstanceDir("i-aaaa"), "bootstrap.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got protocol.Bootstrap
+	if err := yaml.Unmarshal(raw, &got); err != nil {
+		t.Fatalf("bootstrap.yaml: %v", err)
+	}
+	want := protocol.Bootstrap{InstanceID: spec.InstanceID, NATSURL: spec.NATSURL, EnrollmentToken: spec.EnrollmentToken,
+		StateDir: filepath.Join(p.InstanceDir("i-aaaa"), "state"), HeartbeatInterval: spec.HeartbeatInterval,
+		MetricsInterval: spec.MetricsInterval, ComposeSlots: got.ComposeSlots, CommandKey: spec.CommandKey}
+	if got != want || got.ComposeSlots == "" {
+		t.Errorf("bootstrap.yaml = %+v, want %+v with compose slots", got, want)
 	}
 }
