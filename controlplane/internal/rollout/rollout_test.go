@@ -50,7 +50,7 @@ func (e enroller) Enrolled(instanceID string, now time.Time) { e.tracker.Enrolle
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func startFleet(t *testing.T, n int, fail float64) *testFleet {
+func startFleet(t testing.TB, n int, fail float64) *testFleet {
 	t.Helper()
 	f := &testFleet{dir: t.TempDir()}
 	var err error
@@ -95,7 +95,7 @@ func startFleet(t *testing.T, n int, fail float64) *testFleet {
 }
 
 // engine runs a rollout engine over f until the test ends or stop is called.
-func (f *testFleet) engine(t *testing.T, sealer rollout.Sealer) (e *rollout.Engine, stop func()) {
+func (f *testFleet) engine(t testing.TB, sealer rollout.Sealer) (e *rollout.Engine, stop func()) {
 	t.Helper()
 	if sealer == nil {
 		sealer = f.brk
@@ -131,7 +131,7 @@ func spec(command string, sel fleet.Selection, concurrency, maxErrors string) fl
 }
 
 // waitDone polls run id until it is final.
-func waitDone(t *testing.T, e *rollout.Engine, id string) fleet.Run {
+func waitDone(t testing.TB, e *rollout.Engine, id string) fleet.Run {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
@@ -401,5 +401,43 @@ func TestResumeWithoutDuplicates(t *testing.T) {
 	if st.Acked != 300 || st.Refused[protocol.RefusedReplayed] != 0 {
 		t.Errorf("agents acknowledged %d runs of the command (want 300, once each) and refused %d replays",
 			st.Acked, st.Refused[protocol.RefusedReplayed])
+	}
+}
+
+// TestCancel: a cancelled run sends nothing more, targets waiting for
+// their agent to connect are skipped, answers in flight are kept, and a
+// finished run cannot be cancelled.
+func TestCancel(t *testing.T) {
+	f := startFleet(t, 50, 0)
+	if _, err := f.sim.Set(fleetsim.Offline, 0.2); err != nil {
+		t.Fatal(err)
+	}
+	e, _ := f.engine(t, nil)
+	run, err := e.Start(context.Background(), spec(protocol.CommandPing, fleet.Selection{All: true}, "100%", "100%"), "ops")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the online agents to answer and the offline ones to wait", time.Minute, func() bool {
+		r, err := e.Get(run.ID)
+		return err == nil && r.Counts[fleet.TargetSucceeded] == 40 && r.Counts[fleet.TargetPending] == 10
+	})
+	if _, err := e.Cancel(run.ID, "ops2"); err != nil {
+		t.Fatal(err)
+	}
+	run = waitDone(t, e, run.ID)
+	if run.State != fleet.RunCancelled || run.Counts[fleet.TargetSkipped] != 10 || run.Counts[fleet.TargetSucceeded] != 40 || run.Reason != "cancelled by ops2" {
+		t.Errorf("cancelled run %s %v %q: want cancelled, 40 succeeded, 10 skipped", run.State, run.Counts, run.Reason)
+	}
+	if _, err := e.Cancel(run.ID, "ops"); !errors.Is(err, rollout.ErrFinished) {
+		t.Errorf("cancelling a finished run: %v, want ErrFinished", err)
+	}
+	if _, err := e.Cancel("r-nope", "ops"); !errors.Is(err, rollout.ErrNotFound) {
+		t.Errorf("cancelling an unknown run: %v, want ErrNotFound", err)
+	}
+	if _, err := e.Start(context.Background(), spec("shell", fleet.Selection{All: true}, "1", "0"), "ops"); !errors.Is(err, rollout.ErrInvalid) {
+		t.Errorf("a command outside the catalog: %v, want ErrInvalid", err)
+	}
+	if _, err := e.Start(context.Background(), spec(protocol.CommandPing, fleet.Selection{Plan: "nope"}, "1", "0"), "ops"); !errors.Is(err, rollout.ErrInvalid) {
+		t.Errorf("a selection matching nothing: %v, want ErrInvalid", err)
 	}
 }

@@ -169,6 +169,16 @@ func (e *Engine) Cancel(id, by string) (fleet.Run, error) {
 		a.stopping = true
 		a.run.Reason = "cancelled by " + by
 		now := time.Now().UTC()
+		// Targets waiting for their agent to connect were never taken:
+		// they are not sent again.
+		for id := range a.retry {
+			t := a.targets[id]
+			a.count(t.State, fleet.TargetSkipped)
+			t.State, t.Error = fleet.TargetSkipped, "cancelled while waiting for its agent to connect"
+			delete(a.retry, id)
+			delete(a.inflight, id)
+			a.dirty[id] = struct{}{}
+		}
 		a.audit = append(a.audit, store.AuditRecord{Time: now, Event: "run.cancelled", Actor: by,
 			Detail: fmt.Sprintf("run %s cancelled with %d in flight", id, len(a.inflight))})
 		e.settle(a, now)
