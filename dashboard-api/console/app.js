@@ -1,6 +1,7 @@
 // The StackPro ops console: log in, the fleet table kept live over SSE,
-// an instance page (metrics, services, jobs, timeline, commands). Routing
-// is the location hash: #/ is the fleet, #/instances/<id> one instance.
+// an instance page (metrics, services, jobs, timeline, commands), and fleet
+// command runs. Routing is the location hash: #/ is the fleet,
+// #/instances/<id> one instance, #/runs the runs, #/runs/<id> one run.
 // Data only ever reaches the page through textContent and attributes.
 
 import { ApiError, call, events, get, getAll, login, logout, session, useToken } from "./api.js";
@@ -117,7 +118,12 @@ const state = {
   sort: { key: "created_at", desc: true },
   filter: "",
   view: null, // the instance page's state, when it shows
+  runs: null, // the runs list's state, when it shows
+  run: null, // the run page's state, when it shows
 };
+
+// views are the pages the hash picks, and the nav link each lights.
+const views = { fleet: "#nav-fleet", instance: null, runs: "#nav-runs", run: "#nav-runs" };
 
 // ---- login ----------------------------------------------------------------
 
@@ -125,9 +131,10 @@ function showLogin(message) {
   state.stream?.stop();
   state.stream = null;
   state.view = stopInstance(state.view);
+  state.runs = stopPolling(state.runs);
+  state.run = stopPolling(state.run);
   show($("#topbar"), false);
-  show($("#fleet-view"), false);
-  show($("#instance-view"), false);
+  for (const name of Object.keys(views)) show($(`#${name}-view`), false);
   show($("#login-view"), true);
   const err = $("#login-error");
   err.textContent = message || "";
@@ -365,6 +372,7 @@ async function loadSummary() {
       state.operator = false;
       show(box, false);
       show($("#command-panel"), false);
+      show($("#nav-runs"), false);
     }
     return;
   } finally {
@@ -697,6 +705,366 @@ $("#command-form").addEventListener("submit", async (ev) => {
   }
 });
 
+// ---- runs -----------------------------------------------------------------
+
+// Target states in the order a target goes through them; the final ones
+// are a run's progress, failed and timed_out its errors.
+const TARGET_STATES = ["pending", "delivered", "running", "succeeded", "failed", "timed_out", "undeliverable", "skipped"];
+const FINAL_STATES = ["succeeded", "failed", "timed_out", "undeliverable", "skipped"];
+// The bar's segments, left to right: outcomes first, then what is in flight.
+const BAR_STATES = [...FINAL_STATES, "running", "delivered"];
+// Commands that stop or change every stack: asked again before going to all.
+const DISRUPTIVE = ["stack.down", "stack.restart", "stack.pull"];
+// Argument examples, for the commands that take some.
+const ARGS_HINT = { "stack.restart": '{"service": "web"}', "stack.logs": '{"service": "web", "lines": 100}' };
+
+const runPath = (id) => "/api/v1/runs/" + encodeURIComponent(id);
+
+/** A periodic reader (the runs list or a run) stops for good. */
+function stopPolling(v) {
+  if (v) {
+    v.closed = true;
+    clearTimeout(v.timer);
+  }
+  return null;
+}
+
+/** The selection in stackctl's syntax, as fleet.Selection.String writes it. */
+function selectionText(s = {}) {
+  if (s.all) return "all";
+  const parts = (s.ids || []).map((id) => "id=" + id);
+  for (const k of ["plan", "region", "version", "status"]) if (s[k]) parts.push(`${k}=${s[k]}`);
+  for (const k of Object.keys(s.tags || {}).sort()) parts.push(`tag.${k}=${s.tags[k]}`);
+  return parts.join(",");
+}
+
+function progress(run) {
+  const c = run.counts || {};
+  return {
+    done: FINAL_STATES.reduce((n, st) => n + (c[st] || 0), 0),
+    errors: (c.failed || 0) + (c.timed_out || 0),
+  };
+}
+
+const runBadge = (st) => h("span", { class: "badge", dataset: { run: st || "unknown" }, text: st || "unknown" });
+
+/** bar fills el with one segment per state that has targets. */
+function bar(el, run) {
+  const c = run.counts || {};
+  const total = run.total || 0;
+  el.replaceChildren(...BAR_STATES.filter((st) => c[st] > 0 && total > 0).map((st) => {
+    const seg = h("span", { dataset: { state: st }, title: `${st}: ${c[st]}` });
+    seg.style.width = `${(100 * c[st]) / total}%`; // CSSOM, which the CSP allows
+    return seg;
+  }));
+  return el;
+}
+
+// The runs list: newest first, read again every 2 s while a run in it is
+// running and every 10 s otherwise (runs started from stackctl show up).
+
+function openRuns() {
+  stopPolling(state.runs);
+  const v = { runs: [], cursor: "", older: false, closed: false, timer: 0 };
+  state.runs = v;
+  loadRuns(v, false);
+}
+
+async function loadRuns(v, more) {
+  if (!more) clearTimeout(v.timer);
+  const err = $("#runs-error");
+  try {
+    const cursor = more ? `&cursor=${encodeURIComponent(v.cursor)}` : "";
+    const page = await get("/api/v1/runs?limit=50" + cursor);
+    if (v.closed) return;
+    const got = page.runs || [];
+    if (more) {
+      const known = new Set(v.runs.map((r) => r.id));
+      v.runs.push(...got.filter((r) => !known.has(r.id)));
+      v.older = true;
+      v.cursor = page.next_cursor || "";
+    } else {
+      // The first page again: new and changed runs, the older pages kept.
+      const fresh = new Set(got.map((r) => r.id));
+      v.runs = [...got, ...v.runs.filter((r) => !fresh.has(r.id))];
+      if (!v.older) v.cursor = page.next_cursor || "";
+    }
+    show(err, false);
+    renderRuns(v);
+  } catch (e) {
+    if (v.closed || (e instanceof ApiError && e.status === 401)) return;
+    err.textContent = `Could not load the runs: ${e.message}`;
+    show(err, true);
+  }
+  if (!more && !v.closed) {
+    v.timer = setTimeout(() => loadRuns(v, false), v.runs.some((r) => r.state === "running") ? 2000 : 10000);
+  }
+}
+
+function renderRuns(v) {
+  $("#runs-table tbody").replaceChildren(...v.runs.map((r) => {
+    const { done, errors } = progress(r);
+    const href = "#/runs/" + encodeURIComponent(r.id);
+    const tr = h("tr", { dataset: { id: r.id, state: r.state } },
+      h("td", { class: "mono nowrap" }, h("a", { href, text: r.id })),
+      h("td", { class: "mono", text: r.spec?.command || "" }),
+      h("td", { class: "mono selection", text: selectionText(r.spec?.select) }),
+      h("td", {}, runBadge(r.state)),
+      h("td", {}, h("div", { class: "meter" }, bar(h("div", { class: "bar" }), r), h("span", { class: "num", text: `${done}/${r.total}` }))),
+      h("td", { class: "num", dataset: { over: String(errors > r.error_budget) }, text: `${errors} / ${r.error_budget}` }),
+      h("td", { class: "num nowrap" }, since(r.created_at)),
+      h("td", { class: "nowrap", text: r.created_by || "" }));
+    tr.addEventListener("click", (ev) => { if (!ev.target.closest("a")) location.hash = href; });
+    return tr;
+  }));
+  const n = v.runs.length;
+  $("#runs-count").textContent = n ? `${n}${v.cursor ? "+" : ""} run${n === 1 ? "" : "s"}` : "";
+  show($("#runs-empty"), n === 0);
+  show($("#runs-more"), Boolean(v.cursor));
+}
+
+$("#runs-reload").addEventListener("click", () => state.runs && loadRuns(state.runs, false));
+$("#runs-more").addEventListener("click", () => state.runs && loadRuns(state.runs, true));
+
+// ---- starting a run -------------------------------------------------------
+
+$("#run-command").replaceChildren(...$$("#command-name option").map((o) => o.cloneNode(true)));
+
+function runFormFields() {
+  $("#run-args").placeholder = ARGS_HINT[$("#run-command").value] || "";
+  show($("#run-match"), $("#run-scope-match").checked);
+}
+$("#run-command").addEventListener("change", runFormFields);
+for (const r of $$('#run-form input[name="scope"]')) r.addEventListener("change", runFormFields);
+runFormFields();
+
+const list = (text) => text.split(",").map((x) => x.trim()).filter(Boolean);
+
+/** The POST /api/v1/runs body the form asks for, or what is wrong with it. */
+function runRequest() {
+  const problems = [];
+  const body = {
+    command: $("#run-command").value,
+    max_concurrency: $("#run-concurrency").value.trim(),
+    max_errors: $("#run-errors").value.trim(),
+    timeout: $("#run-timeout").value.trim(),
+  };
+  const args = $("#run-args").value.trim();
+  if (args !== "") {
+    let v;
+    try {
+      v = JSON.parse(args);
+    } catch (e) {
+      problems.push(`Arguments are not JSON: ${e.message}.`);
+    }
+    if (v !== undefined && (v === null || typeof v !== "object" || Array.isArray(v))) {
+      problems.push('Arguments: want a JSON object, like {"service": "web"}.');
+    } else if (v !== undefined) {
+      body.args = v;
+    }
+  }
+  if ($("#run-scope-all").checked) {
+    body.select = { all: true };
+  } else {
+    const sel = {};
+    const ids = list($("#run-ids").value);
+    if (ids.length) sel.ids = ids;
+    for (const k of ["plan", "region", "version", "status"]) {
+      const x = $(`#run-${k}`).value.trim();
+      if (x) sel[k] = x;
+    }
+    for (const kv of list($("#run-tags").value)) {
+      const i = kv.indexOf("=");
+      if (i <= 0 || i === kv.length - 1) {
+        problems.push(`Tags: "${kv}" is not key=value.`);
+        continue;
+      }
+      sel.tags ??= {};
+      sel.tags[kv.slice(0, i).trim()] = kv.slice(i + 1).trim();
+    }
+    if (Object.keys(sel).length === 0 && problems.length === 0) {
+      problems.push("Instances: choose all of the fleet, or fill in at least one field to match.");
+    }
+    body.select = sel;
+  }
+  return { body, problems };
+}
+
+$("#run-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const err = $("#run-form-error");
+  const { body, problems } = runRequest();
+  if (problems.length) {
+    err.textContent = problems.join(" ");
+    show(err, true);
+    return;
+  }
+  show(err, false);
+  if (DISRUPTIVE.includes(body.command) && body.select.all &&
+      !confirm(`Run ${body.command} on every instance of the fleet?`)) return;
+  const button = $("#run-submit");
+  button.disabled = true;
+  button.textContent = "Starting…";
+  try {
+    const run = await call("POST", "/api/v1/runs", body);
+    location.hash = "#/runs/" + encodeURIComponent(run.id);
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 401) return;
+    err.textContent = e instanceof ApiError ? `Could not start the run: ${e.message} (HTTP ${e.status})` : `Could not start the run: ${e.message}`;
+    show(err, true);
+  } finally {
+    button.disabled = false;
+    button.textContent = "Start run";
+  }
+});
+
+// ---- one run --------------------------------------------------------------
+
+$("#targets-state").append(...TARGET_STATES.map((st) => h("option", { value: st, text: st })));
+
+// A run is read every second while it runs; its targets' first page is
+// read again whenever the counts change, unless more pages were opened.
+function openRun(id) {
+  stopPolling(state.run);
+  const v = { id, run: null, seen: "", cursor: "", pages: 0, targetsSeq: 0, closed: false, timer: 0 };
+  state.run = v;
+  document.title = `Run ${id} · StackPro`;
+  show($("#run-error"), false);
+  delete $("#run-view").dataset.state;
+  $("#run-head").replaceChildren(h("div", { class: "title" }, h("h1", { class: "mono", text: id })));
+  $("#run-progress-text").textContent = "";
+  $("#run-bar").replaceChildren();
+  $("#run-counts").replaceChildren();
+  $("#targets-table tbody").replaceChildren();
+  $("#targets-count").textContent = "";
+  $("#targets-state").value = "";
+  show($("#run-cancel"), false);
+  show($("#targets-empty"), false);
+  show($("#targets-more"), false);
+  pollRun(v);
+}
+
+async function pollRun(v) {
+  clearTimeout(v.timer);
+  try {
+    const run = await get(runPath(v.id));
+    if (v.closed) return;
+    v.run = run;
+    show($("#run-error"), false);
+    renderRun(v);
+  } catch (e) {
+    if (v.closed || (e instanceof ApiError && e.status === 401)) return;
+    const err = $("#run-error");
+    const gone = e instanceof ApiError && e.status === 404;
+    err.textContent = gone ? `No run ${v.id}.` : `Could not load the run: ${e.message}`;
+    show(err, true);
+    if (gone) return;
+  }
+  if (!v.closed && v.run?.state !== "completed" && v.run?.state !== "stopped" && v.run?.state !== "cancelled") {
+    v.timer = setTimeout(() => pollRun(v), 1000);
+  }
+}
+
+function renderRun(v) {
+  const r = v.run;
+  const c = r.counts || {};
+  const spec = r.spec || {};
+  const { done, errors } = progress(r);
+  $("#run-view").dataset.state = r.state;
+  const facts = [
+    ["Command", spec.command], ["Selection", selectionText(spec.select)],
+    ["Arguments", spec.args === undefined ? "" : JSON.stringify(spec.args)],
+    ["Concurrency", `${r.concurrency} (${spec.max_concurrency})`], ["Error budget", `${r.error_budget} (${spec.max_errors})`],
+    ["Timeout", spec.timeout], ["By", r.created_by], ["Created", stamp(r.created_at)], ["Finished", stamp(r.finished_at)],
+  ].filter(([, x]) => x);
+  fill($("#run-head"),
+    h("div", { class: "title" }, h("h1", { class: "mono", text: r.id }), runBadge(r.state)),
+    h("div", { class: "facts" }, facts.map(([k, x]) => h("span", {}, h("span", { class: "k", text: k }), " ", h("b", { text: x })))),
+    r.reason ? h("p", { class: "reason", text: r.reason }) : null);
+  $("#run-progress-text").textContent =
+    `${done} of ${r.total} done · ${r.sent} sent · ${errors} error${errors === 1 ? "" : "s"} of ${r.error_budget} allowed`;
+  const b = bar($("#run-bar"), r);
+  b.setAttribute("aria-valuemax", String(r.total));
+  b.setAttribute("aria-valuenow", String(done));
+  $("#run-counts").replaceChildren(...TARGET_STATES.map((st) => h("span", {
+    class: "count", dataset: { state: st, zero: String(!c[st]) } }, h("span", { text: st }), h("b", { text: String(c[st] || 0) }))));
+  show($("#run-cancel"), r.state === "running");
+  const seen = r.state + JSON.stringify(c);
+  if (seen !== v.seen) {
+    v.seen = seen;
+    if (v.pages <= 1) loadTargets(v, false);
+  }
+}
+
+$("#run-cancel").addEventListener("click", async () => {
+  const v = state.run;
+  if (!v?.run || v.run.state !== "running") return;
+  if (!confirm(`Cancel run ${v.id}? Targets not sent yet are skipped.`)) return;
+  const button = $("#run-cancel");
+  button.disabled = true;
+  try {
+    const run = await call("POST", runPath(v.id) + "/cancel", undefined);
+    if (v.closed) return;
+    v.run = run;
+    renderRun(v);
+  } catch (e) {
+    if (v.closed || (e instanceof ApiError && e.status === 401)) return;
+    const err = $("#run-error");
+    err.textContent = `Could not cancel the run: ${e.message}`;
+    show(err, true);
+  } finally {
+    button.disabled = false;
+  }
+});
+
+/** A target's result, compact on one line, all of it when opened. */
+function resultCell(result) {
+  if (result === undefined || result === null) return "";
+  const line = JSON.stringify(result);
+  if (line.length <= 80) return h("code", { class: "mono", text: line });
+  const full = typeof result.logs === "string" ? result.logs : JSON.stringify(result, null, 2);
+  return h("details", {}, h("summary", { class: "mono", text: line.slice(0, 77) + "…" }), h("pre", { text: full }));
+}
+
+function targetRow(t) {
+  return h("tr", { dataset: { instance: t.instance, state: t.state } },
+    h("td", { class: "mono nowrap" }, h("a", { href: "#/instances/" + encodeURIComponent(t.instance), text: t.instance })),
+    h("td", {}, h("span", { class: "pill", dataset: { state: t.state }, text: t.state })),
+    h("td", { class: "mono nowrap", title: t.sent_at || "", text: stamp(t.sent_at) }),
+    h("td", { class: "mono nowrap", title: t.finished_at || "", text: stamp(t.finished_at) }),
+    h("td", { class: "detail" },
+      t.refused ? h("span", { class: "pill", dataset: { refused: t.refused }, text: `refused: ${t.refused}` }) : null,
+      t.refused && t.error ? " " : null, t.error || ""),
+    h("td", { class: "result" }, resultCell(t.result)));
+}
+
+async function loadTargets(v, more) {
+  const seq = ++v.targetsSeq; // only the latest read shows
+  const st = $("#targets-state").value;
+  const query = `?limit=100${st ? `&state=${encodeURIComponent(st)}` : ""}${more ? `&cursor=${encodeURIComponent(v.cursor)}` : ""}`;
+  const tbody = $("#targets-table tbody");
+  try {
+    const page = await get(runPath(v.id) + "/targets" + query);
+    if (v.closed || seq !== v.targetsSeq) return;
+    const rows = (page.targets || []).map(targetRow);
+    if (more) tbody.append(...rows); else tbody.replaceChildren(...rows);
+    v.pages = more ? v.pages + 1 : 1;
+    v.cursor = page.next_cursor || "";
+    const n = tbody.children.length;
+    $("#targets-count").textContent = `${n}${v.cursor ? "+" : ""} shown`;
+    show($("#targets-empty"), n === 0);
+    $("#targets-empty").textContent = st ? `No target is ${st}.` : "No targets.";
+    show($("#targets-more"), Boolean(v.cursor));
+  } catch (e) {
+    if (v.closed || seq !== v.targetsSeq || (e instanceof ApiError && e.status === 401)) return;
+    tbody.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "error", text: `Could not load the targets: ${e.message}` })));
+  }
+}
+
+$("#targets-state").addEventListener("change", () => state.run && loadTargets(state.run, false));
+$("#targets-reload").addEventListener("click", () => state.run && loadTargets(state.run, false));
+$("#targets-more").addEventListener("click", () => state.run && loadTargets(state.run, true));
+
 // ---- routing and start ----------------------------------------------------
 
 function route() {
@@ -704,28 +1072,42 @@ function route() {
     showLogin();
     return;
   }
-  const m = location.hash.match(/^#\/instances\/([^/?#]+)/);
+  const hash = location.hash;
+  const m = hash.match(/^#\/(instances|runs)\/([^/?#]+)/);
+  const view = m ? (m[1] === "runs" ? "run" : "instance") : /^#\/runs\/?$/.test(hash) ? "runs" : "fleet";
+  const id = m ? decodeURIComponent(m[2]) : "";
   show($("#login-view"), false);
   show($("#topbar"), true);
-  if (m) {
-    show($("#fleet-view"), false);
-    show($("#instance-view"), true);
-    $("#nav-fleet").removeAttribute("aria-current");
-    const id = decodeURIComponent(m[1]);
-    if (state.view?.id !== id) openInstance(id);
-    window.scrollTo(0, 0);
-  } else {
-    state.view = stopInstance(state.view);
-    show($("#instance-view"), false);
-    show($("#fleet-view"), true);
-    $("#nav-fleet").setAttribute("aria-current", "page");
-    document.title = "Fleet · StackPro";
+  for (const name of Object.keys(views)) show($(`#${name}-view`), name === view);
+  for (const a of $$(".topbar nav a")) {
+    if (views[view] && a.matches(views[view])) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+  }
+  if (view !== "instance") state.view = stopInstance(state.view);
+  if (view !== "runs") state.runs = stopPolling(state.runs);
+  if (view !== "run") state.run = stopPolling(state.run);
+  switch (view) {
+    case "instance":
+      if (state.view?.id !== id) openInstance(id);
+      window.scrollTo(0, 0);
+      break;
+    case "runs":
+      openRuns();
+      document.title = "Runs · StackPro";
+      break;
+    case "run":
+      if (state.run?.id !== id) openRun(id);
+      window.scrollTo(0, 0);
+      break;
+    default:
+      document.title = "Fleet · StackPro";
   }
 }
 
 function start() {
   $("#whoami").textContent = session.who;
-  state.operator = true;
+  state.operator = true; // until /fleet says 403
+  show($("#command-panel"), true);
+  show($("#nav-runs"), true);
   setLive("connecting");
   state.stream?.stop();
   state.stream = events(onEvent, setLive);

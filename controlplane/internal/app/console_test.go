@@ -212,7 +212,8 @@ func js(s string) string {
 // TestConsoleInBrowser drives the ops console in headless Chromium: log in
 // as an operator, watch an instance provisioned meanwhile turn online in
 // the fleet table without a reload, open it, see its metrics chart and
-// provisioning log, send it a command.
+// provisioning log, send it a command; then start a ping run to the whole
+// fleet from the Runs page and follow it to its end.
 func TestConsoleInBrowser(t *testing.T) {
 	b := newBrowser(t)
 	data := filepath.Join(t.TempDir(), "data")
@@ -323,6 +324,66 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Errorf("ping reply shown as %q", reply)
 	}
 	b.screenshot("console.png")
+
+	// The Runs page: its form offers the instance form's commands; a ping
+	// to all runs to completion on the run's own page, updated live.
+	b.do("opening the runs", chromedp.Click(chromedp.CSS("#nav-runs")), chromedp.WaitVisible(chromedp.CSS("#run-form")))
+	if hash := eval[string](b, `location.hash`); hash != "#/runs" {
+		t.Errorf("location.hash = %q, want #/runs", hash)
+	}
+	const options = `[...document.querySelectorAll(%q)].map(o => o.value)`
+	if got, want := eval[[]string](b, fmt.Sprintf(options, "#run-command option")),
+		eval[[]string](b, fmt.Sprintf(options, "#command-name option")); !slices.Equal(got, want) || len(got) == 0 {
+		t.Errorf("the run form offers %v, the instance form %v", got, want)
+	}
+	b.waitJS("the empty runs list", `!document.querySelector('#runs-empty').hidden`, time.Minute)
+
+	// Bad arguments are caught before sending; a selection the API
+	// refuses shows its problem detail.
+	formError := `document.querySelector('#run-form-error')`
+	b.do("starting a run with arguments that are not an object",
+		chromedp.SetValue(chromedp.CSS("#run-args"), "[1]"),
+		chromedp.Click(chromedp.CSS("#run-submit")))
+	b.waitJS("the arguments refused", `!`+formError+`.hidden && `+formError+`.textContent.includes('JSON object')`, time.Minute)
+	b.do("starting a run to instances of a plan there is none of",
+		chromedp.Evaluate[chromedp.Void](`void (document.querySelector('#run-args').value = '')`),
+		chromedp.Click(chromedp.CSS("#run-scope-match")),
+		chromedp.WaitVisible(chromedp.CSS("#run-plan")),
+		chromedp.SendKeys(chromedp.CSS("#run-plan"), "no-such-plan"),
+		chromedp.Click(chromedp.CSS("#run-submit")))
+	b.waitJS("the API's refusal", formError+`.textContent.includes('matches no instance')`, time.Minute)
+	b.screenshot("console-run-refused.png")
+	if hash := eval[string](b, `location.hash`); hash != "#/runs" {
+		t.Errorf("after a refused run, location.hash = %q, want #/runs", hash)
+	}
+
+	b.do("starting a ping run to all",
+		chromedp.SetValue(chromedp.CSS("#run-command"), "ping"),
+		chromedp.Click(chromedp.CSS("#run-scope-all")),
+		chromedp.Click(chromedp.CSS("#run-submit")))
+	b.waitJS("the run's page", `location.hash.startsWith('#/runs/r-') && !document.querySelector('#run-view').hidden`, time.Minute)
+	runID := strings.TrimPrefix(eval[string](b, `decodeURIComponent(location.hash)`), "#/runs/")
+	b.waitJS("the run completed with 1 succeeded",
+		`document.querySelector('#run-view').dataset.state === 'completed' &&
+		 document.querySelector('#run-counts [data-state="succeeded"] b')?.textContent === '1'`, 2*time.Minute)
+	target := `#targets-table tr[data-instance=` + js(id) + `][data-state="succeeded"]`
+	b.waitJS("the instance's target succeeded", `document.querySelector(`+js(target)+`) !== null`, time.Minute)
+	if eval[bool](b, `!document.querySelector('#run-cancel').hidden`) {
+		t.Error("a completed run still offers Cancel")
+	}
+	var run fleet.Run
+	if code := cp.api(http.MethodGet, "/api/v1/runs/"+runID, &run); code != http.StatusOK {
+		t.Fatalf("GET /api/v1/runs/%s: %d", runID, code)
+	}
+	if run.Spec.Command != "ping" || !run.Spec.Select.All || run.State != fleet.RunCompleted || run.Total != 1 ||
+		run.Counts[fleet.TargetSucceeded] != 1 {
+		t.Errorf("the run the form started: %+v", run)
+	}
+	b.screenshot("console-run.png")
+	b.do("back to the runs", chromedp.Click(chromedp.CSS(`#run-view .crumbs a`)), chromedp.WaitVisible(chromedp.CSS("#runs-table")))
+	b.waitJS("the run listed as completed",
+		`document.querySelector(`+js(`#runs-table tr[data-id=`+js(runID)+`][data-state="completed"]`)+`) !== null`, time.Minute)
+	b.screenshot("console-runs.png")
 
 	if !eval[bool](b, `window.__notReloaded === true`) {
 		t.Error("the page was reloaded")
