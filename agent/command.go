@@ -59,6 +59,8 @@ func (a *Agent) serveCommands(ctx context.Context) error {
 }
 
 // commandTimeout bounds one command; a pull of large images is the slowest.
+// A command also ends when its request expires: the control plane has
+// stopped waiting for it by then.
 const commandTimeout = 10 * time.Minute
 
 // handleCommand admits a request, acknowledges it when asked to, runs it,
@@ -79,14 +81,20 @@ func (a *Agent) handleCommand(ctx context.Context, m *nats.Msg) {
 		a.respond(m, reply)
 		return
 	}
+	acked := func() {}
 	if req.Ack {
 		ack := reply
 		ack.State = protocol.StateRunning
-		a.respond(m, ack)
+		acked = protocol.DelayedAck(ackAfter, func() { a.respond(m, ack) })
 	}
-	ctx, cancel := context.WithTimeout(ctx, commandTimeout)
+	deadline := time.Now().Add(commandTimeout)
+	if end := req.Expires.Add(protocol.MaxClockSkew); end.Before(deadline) {
+		deadline = end
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	result, err := a.run(ctx, req)
+	acked()
 	reply.OK, reply.Result = err == nil, result
 	if err != nil {
 		reply.Error = err.Error()
@@ -96,6 +104,10 @@ func (a *Agent) handleCommand(ctx context.Context, m *nats.Msg) {
 	}
 	a.respond(m, reply)
 }
+
+// ackAfter is protocol.AckAfter; a variable only so that a test can see
+// the acknowledgement of a command that ends at once.
+var ackAfter = protocol.AckAfter
 
 // admit opens a SignedCommand and claims its nonce. Every refusal is a
 // *protocol.RefusalError; any other error is the nonce store's.

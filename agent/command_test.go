@@ -185,35 +185,13 @@ func TestSignedCommands(t *testing.T) {
 		}
 	})
 
-	t.Run("ack answers running, then the outcome", func(t *testing.T) {
+	t.Run("ack: a quick command has its outcome as its only answer", func(t *testing.T) {
 		req := r.request(protocol.CommandVersion)
 		req.Ack = true
-		inbox := r.nc.NewRespInbox()
-		sub, err := r.nc.SubscribeSync(inbox)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer sub.Unsubscribe()
-		if err := r.nc.PublishRequest(protocol.CommandSubject(testInstance), inbox, r.seal(req)); err != nil {
-			t.Fatal(err)
-		}
-		var replies []protocol.CommandReply
-		for range 2 {
-			msg, err := sub.NextMsg(30 * time.Second)
-			if err != nil {
-				t.Fatalf("reply %d: %v", len(replies)+1, err)
-			}
-			var reply protocol.CommandReply
-			if err := json.Unmarshal(msg.Data, &reply); err != nil {
-				t.Fatal(err)
-			}
-			replies = append(replies, reply)
-		}
-		if ack := replies[0]; ack.State != "running" || ack.Nonce != req.Nonce || ack.ID != req.ID {
-			t.Errorf("first reply = %+v, want state running for the request", ack)
-		}
-		if out := replies[1]; out.State != "" || !out.OK || out.Nonce != req.Nonce || !json.Valid(out.Result) {
-			t.Errorf("second reply = %+v, want the outcome", out)
+		// An acknowledgement is never sent after the outcome, so the first
+		// answer being the outcome means none was sent.
+		if out := r.send(r.seal(req)); out.State != "" || !out.OK || out.Nonce != req.Nonce {
+			t.Errorf("first reply = %+v, want the outcome", out)
 		}
 	})
 
@@ -395,4 +373,42 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// TestAckWhenRunning: a command still running AckAfter after it was
+// accepted is acknowledged, and then answered.
+func TestAckWhenRunning(t *testing.T) {
+	ackAfter = 0
+	t.Cleanup(func() { ackAfter = protocol.AckAfter })
+	r := newRig(t, true)
+	defer r.start()()
+	req := r.request(protocol.CommandVersion)
+	req.Ack = true
+	inbox := r.nc.NewRespInbox()
+	sub, err := r.nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := r.nc.PublishRequest(protocol.CommandSubject(testInstance), inbox, r.seal(req)); err != nil {
+		t.Fatal(err)
+	}
+	var replies []protocol.CommandReply
+	for range 2 {
+		msg, err := sub.NextMsg(30 * time.Second)
+		if err != nil {
+			t.Fatalf("reply %d: %v", len(replies)+1, err)
+		}
+		var reply protocol.CommandReply
+		if err := json.Unmarshal(msg.Data, &reply); err != nil {
+			t.Fatal(err)
+		}
+		replies = append(replies, reply)
+	}
+	if ack := replies[0]; ack.State != protocol.StateRunning || ack.Nonce != req.Nonce || ack.ID != req.ID {
+		t.Errorf("first reply = %+v, want state running for the request", ack)
+	}
+	if out := replies[1]; out.State != "" || !out.OK || out.Nonce != req.Nonce || !json.Valid(out.Result) {
+		t.Errorf("second reply = %+v, want the outcome", out)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -60,7 +61,39 @@ const (
 	// ResultRetention is how long past its expiry an agent keeps a
 	// request's outcome for CommandResult.
 	ResultRetention = 24 * time.Hour
+	// AckAfter is how long an Ack request runs before the agent answers
+	// its acknowledgement: a command done sooner (a ping) has its outcome
+	// as its only answer, which spares a fleet-wide run a third of its
+	// messages.
+	AckAfter = 100 * time.Millisecond
 )
+
+// DelayedAck calls send after d unless done is called first. done must be
+// called before the outcome is answered: once it returns, no
+// acknowledgement is sent, and one being sent has gone out, so an
+// acknowledgement never follows its outcome.
+// With d at most 0 it sends at once.
+func DelayedAck(d time.Duration, send func()) (done func()) {
+	if d <= 0 {
+		send()
+		return func() {}
+	}
+	var mu sync.Mutex
+	finished := false
+	timer := time.AfterFunc(d, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !finished {
+			send()
+		}
+	})
+	return func() {
+		timer.Stop()
+		mu.Lock()
+		finished = true
+		mu.Unlock()
+	}
+}
 
 // NewNonce returns 16 random bytes, base64url-encoded.
 func NewNonce() string {

@@ -184,3 +184,31 @@ func TestCommandKeyRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+func TestDelayedAck(t *testing.T) {
+	sent := make(chan struct{}, 1)
+	send := func() { sent <- struct{}{} }
+
+	protocol.DelayedAck(0, send)
+	select {
+	case <-sent:
+	default:
+		t.Error("DelayedAck(0) did not send at once")
+	}
+
+	done := protocol.DelayedAck(time.Hour, send)
+	done()
+	select {
+	case <-sent:
+		t.Error("an acknowledgement went out after done")
+	default:
+	}
+
+	done = protocol.DelayedAck(time.Millisecond, send)
+	select {
+	case <-sent:
+	case <-time.After(30 * time.Second):
+		t.Fatal("a command still running was never acknowledged")
+	}
+	done()
+}

@@ -162,8 +162,9 @@ type CommandRequest struct {
 	Expires  time.Time `json:"expires"`
 	// Run is the rollout the request belongs to, if any.
 	Run string `json:"run,omitempty"`
-	// Ack asks the agent to answer twice: a CommandReply with State
-	// "running" once the request passed its checks, then the outcome.
+	// Ack asks the agent to acknowledge a request it accepted with a
+	// CommandReply of State StateRunning, when the command is still
+	// running AckAfter later; then it answers the outcome.
 	Ack bool `json:"ack,omitempty"`
 }
 

@@ -253,12 +253,19 @@ func (a *agent) handle(m *nats.Msg, now time.Time) {
 		a.record(req.Nonce, reply)
 		return
 	}
+	acked := func() {}
 	if req.Ack {
-		a.respond(m, protocol.CommandReply{V: protocol.Version, ID: req.ID, InstanceID: a.id, Nonce: req.Nonce,
-			State: "running"})
-		st.acked.Add(1)
+		acked = protocol.DelayedAck(protocol.AckAfter, func() {
+			a.respond(m, protocol.CommandReply{V: protocol.Version, ID: req.ID, InstanceID: a.id, Nonce: req.Nonce,
+				State: protocol.StateRunning})
+			st.acked.Add(1)
+		})
 	}
 	reply := a.run(req, b, now)
+	acked()
+	if req.Name != protocol.CommandResult {
+		st.ran.Add(1)
+	}
 	a.record(req.Nonce, reply)
 	a.respond(m, reply)
 	st.answered.Add(1)

@@ -130,8 +130,12 @@ type Stats struct {
 	Heartbeats uint64 `json:"heartbeats"`
 	// Received counts every message on an agent's command subject.
 	Received uint64 `json:"received"`
-	// Acked counts "running" acknowledgements sent.
+	// Acked counts "running" acknowledgements sent: none, as simulated
+	// commands end at once (protocol.AckAfter).
 	Acked uint64 `json:"acked"`
+	// Ran counts commands run (refusals and command.result aside): a
+	// command run twice counts twice.
+	Ran uint64 `json:"ran"`
 	// Answered counts outcomes sent, Failed among them those that failed
 	// on purpose.
 	Answered uint64 `json:"answered"`
@@ -154,6 +158,7 @@ func (s *Stats) Add(o Stats) {
 	s.Heartbeats += o.Heartbeats
 	s.Received += o.Received
 	s.Acked += o.Acked
+	s.Ran += o.Ran
 	s.Answered += o.Answered
 	s.Failed += o.Failed
 	s.SilentDrops += o.SilentDrops
@@ -167,7 +172,7 @@ func (s *Stats) Add(o Stats) {
 
 // counters are the Stats the agents count as they go.
 type counters struct {
-	heartbeats, received, acked, answered, failed, silentDrops atomic.Uint64
+	heartbeats, received, acked, ran, answered, failed, silentDrops atomic.Uint64
 
 	mu      sync.Mutex
 	refused map[protocol.Refusal]uint64
@@ -492,7 +497,7 @@ func (s *Sim) IDs(b Behaviour) []string {
 // Stats reports what the fleet did since Start.
 func (s *Sim) Stats() Stats {
 	st := Stats{Processes: 1, Agents: len(s.agents), Heartbeats: s.stats.heartbeats.Load(),
-		Received: s.stats.received.Load(), Acked: s.stats.acked.Load(), Answered: s.stats.answered.Load(),
+		Received: s.stats.received.Load(), Acked: s.stats.acked.Load(), Ran: s.stats.ran.Load(), Answered: s.stats.answered.Load(),
 		Failed: s.stats.failed.Load(), SilentDrops: s.stats.silentDrops.Load()}
 	for _, a := range s.agents {
 		b, enrolled, connected := a.state()

@@ -256,7 +256,7 @@ func TestFleetCommandsEndToEnd(t *testing.T) {
 		waitFor(t, "every agent back online", time.Minute, func() bool { return sim.Stats().Connected == n })
 	})
 	t.Run("control plane killed mid-run", func(t *testing.T) {
-		before := sim.Stats().Acked
+		before := sim.Stats().Ran
 		out, code := stackctl(t, url, token, "run", "facts", "--select", "all", "--max-concurrency", "2", "--max-errors", "100%", "--detach")
 		id := strings.TrimSpace(out)
 		if code != 0 || !strings.HasPrefix(id, "r-") {
@@ -284,13 +284,13 @@ func TestFleetCommandsEndToEnd(t *testing.T) {
 		if code != 0 || report.Run.State != fleet.RunCompleted || c[fleet.TargetSucceeded] != n {
 			t.Errorf("exit %d, resumed run %s %v: want 0, completed, every target succeeded", code, report.Run.State, c)
 		}
-		// Every agent acknowledged this run's command once: none ran it
-		// twice. The simulator adds up its processes' counts every second:
-		// wait for all of them, then a little longer for any extra.
-		waitFor(t, "the simulator to count every acknowledgement", time.Minute, func() bool { return sim.Stats().Acked-before >= n })
+		// Every agent ran this run's command once: none ran it twice. The
+		// simulator adds up its processes' counts every second: wait for
+		// all of them, then a little longer for any extra.
+		waitFor(t, "the simulator to count every command run", time.Minute, func() bool { return sim.Stats().Ran-before >= n })
 		time.Sleep(2 * time.Second)
-		if acked := sim.Stats().Acked - before; acked != n {
-			t.Errorf("the agents acknowledged the command %d times, want %d", acked, n)
+		if ran := sim.Stats().Ran - before; ran != n {
+			t.Errorf("the agents ran the command %d times, want %d", ran, n)
 		}
 	})
 }

@@ -202,8 +202,8 @@ func TestErrorBudgetStopsRun(t *testing.T) {
 			t.Errorf("store has %d %s, run says %d", counts[s], s, n)
 		}
 	}
-	if sent := 1000 - run.Counts[fleet.TargetSkipped]; int(f.sim.Stats().Acked) != sent || run.Sent != sent {
-		t.Errorf("agents acknowledged %d, run sent %d, want %d each", f.sim.Stats().Acked, run.Sent, sent)
+	if sent := 1000 - run.Counts[fleet.TargetSkipped]; int(f.sim.Stats().Ran) != sent || run.Sent != sent {
+		t.Errorf("agents ran %d, run sent %d, want %d each", f.sim.Stats().Ran, run.Sent, sent)
 	}
 	audit, err := f.st.AuditLog(5000)
 	if err != nil {
@@ -398,9 +398,9 @@ func TestResumeWithoutDuplicates(t *testing.T) {
 		t.Fatalf("resumed run %s %v, want all 300 succeeded", run.State, run.Counts)
 	}
 	st := f.sim.Stats()
-	if st.Acked != 300 || st.Refused[protocol.RefusedReplayed] != 0 {
-		t.Errorf("agents acknowledged %d runs of the command (want 300, once each) and refused %d replays",
-			st.Acked, st.Refused[protocol.RefusedReplayed])
+	if st.Ran != 300 || st.Refused[protocol.RefusedReplayed] != 0 {
+		t.Errorf("agents ran the command %d times (want 300, once each) and refused %d replays",
+			st.Ran, st.Refused[protocol.RefusedReplayed])
 	}
 }
 
