@@ -161,7 +161,7 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	// steps and agent events as they are stored.
 	feed := fleet.NewFeed(feedSize, feedBuffer)
 	watcher := fleet.NewWatcher(tracker, feed)
-	fst := feedStore{Store: st, feed: feed, tracker: tracker, jobs: newJobCounts(jobs), log: log}
+	fst := feedStore{Store: st, feed: feed, tracker: tracker, jobs: newJobCounts(jobs), refusals: newRefusals(), log: log}
 
 	commandKey, err := st.CommandKey()
 	if err != nil {
@@ -237,7 +237,7 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		return err
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(bill, newFleetCollector(tracker, mon, fst.jobs),
+	reg.MustRegister(bill, newFleetCollector(tracker, mon, fst.jobs), runs, fst.refusals,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	limits := dashboardapi.AuthLimits{PerIP: dashboardapi.Limit(cfg.Auth.PerIP), PerAccount: dashboardapi.Limit(cfg.Auth.PerAccount)}
 	api, err := dashboardapi.New(dashboardapi.Options{Fleet: tracker, Feed: feed, Metrics: mon, Events: eventsAPI{st},

@@ -96,7 +96,7 @@ func startLiveFleet(b *testing.B, n int, agents bool) *liveFleet {
 	lf.tracker = fleet.NewTracker(fleet.Thresholds{StaleAfter: def.Fleet.StaleAfter, OfflineAfter: def.Fleet.OfflineAfter}, insts)
 	lf.feed = fleet.NewFeed(feedSize, feedBuffer)
 	watcher := fleet.NewWatcher(lf.tracker, lf.feed)
-	fst := feedStore{Store: st, feed: lf.feed, tracker: lf.tracker, jobs: newJobCounts(nil), log: log}
+	fst := feedStore{Store: st, feed: lf.feed, tracker: lf.tracker, jobs: newJobCounts(nil), refusals: newRefusals(), log: log}
 
 	key, err := st.CommandKey()
 	if err != nil {

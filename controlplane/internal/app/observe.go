@@ -3,6 +3,7 @@ package app
 import (
 	"cmp"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -22,7 +23,16 @@ type feedStore struct {
 	feed    *fleet.Feed
 	tracker *fleet.Tracker
 	jobs    *jobCounts
-	log     *slog.Logger
+	// refusals counts the commands agents report refusing, by reason.
+	refusals *prometheus.CounterVec
+	log      *slog.Logger
+}
+
+// newRefusals is feedStore's refusals counter.
+func newRefusals() *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: "stackpro_commands_refused_total",
+		Help: "Commands agents reported refusing, by reason (suppressed: refusals an agent counted but did not report one by one)."},
+		[]string{"reason"})
 }
 
 // SaveJob saves job, then publishes it.
@@ -44,8 +54,15 @@ func (s feedStore) AppendEvent(ev protocol.Event, seq uint64) error {
 	if err := s.Store.AppendEvent(ev, seq); err != nil {
 		return err
 	}
-	if err := auditRefusal(s.Store, ev); err != nil {
-		s.log.Error("auditing a refused command", "instance", ev.InstanceID, "err", err)
+	if ev.Type == protocol.EventCommandRefused {
+		if err := auditRefusal(s.Store, ev); err != nil {
+			s.log.Error("auditing a refused command", "instance", ev.InstanceID, "err", err)
+		}
+		if n, err := strconv.Atoi(ev.Data["suppressed"]); err == nil {
+			s.refusals.WithLabelValues("suppressed").Add(float64(n))
+		} else {
+			s.refusals.WithLabelValues(cmp.Or(ev.Data["reason"], "unknown")).Inc()
+		}
 	}
 	inst, _ := s.tracker.Get(ev.InstanceID, time.Now())
 	s.publish(fleet.ChangeAgentEvent, inst.Customer, ev.InstanceID, ev)

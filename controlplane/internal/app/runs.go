@@ -81,11 +81,9 @@ func (t tagsAPI) SetTags(_ context.Context, id string, tags map[string]string) (
 	return t.tracker.Get(id, time.Now())
 }
 
-// auditRefusal writes a command an agent refused to the audit log.
+// auditRefusal writes a command an agent refused (a command.refused
+// event) to the audit log.
 func auditRefusal(st *store.Store, ev protocol.Event) error {
-	if ev.Type != protocol.EventCommandRefused {
-		return nil
-	}
 	detail := fmt.Sprintf("%s refused %s (nonce %s, run %s): %s: %s", ev.InstanceID, ev.Data["command"],
 		ev.Data["nonce"], ev.Data["run"], ev.Data["reason"], ev.Message)
 	if n := ev.Data["suppressed"]; n != "" {

@@ -95,7 +95,8 @@ type Engine struct {
 	// ready is closed once Run has subscribed and resumed.
 	ready chan struct{}
 	// wake tells the writer a run wants its progress written now.
-	wake chan struct{}
+	wake     chan struct{}
+	counters counters
 	// ctx is Run's: dispatchers end with it, and Run waits for them.
 	ctx         context.Context
 	dispatchers sync.WaitGroup
@@ -126,7 +127,7 @@ func New(o Options) *Engine {
 	if o.FlushEvery == 0 {
 		o.FlushEvery = 100 * time.Millisecond
 	}
-	return &Engine{o: o, log: o.Log.With("component", "rollout"), inbox: "_INBOX.rollout",
+	return &Engine{o: o, log: o.Log.With("component", "rollout"), inbox: "_INBOX.rollout", counters: newCounters(),
 		active: map[string]*active{}, ready: make(chan struct{}), wake: make(chan struct{}, 1)}
 }
 
@@ -462,6 +463,7 @@ func (e *Engine) finish(a *active, id string, state fleet.TargetState, msg, refu
 	}
 	now := time.Now().UTC()
 	a.count(t.State, state)
+	e.counters.target(a.run.Spec.Command, state)
 	t.State, t.Error, t.Refused, t.Result, t.FinishedAt = state, msg, refused, result, now
 	delete(a.inflight, id)
 	delete(a.retry, id)
@@ -507,10 +509,12 @@ func (e *Engine) settle(a *active, now time.Time) {
 		if t := a.targets[id]; t.State == fleet.TargetPending {
 			t.State = fleet.TargetSkipped
 			a.count(fleet.TargetPending, fleet.TargetSkipped)
+			e.counters.target(a.run.Spec.Command, fleet.TargetSkipped)
 			a.dirty[id] = struct{}{}
 		}
 	}
 	a.run.FinishedAt = now
+	e.counters.run(a.run.State)
 	a.audit = append(a.audit, store.AuditRecord{Time: now, Event: "run.finished", Actor: a.run.CreatedBy,
 		Detail: fmt.Sprintf("run %s: %s %s; %s", a.run.ID, a.run.State, a.run.Reason, countsText(a.run.Counts))})
 	e.log.Info("run finished", "run", a.run.ID, "state", a.run.State, "counts", countsText(a.run.Counts))

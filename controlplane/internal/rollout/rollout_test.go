@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/broker"
 	"github.com/stackpro/stackpro/controlplane/internal/fleetsim"
@@ -204,6 +206,15 @@ func TestErrorBudgetStopsRun(t *testing.T) {
 	}
 	if sent := 1000 - run.Counts[fleet.TargetSkipped]; int(f.sim.Stats().Ran) != sent || run.Sent != sent {
 		t.Errorf("agents ran %d, run sent %d, want %d each", f.sim.Stats().Ran, run.Sent, sent)
+	}
+	for state, want := range map[fleet.TargetState]int{fleet.TargetSucceeded: run.Counts[fleet.TargetSucceeded],
+		fleet.TargetFailed: run.Counts[fleet.TargetFailed], fleet.TargetSkipped: run.Counts[fleet.TargetSkipped]} {
+		if got := counted(t, e, "stackpro_run_targets_total", string(state)); got != float64(want) {
+			t.Errorf("stackpro_run_targets_total{state=%q} = %v, want %d", state, got, want)
+		}
+	}
+	if got := counted(t, e, "stackpro_runs_finished_total", "stopped"); got != 1 {
+		t.Errorf("stackpro_runs_finished_total{state=stopped} = %v, want 1", got)
 	}
 	audit, err := f.st.AuditLog(5000)
 	if err != nil {
@@ -440,4 +451,28 @@ func TestCancel(t *testing.T) {
 	if _, err := e.Start(context.Background(), spec(protocol.CommandPing, fleet.Selection{Plan: "nope"}, "1", "0"), "ops"); !errors.Is(err, rollout.ErrInvalid) {
 		t.Errorf("a selection matching nothing: %v, want ErrInvalid", err)
 	}
+}
+
+// counted is the value of the series of name whose state label is state.
+func counted(t *testing.T, c prometheus.Collector, name, state string) float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c)
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "state" && l.GetValue() == state {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }

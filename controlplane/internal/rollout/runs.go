@@ -174,6 +174,7 @@ func (e *Engine) Cancel(id, by string) (fleet.Run, error) {
 		for id := range a.retry {
 			t := a.targets[id]
 			a.count(t.State, fleet.TargetSkipped)
+			e.counters.target(a.run.Spec.Command, fleet.TargetSkipped)
 			t.State, t.Error = fleet.TargetSkipped, "cancelled while waiting for its agent to connect"
 			delete(a.retry, id)
 			delete(a.inflight, id)
