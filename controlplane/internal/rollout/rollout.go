@@ -188,14 +188,10 @@ func (e *Engine) load(run fleet.Run) (*active, []string, error) {
 	}
 	a := newActive(run, stored)
 	var unanswered []string
-	for i, id := range a.order {
-		t := a.targets[id]
-		switch {
-		case i >= run.Sent || t.State.Final():
-		case t.State == fleet.TargetPending:
-			// Sent (Sent says so) before its delivery was written.
-			unanswered = append(unanswered, id)
-		default:
+	for _, id := range a.order[:run.Sent] {
+		// Sent, as Sent says, even when still pending here: its delivery
+		// had not been written yet.
+		if !a.targets[id].State.Final() {
 			unanswered = append(unanswered, id)
 		}
 	}
