@@ -403,16 +403,10 @@ func (a *API) command(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, reply)
 }
 
-// operatorCommands are the commands the API sends: the agents' catalog but
-// command.result, which only the control plane asks.
-var operatorCommands = slices.DeleteFunc(slices.Clone(protocol.Catalog), func(name string) bool {
-	return name == protocol.CommandResult
-})
-
-// checkCommand refuses a command outside operatorCommands.
+// checkCommand refuses a command outside protocol.OperatorCommands.
 func checkCommand(name string) error {
-	if !slices.Contains(operatorCommands, name) {
-		return fmt.Errorf("command %q: want one of %s", name, strings.Join(operatorCommands, ", "))
+	if !slices.Contains(protocol.OperatorCommands, name) {
+		return fmt.Errorf("command %q: want one of %s", name, strings.Join(protocol.OperatorCommands, ", "))
 	}
 	return nil
 }

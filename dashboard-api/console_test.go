@@ -4,6 +4,8 @@ import (
 	"regexp"
 	"slices"
 	"testing"
+
+	"github.com/stackpro/stackpro/shared/protocol"
 )
 
 // selectOptions is the option values of index.html's <select id="id">.
@@ -29,8 +31,8 @@ func TestConsoleCommandsAreTheCatalog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if offered := selectOptions(t, page, "command-name"); !slices.Equal(offered, operatorCommands) {
-		t.Errorf("the command form offers %v, want %v", offered, operatorCommands)
+	if offered := selectOptions(t, page, "command-name"); !slices.Equal(offered, protocol.OperatorCommands) {
+		t.Errorf("the command form offers %v, want %v", offered, protocol.OperatorCommands)
 	}
 	if offered := selectOptions(t, page, "run-command"); len(offered) != 0 {
 		t.Errorf("the run form lists commands of its own %v; it copies #command-name's", offered)

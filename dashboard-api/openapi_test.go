@@ -129,8 +129,8 @@ func TestOpenAPIEnums(t *testing.T) {
 		}
 		return out
 	}
-	if got := enum("Command"); !slices.Equal(got, operatorCommands) {
-		t.Errorf("Command enum = %v, want %v", got, operatorCommands)
+	if got := enum("Command"); !slices.Equal(got, protocol.OperatorCommands) {
+		t.Errorf("Command enum = %v, want %v", got, protocol.OperatorCommands)
 	}
 	var states []string
 	for _, s := range fleet.TargetStates {

@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"encoding/json"
+	"slices"
 	"time"
 )
 
@@ -198,6 +199,10 @@ const (
 // Catalog lists every command an agent runs, in the order to show them.
 var Catalog = []string{CommandPing, CommandVersion, CommandFacts, CommandStackStatus, CommandStackRestart,
 	CommandStackUp, CommandStackDown, CommandStackPull, CommandStackLogs, CommandResult}
+
+// OperatorCommands are the commands of the catalog an operator may send:
+// all but CommandResult, which only the control plane asks.
+var OperatorCommands = slices.DeleteFunc(slices.Clone(Catalog), func(name string) bool { return name == CommandResult })
 
 // StackArgs are the arguments of the stack commands.
 type StackArgs struct {

@@ -61,16 +61,14 @@ func runErr(err error) error {
 	return err
 }
 
-// tagsAPI sets an instance's tags in the store and the tracker.
+// tagsAPI sets an instance's tags, which dashboard-api has validated, in
+// the store and the tracker.
 type tagsAPI struct {
 	st      *store.Store
 	tracker *fleet.Tracker
 }
 
 func (t tagsAPI) SetTags(_ context.Context, id string, tags map[string]string) (fleet.Instance, error) {
-	if err := fleet.ValidateTags(tags); err != nil {
-		return fleet.Instance{}, fmt.Errorf("%w: %w", dashboardapi.ErrInvalid, err)
-	}
 	if _, err := t.tracker.Get(id, time.Now()); errors.Is(err, fleet.ErrNotFound) {
 		return fleet.Instance{}, fmt.Errorf("%w: %w", dashboardapi.ErrNotFound, err)
 	}

@@ -222,9 +222,9 @@ func (e *Engine) Start(ctx context.Context, spec fleet.RunSpec, by string) (flee
 	if err := spec.Validate(); err != nil {
 		return fleet.Run{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	if !slices.Contains(protocol.Catalog, spec.Command) || spec.Command == protocol.CommandResult {
-		return fleet.Run{}, fmt.Errorf("%w: command %q is not in the catalog (%s)", ErrInvalid, spec.Command,
-			strings.Join(slices.DeleteFunc(slices.Clone(protocol.Catalog), func(c string) bool { return c == protocol.CommandResult }), ", "))
+	if !slices.Contains(protocol.OperatorCommands, spec.Command) {
+		return fleet.Run{}, fmt.Errorf("%w: command %q is not one of %s", ErrInvalid, spec.Command,
+			strings.Join(protocol.OperatorCommands, ", "))
 	}
 	select {
 	case <-e.ready:
@@ -547,49 +547,45 @@ func (a *active) count(from, to fleet.TargetState) {
 // ever took it, else timed out. It sends again the targets due a retry.
 func (e *Engine) expire(now time.Time) {
 	type late struct {
-		a         *active
-		id        string
-		noAgent   bool
-		retryable bool
+		a     *active
+		id    string
+		state fleet.TargetState
+		msg   string
 	}
-	var due []late
+	var ended []late
+	type retry struct {
+		run fleet.Run
+		ids []string
+	}
+	retries := map[*active]*retry{}
 	e.mu.Lock()
 	for _, a := range e.active {
+		timeout := time.Duration(a.run.Spec.Timeout).String()
 		for id, deadline := range a.inflight {
 			next, waiting := a.retry[id]
 			switch {
+			case now.After(deadline) && waiting:
+				ended = append(ended, late{a, id, fleet.TargetUndeliverable, "no agent connected within " + timeout})
 			case now.After(deadline):
-				due = append(due, late{a: a, id: id, noAgent: waiting})
+				ended = append(ended, late{a, id, fleet.TargetTimedOut, "no answer within " + timeout})
 			case waiting && now.After(next):
-				due = append(due, late{a: a, id: id, retryable: true})
+				t := a.targets[id]
+				a.count(t.State, fleet.TargetDelivered)
+				t.State = fleet.TargetDelivered
+				delete(a.retry, id)
+				if retries[a] == nil {
+					retries[a] = &retry{run: a.run}
+				}
+				retries[a].ids = append(retries[a].ids, id)
 			}
 		}
 	}
-	retries := map[*active][]string{}
-	for _, l := range due {
-		if l.retryable {
-			t := l.a.targets[l.id]
-			l.a.count(t.State, fleet.TargetDelivered)
-			t.State = fleet.TargetDelivered
-			delete(l.a.retry, l.id)
-			retries[l.a] = append(retries[l.a], l.id)
-		}
-	}
 	e.mu.Unlock()
-	for a, ids := range retries {
-		e.mu.Lock()
-		run := a.run
-		e.mu.Unlock()
-		e.send(a, run, ids, now)
+	for a, r := range retries {
+		e.send(a, r.run, r.ids, now)
 	}
-	for _, l := range due {
-		switch {
-		case l.retryable:
-		case l.noAgent:
-			e.finish(l.a, l.id, fleet.TargetUndeliverable, "no agent connected within "+time.Duration(l.a.run.Spec.Timeout).String(), "", nil)
-		default:
-			e.finish(l.a, l.id, fleet.TargetTimedOut, "no answer within "+time.Duration(l.a.run.Spec.Timeout).String(), "", nil)
-		}
+	for _, l := range ended {
+		e.finish(l.a, l.id, l.state, l.msg, "", nil)
 	}
 }
 

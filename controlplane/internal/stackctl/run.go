@@ -18,13 +18,6 @@ import (
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
-// runnable are the commands a run may send: the agents' catalog but
-// command.result, which only the control plane asks (dashboard-api refuses
-// it too).
-var runnable = slices.DeleteFunc(slices.Clone(protocol.Catalog), func(name string) bool {
-	return name == protocol.CommandResult
-})
-
 // runFlags are the flags of stackctl run.
 type runFlags struct {
 	args, selector, concurrency, maxErrors, timeout string
@@ -41,14 +34,14 @@ to its end: at most --max-concurrency targets at once, and no new target once
 more than --max-errors have failed or timed out. Ctrl-C stops following, not
 the run. The exit code says how the run ended (see 'stackctl --help').
 
-Commands: ` + strings.Join(runnable, ", ") + ".",
+Commands: ` + strings.Join(protocol.OperatorCommands, ", ") + ".",
 		Example: `  stackctl run stack.pull --select plan=pro,tag.env=prod --max-concurrency 10% --max-errors 2
   stackctl run stack.restart --args '{"service":"web"}' --select id=i-0abc
   stackctl run ping --select all --detach`,
 		Args: cobra.ExactArgs(1),
 		ValidArgsFunction: func(_ *cobra.Command, args []string, prefix string) ([]cobra.Completion, cobra.ShellCompDirective) {
 			var names []cobra.Completion
-			for _, name := range runnable {
+			for _, name := range protocol.OperatorCommands {
 				if len(args) == 0 && strings.HasPrefix(name, prefix) {
 					names = append(names, name)
 				}
@@ -74,8 +67,8 @@ Commands: ` + strings.Join(runnable, ", ") + ".",
 func (f runFlags) spec(command string) (fleet.RunSpec, error) {
 	spec := fleet.RunSpec{Command: command}
 	var problems []string
-	if !slices.Contains(runnable, command) {
-		problems = append(problems, fmt.Sprintf("unknown command %q (want one of %s)", command, strings.Join(runnable, ", ")))
+	if !slices.Contains(protocol.OperatorCommands, command) {
+		problems = append(problems, fmt.Sprintf("unknown command %q (want one of %s)", command, strings.Join(protocol.OperatorCommands, ", ")))
 	}
 	if f.args != "" {
 		var obj map[string]json.RawMessage

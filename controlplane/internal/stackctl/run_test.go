@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/shared/protocol"
 )
 
 func TestRunExitCodes(t *testing.T) {
@@ -216,7 +217,7 @@ func TestCompletion(t *testing.T) {
 		prefix string
 		want   []string
 	}{
-		{"", runnable},
+		{"", protocol.OperatorCommands},
 		{"stack.p", []string{"stack.pull"}},
 		{"command.", nil},
 	} {
