@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stackpro/stackpro/agent/internal/link"
+	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -77,7 +78,7 @@ func newRig(t *testing.T, withKey bool) *rig {
 	}
 	if _, err := r.nc.Subscribe(protocol.AgentSubject(testInstance, protocol.KindEvent), func(m *nats.Msg) {
 		var ev protocol.Event
-		if json.Unmarshal(m.Data, &ev) == nil && ev.Type == protocol.EventCommandRefused {
+		if json.Unmarshal(m.Data, &ev) == nil {
 			r.mu.Lock()
 			r.events = append(r.events, ev)
 			r.mu.Unlock()
@@ -107,7 +108,7 @@ func (r *rig) start() (stop func()) {
 			r.t.Errorf("Run = %v, want nil after a cancel", err)
 		}
 	}
-	waitFor(r.t, "the agent to answer on its command subject", func() bool {
+	poll.Until(r.t, "the agent to answer on its command subject", func() bool {
 		select {
 		case err := <-done:
 			r.t.Fatalf("Run returned early: %v", err)
@@ -149,22 +150,30 @@ func (r *rig) send(data []byte) protocol.CommandReply {
 	return reply
 }
 
-// waitRefused waits for a command.refused event for reason and, when
-// nonce is set, nonce.
-func (r *rig) waitRefused(reason protocol.Refusal, nonce string) protocol.Event {
+// waitEvent waits for an event of typ for reason and, when nonce is set,
+// nonce.
+func (r *rig) waitEvent(typ string, reason protocol.Refusal, nonce string) protocol.Event {
 	r.t.Helper()
 	var found protocol.Event
-	waitFor(r.t, "a command.refused event ("+string(reason)+")", func() bool {
+	poll.Until(r.t, "a "+typ+" event ("+string(reason)+")", func() bool {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		for _, ev := range r.events {
-			if ev.Data["reason"] == string(reason) && ev.Data["nonce"] == nonce {
+			if ev.Type == typ && ev.Data["reason"] == string(reason) && ev.Data["nonce"] == nonce {
 				found = ev
 				return true
 			}
 		}
 		return false
 	})
+	return found
+}
+
+// waitRefused waits for a command.refused event for reason and, when
+// nonce is set, nonce.
+func (r *rig) waitRefused(reason protocol.Refusal, nonce string) protocol.Event {
+	r.t.Helper()
+	found := r.waitEvent(protocol.EventCommandRefused, reason, nonce)
 	if found.Severity != protocol.SeverityWarning {
 		r.t.Errorf("refusal event severity %q, want warning", found.Severity)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/stackpro/stackpro/agent/internal/link"
 	"github.com/stackpro/stackpro/agent/internal/outbox"
+	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -106,11 +107,11 @@ func TestOutboxSurvivesBrokerOutage(t *testing.T) {
 		}
 	}
 	emit(0, 10)
-	waitFor(t, "10 events in the stream", func() bool { return streamMsgs(ctx, stream) == 10 })
+	poll.Until(t, "10 events in the stream", func() bool { return streamMsgs(ctx, stream) == 10 })
 
 	ns.Shutdown()
 	ns.WaitForShutdown()
-	waitFor(t, "the agent to see the link down", func() bool { return !nc.IsConnected() })
+	poll.Until(t, "the agent to see the link down", func() bool { return !nc.IsConnected() })
 	emit(10, 60) // produced while the broker is down
 	if pending, _ := box.Stats(); pending != 50 {
 		t.Errorf("spooled %d events during the outage, want 50", pending)
@@ -119,7 +120,7 @@ func TestOutboxSurvivesBrokerOutage(t *testing.T) {
 	ns = runBroker(t, port, storeDir, id.PublicKey())
 	defer ns.Shutdown()
 	emit(60, 70)
-	waitFor(t, "70 events in the stream", func() bool { return streamMsgs(ctx, stream) >= 70 })
+	poll.Until(t, "70 events in the stream", func() bool { return streamMsgs(ctx, stream) >= 70 })
 
 	var got []string
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
@@ -156,18 +157,6 @@ func streamMsgs(ctx context.Context, s jetstream.Stream) uint64 {
 		return 0
 	}
 	return info.State.Msgs
-}
-
-// waitFor polls cond until it holds, failing the test after a generous deadline.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func TestCommands(t *testing.T) {

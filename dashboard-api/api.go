@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net/http"
 	"slices"
 	"strings"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
@@ -79,7 +81,7 @@ var (
 	ErrNotFound = errors.New("not found")
 	ErrConflict = errors.New("conflict")
 	// ErrForbidden is an account refused what it asked (an unverified
-	// address logging in).
+	// address logging in, a user ending another's session).
 	ErrForbidden = errors.New("forbidden")
 )
 
@@ -416,11 +418,37 @@ const maxBody = 64 << 10
 
 // decodeBody reads a JSON body of at most limit bytes strictly into v.
 func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
-	body, err := readBody(w, r, limit)
+	body, err := readJSON(w, r, limit)
 	if err != nil {
 		return err
 	}
 	return decodeStrict(body, v)
+}
+
+// readJSON reads a JSON body of at most limit bytes, refusing with 415
+// one whose Content-Type says it is anything else. Every JSON body is
+// read here (decodeBody, and limited's before it rate-limits); only a
+// body taken raw, as Stripe's webhook is, is read with readBody alone.
+func readJSON(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	if err := jsonContent(r.Header.Get("Content-Type")); err != nil {
+		return nil, err
+	}
+	return readBody(w, r, limit)
+}
+
+// jsonContent accepts a Content-Type of application/json, with no charset
+// or UTF-8, the only one JSON between systems may use (RFC 8259). A form
+// or a text/plain body, which a browser sends cross-site without asking
+// first, never reaches a decoder.
+func jsonContent(contentType string) error {
+	mt, params, err := mime.ParseMediaType(contentType)
+	if err != nil || mt != "application/json" {
+		return httpError{Code: http.StatusUnsupportedMediaType, Msg: "Content-Type must be application/json", Err: err}
+	}
+	if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") {
+		return httpError{Code: http.StatusUnsupportedMediaType, Msg: "Content-Type must be application/json with no charset or charset=utf-8"}
+	}
+	return nil
 }
 
 // readBody reads a request body of at most limit bytes.
@@ -435,8 +463,12 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 	return body, nil
 }
 
-// decodeStrict decodes body, one JSON value with no unknown fields, into v.
+// decodeStrict decodes body, one JSON value with no unknown fields and no
+// key twice in any of its objects, into v.
 func decodeStrict(body []byte, v any) error {
+	if err := uniqueKeys(body); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -446,6 +478,25 @@ func decodeStrict(body []byte, v any) error {
 		return httpError{Code: http.StatusBadRequest, Msg: "malformed body: want one JSON value", Err: err}
 	}
 	return nil
+}
+
+// uniqueKeys refuses the first JSON value of body if an object in it, at
+// any depth, has a key twice: encoding/json would keep the last, where
+// another reader of the same body may take the first. jsontext refuses
+// duplicate names by default. Other faults are left to decodeStrict's
+// decoder, which words them; invalid UTF-8, which that decoder replaces,
+// does not end the search.
+func uniqueKeys(body []byte) error {
+	_, err := jsontext.NewDecoder(bytes.NewReader(body), jsontext.AllowInvalidUTF8(true)).ReadValue()
+	var serr *jsontext.SyntacticError
+	if !errors.As(err, &serr) || !errors.Is(serr.Err, jsontext.ErrDuplicateName) {
+		return nil
+	}
+	msg := fmt.Sprintf("malformed body: duplicate key %q", serr.JSONPointer.LastToken())
+	if in := serr.JSONPointer.Parent(); in != "" {
+		msg += " in " + string(in)
+	}
+	return httpError{Code: http.StatusBadRequest, Msg: msg, Err: err}
 }
 
 // instanceError answers the expected failures of changing an instance

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-chi/chi/v5"
+
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
@@ -697,12 +699,14 @@ func TestProvisionErrors(t *testing.T) {
 		wantCalls  []string
 	}{
 		{"no token", "", good, nil, http.StatusUnauthorized, "missing bearer token", nil},
-		{"no body", goodToken, "", nil, http.StatusBadRequest, "malformed body: EOF", nil},
+		{"no body", goodToken, "", nil, http.StatusUnsupportedMediaType, "Content-Type must be application/json", nil},
 		{"bad JSON", goodToken, `{"customer": "acme",`, nil, http.StatusBadRequest, "malformed body: unexpected EOF", nil},
 		{"unknown field", goodToken, `{"customer": "acme", "plan": "starter", "size": "xl"}`, nil,
 			http.StatusBadRequest, `malformed body: json: unknown field "size"`, nil},
 		{"two JSON values", goodToken, `{"customer": "acme", "plan": "starter"} {"plan": "enterprise"}`, nil,
 			http.StatusBadRequest, "malformed body: want one JSON value", nil},
+		{"duplicate key", goodToken, `{"customer": "acme", "plan": "starter", "plan": "enterprise"}`, nil,
+			http.StatusBadRequest, `malformed body: duplicate key "plan"`, nil},
 		{"unknown plan", goodToken, `{"customer": "acme", "plan": "gold"}`, errUnknownPlan,
 			http.StatusUnprocessableEntity, `provision: bad request: provision: unknown plan "gold"`,
 			[]string{"provision:acme/gold/"}},
@@ -791,7 +795,7 @@ func TestStartJobErrors(t *testing.T) {
 		{"resize busy", goodToken, "/i-a/resize", `{"plan": "pro"}`, errBusy, http.StatusConflict, busy,
 			[]string{"resize:i-a plan=pro"}},
 
-		{"resize without body", goodToken, "/i-a/resize", "", nil, http.StatusBadRequest, "malformed body: EOF", nil},
+		{"resize without body", goodToken, "/i-a/resize", "", nil, http.StatusUnsupportedMediaType, "Content-Type must be application/json", nil},
 		{"resize bad JSON", goodToken, "/i-a/resize", `{"plan":`, nil, http.StatusBadRequest, "malformed body: unexpected EOF", nil},
 		{"resize unknown field", goodToken, "/i-a/resize", `{"plan": "pro", "disk": 100}`, nil, http.StatusBadRequest,
 			`malformed body: json: unknown field "disk"`, nil},
@@ -856,6 +860,121 @@ func TestGetJobErrors(t *testing.T) {
 			wantProblem(t, res, tt.wantCode, tt.wantDetail)
 			if bytes.Contains(res.body, []byte("disk full")) {
 				t.Errorf("body %s shows the store's error", res.body)
+			}
+		})
+	}
+}
+
+// Every route that takes a JSON body answers 415 unless the body is
+// application/json (in UTF-8 if it names a charset), before it reads it.
+// The successes are TestResponsesMatchOpenAPI's, sent with other types;
+// every route that takes a POST, PUT or PATCH must be among them or take
+// no JSON body.
+func TestJSONBodyContentType(t *testing.T) {
+	notJSON := map[string]string{
+		"":                                  "Content-Type must be application/json",
+		"text/plain":                        "Content-Type must be application/json",
+		"application/x-www-form-urlencoded": "Content-Type must be application/json", // curl -d
+		"multipart/form-data; boundary=x":   "Content-Type must be application/json",
+		"application/jsonx":                 "Content-Type must be application/json",
+		"application/json; charset":         "Content-Type must be application/json", // unparsable
+		"application/json; charset=latin1":  "Content-Type must be application/json with no charset or charset=utf-8",
+		"application/json; charset=utf-16":  "Content-Type must be application/json with no charset or charset=utf-8",
+	}
+	jsonTypes := []string{"application/json", "application/json; charset=utf-8", `Application/JSON;charset="UTF-8"`}
+	notDecoded := map[string]bool{ // no body, or one read raw
+		"POST /webhooks/stripe":               true, // Stripe's bytes, as signed: TestStripeWebhook
+		"POST /api/v1/instances/{id}/suspend": true,
+		"POST /api/v1/instances/{id}/resume":  true,
+		"POST /api/v1/runs/{id}/cancel":       true,
+		"POST /api/v1/billing/portal":         true,
+	}
+	ta := newTestAPI(t, openapiFakes)
+	mux, ok := ta.handler.(*chi.Mux)
+	if !ok {
+		t.Fatal("Handler is not a chi router")
+	}
+	covered := map[string]bool{}
+	for _, c := range apiCalls {
+		route := c.method + " " + mux.Find(chi.NewRouteContext(), c.method, strings.Split(c.path, "?")[0])
+		if c.body == "" || c.want/100 != 2 || notDecoded[route] {
+			continue
+		}
+		covered[route] = true
+		t.Run(c.name, func(t *testing.T) {
+			for ct, detail := range notJSON {
+				res := ta.sendAs(t, c.method, c.path, c.token, ct, c.body)
+				wantProblem(t, res, http.StatusUnsupportedMediaType, detail)
+			}
+			for _, ct := range jsonTypes {
+				if res := ta.sendAs(t, c.method, c.path, c.token, ct, c.body); res.code != c.want {
+					t.Errorf("%s %s as %s = %d, want %d (body %s)", c.method, c.path, ct, res.code, c.want, res.body)
+				}
+			}
+		})
+	}
+	for route := range routesOf(t, ta.handler) {
+		method, _, _ := strings.Cut(route, " ")
+		if (method == http.MethodPost || method == http.MethodPut || method == http.MethodPatch) && !covered[route] && !notDecoded[route] {
+			t.Errorf("%s: no JSON body sent to it; add a success to apiCalls, or to notDecoded if it takes none", route)
+		}
+	}
+}
+
+// sendAs is send with the body's Content-Type (none if empty).
+func (ta *testAPI) sendAs(t *testing.T, method, path, token, contentType, body string) response {
+	t.Helper()
+	req, err := http.NewRequest(method, ta.srv.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("http.NewRequest: %v", err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	return ta.roundTrip(t, req)
+}
+
+// decodeStrict takes one JSON value with known fields, each once, at
+// every depth: encoding/json would keep the last of a duplicated key,
+// where another reader of the same body may take the first.
+func TestDecodeStrict(t *testing.T) {
+	type item struct {
+		A string `json:"a"`
+	}
+	type body struct {
+		Plan  string            `json:"plan"`
+		Tags  map[string]string `json:"tags"`
+		Items []item            `json:"items"`
+		Args  json.RawMessage   `json:"args"`
+	}
+	tests := []struct{ name, body, want string }{
+		{"fields", `{"plan":"a","tags":{"plan":"b"},"items":[{"a":"1"},{"a":"2"}],"args":{"plan":"c"}}`, ""},
+		{"a key that differs in case", `{"tags":{"Ring":"a","ring":"b"}}`, ""},
+		{"a duplicated field", `{"plan":"a","plan":"b"}`, `malformed body: duplicate key "plan"`},
+		{"a duplicate spelled with an escape", `{"plan":"a","\u0070lan":"b"}`, `malformed body: duplicate key "plan"`},
+		{"a duplicated map key", `{"tags":{"ring":"a","ring":"b"}}`, `malformed body: duplicate key "ring" in /tags`},
+		{"a duplicate in an array's object", `{"items":[{"a":"1"},{"a":"1","a":"2"}]}`, `malformed body: duplicate key "a" in /items/1`},
+		{"a duplicate in raw JSON", `{"args":{"x":{"y":1,"y":2}}}`, `malformed body: duplicate key "y" in /args/x`},
+		{"a duplicate after invalid UTF-8", "{\"tags\":{\"\xff\":\"\"},\"plan\":\"a\",\"plan\":\"b\"}", `malformed body: duplicate key "plan"`},
+		{"a duplicated unknown field", `{"size":1,"size":2}`, `malformed body: duplicate key "size"`},
+		{"an unknown field", `{"plan":"a","size":1}`, `malformed body: json: unknown field "size"`},
+		{"two values", `{"plan":"a"} {"plan":"b"}`, "malformed body: want one JSON value"},
+		{"malformed", `{"plan":`, "malformed body: unexpected EOF"},
+		{"nothing", ``, "malformed body: EOF"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var v body
+			err := decodeStrict([]byte(tt.body), &v)
+			var he httpError
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("decodeStrict(%s) = %v, want nil", tt.body, err)
+			case tt.want != "" && (!errors.As(err, &he) || he.Code != http.StatusBadRequest || he.Msg != tt.want):
+				t.Errorf("decodeStrict(%s) = %v, want 400 %q", tt.body, err, tt.want)
 			}
 		})
 	}

@@ -85,8 +85,9 @@ type Auth interface {
 	ResendVerification(ctx context.Context, email string, m Meta) error
 	Login(ctx context.Context, email, password string, m Meta) (Session, error)
 	Refresh(ctx context.Context, refreshToken string, m Meta) (Session, error)
-	// Logout ends the session the refresh token belongs to.
-	Logout(ctx context.Context, refreshToken string, m Meta) error
+	// Logout ends the session the refresh token belongs to if p is its
+	// user or an admin; for anyone else, its error wraps ErrForbidden.
+	Logout(ctx context.Context, p Principal, refreshToken string, m Meta) error
 	RequestPasswordReset(ctx context.Context, email string, m Meta) error
 	ResetPassword(ctx context.Context, token, password string, m Meta) error
 	// ChangePassword ends every session of p's user and starts a new one.
@@ -160,10 +161,11 @@ type emailOnly struct {
 
 // limited rate-limits an auth handler by client address and by the email
 // address in its body, before the handler reads it: a correct password
-// does not get past the limit. The body is read once here and handed on.
+// does not get past the limit. The body is read once here and handed on;
+// one that is not JSON gets 415 without counting.
 func (a *API) limited(h func(http.ResponseWriter, *http.Request, []byte) error) http.HandlerFunc {
 	return a.handle(func(w http.ResponseWriter, r *http.Request) error {
-		body, err := readBody(w, r, maxAuthBody)
+		body, err := readJSON(w, r, maxAuthBody)
 		if err != nil {
 			return err
 		}
@@ -303,7 +305,7 @@ func (a *API) logout(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeBody(w, r, maxAuthBody, &req); err != nil {
 		return err
 	}
-	if err := a.o.Auth.Logout(r.Context(), req.RefreshToken, meta(r)); err != nil {
+	if err := a.o.Auth.Logout(r.Context(), principal(r), req.RefreshToken, meta(r)); err != nil {
 		return expected(err)
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -89,8 +89,15 @@ func (f *fakeAuth) Refresh(_ context.Context, token string, _ Meta) (Session, er
 	return testSession, nil
 }
 
-func (f *fakeAuth) Logout(_ context.Context, refreshToken string, _ Meta) error {
-	f.record("logout %s", refreshToken)
+// Logout knows one session, refresh-1, which is customer A's.
+func (f *fakeAuth) Logout(_ context.Context, p Principal, refreshToken string, _ Meta) error {
+	f.record("logout %s by %s", refreshToken, p.Name)
+	switch {
+	case refreshToken != "refresh-1":
+		return fmt.Errorf("%w: invalid or expired token", ErrUnauthorized)
+	case p.UserID != "u-a" && p.Role != RoleAdmin:
+		return fmt.Errorf("%w: the session is another user's: only its user or an admin may end it", ErrForbidden)
+	}
 	return nil
 }
 
@@ -170,7 +177,10 @@ func TestAuthRoutes(t *testing.T) {
 		{"resend", "POST", "/api/v1/auth/resend", "", `{"email":"ann@a.example"}`, http.StatusAccepted, "resend ann@a.example"},
 		{"recover", "POST", "/api/v1/auth/recover", "", `{"email":"ann@a.example"}`, http.StatusAccepted, "recover ann@a.example"},
 		{"reset", "POST", "/api/v1/auth/reset", "", `{"token":"reset-1","password":"new"}`, http.StatusOK, "reset reset-1"},
-		{"logout", "POST", "/api/v1/auth/logout", tokenCustomerA, `{"refresh_token":"refresh-1"}`, http.StatusNoContent, "logout refresh-1"},
+		{"logout", "POST", "/api/v1/auth/logout", tokenCustomerA, `{"refresh_token":"refresh-1"}`, http.StatusNoContent,
+			"logout refresh-1 by ann@a.example"},
+		{"logout by an admin", "POST", "/api/v1/auth/logout", goodToken, `{"refresh_token":"refresh-1"}`, http.StatusNoContent,
+			"logout refresh-1 by alice"},
 		{"change password", "POST", "/api/v1/auth/password", tokenCustomerA,
 			`{"old_password":"` + rightPassword + `","new_password":"another good one"}`, http.StatusOK, "password u-a"},
 		{"me", "GET", "/api/v1/me", tokenCustomerA, "", http.StatusOK, "me u-a"},
@@ -248,6 +258,12 @@ func TestAuthErrors(t *testing.T) {
 			http.StatusRequestEntityTooLarge, fmt.Sprintf("body larger than %d bytes", maxAuthBody)},
 		{"bad verification token", "/api/v1/auth/verify", "", `{"token":"forged"}`, http.StatusUnauthorized, "invalid or expired token"},
 		{"logout needs a token", "/api/v1/auth/logout", "", "", http.StatusUnauthorized, "missing bearer token"},
+		{"logout of another's session", "/api/v1/auth/logout", tokenCustomerB, `{"refresh_token":"refresh-1"}`,
+			http.StatusForbidden, "the session is another user's: only its user or an admin may end it"},
+		{"logout naming someone else", "/api/v1/auth/logout", tokenCustomerB, `{"refresh_token":"refresh-1","user_id":"u-a"}`,
+			http.StatusBadRequest, `malformed body: json: unknown field "user_id"`},
+		{"duplicate key", "/api/v1/auth/recover", "", `{"email":"a@b.c","email":"d@e.f"}`,
+			http.StatusBadRequest, `malformed body: duplicate key "email"`},
 		{"operator may not mint tokens", "/api/v1/admin/api-tokens", tokenOperator, `{"name":"x","role":"admin"}`,
 			http.StatusForbidden, "this needs the admin role"},
 		{"wrong old password", "/api/v1/auth/password", tokenCustomerA, `{"old_password":"guess","new_password":"x"}`,

@@ -25,7 +25,8 @@ type SignedCommand struct {
 // Refusal says why an agent would not run a request.
 type Refusal string
 
-// Refusals an agent answers and reports.
+// Refusals an agent answers and reports. A target (see
+// EventTargetRefused) is refused as malformed, mistargeted or stale.
 const (
 	RefusedMalformed   Refusal = "malformed"
 	RefusedUnsigned    Refusal = "unsigned"
@@ -34,6 +35,8 @@ const (
 	RefusedReplayed    Refusal = "replayed"
 	RefusedMistargeted Refusal = "mistargeted"
 	RefusedUnknown     Refusal = "unknown_command"
+	// RefusedStale: a target older than one the agent has seen.
+	RefusedStale Refusal = "stale"
 )
 
 // RefusalError is Open's error: the refusal and what was wrong.

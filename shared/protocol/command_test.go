@@ -89,7 +89,7 @@ func TestOpen(t *testing.T) {
 		{"empty", nil, pub, at, protocol.RefusedMalformed},
 		{"a bare request", bare, pub, at, protocol.RefusedUnsigned},
 		{"no signature", mangle(t, sealed, func(sc *protocol.SignedCommand) { sc.Sig = nil }), pub, at, protocol.RefusedUnsigned},
-		{"no request", []byte(`{"v":3,"sig":"AAAA"}`), pub, at, protocol.RefusedUnsigned},
+		{"no request", []byte(`{"v":4,"sig":"AAAA"}`), pub, at, protocol.RefusedUnsigned},
 		{"flipped byte in the request", mangle(t, sealed, func(sc *protocol.SignedCommand) {
 			sc.Request = bytes.Replace(sc.Request, []byte(`"ping"`), []byte(`"pong"`), 1)
 		}), pub, at, protocol.RefusedForged},

@@ -145,6 +145,12 @@ const (
 	// that, one event a minute has only "suppressed": how many it did not
 	// report one by one.
 	EventCommandRefused = "command.refused"
+	// EventTargetRefused reports a value under the instance's key in the
+	// targets bucket that the agent would not apply. Data holds "reason"
+	// (RefusedMalformed, RefusedMistargeted or RefusedStale), and
+	// "version" and, when stale, "newest" (the version it keeps) when the
+	// value could be read.
+	EventTargetRefused = "target.refused"
 )
 
 // CommandRequest asks an agent to run one command of its catalog. It

@@ -21,11 +21,17 @@ import (
 //	   the enrollment reply carries the command key; no broadcast subject
 //	   (a fleet command is one signed request per target); facts and
 //	   command.result join the catalog; stack.start/stop are stack.up/down.
-const Version = 3
+//	4: the agent refuses and reports (target.refused) a target that is not
+//	   its own, has no version, or is older than one it has seen; the
+//	   control plane asks for answers on ReplySubject, under the agent's
+//	   own subjects; the broker keeps each agent and the enroll user in
+//	   NATS accounts of their own.
+const Version = 4
 
 // Subjects the control plane and the agents share. Everything an agent
-// publishes lives under AgentSubjects(id); everything it may receive is its
-// CommandSubject and replies to its own inbox.
+// publishes lives under AgentSubjects(id), its answers to commands
+// included; everything it may receive is its CommandSubject, its target,
+// and replies to its own inbox.
 const (
 	// EnrollSubject takes an EnrollRequest and answers an EnrollReply.
 	// Only the restricted enrollment user may publish here.
@@ -60,6 +66,19 @@ func AgentWildcard(kind string) string { return "stackpro.agent.*." + kind }
 
 // CommandSubject is where instance id receives its own SignedCommands.
 func CommandSubject(instanceID string) string { return "stackpro.cmd." + instanceID }
+
+// ReplySubject is where instance id's agent answers a request the control
+// plane made with token (one subject token or more). It lies under the
+// instance's own subjects, the only ones its agent can publish on, so an
+// answer there can be that agent's alone. The agent answers on the reply
+// subject a request names, whatever it is.
+func ReplySubject(instanceID, token string) string {
+	return AgentSubject(instanceID, "reply") + "." + token
+}
+
+// ReplyWildcard covers every instance's answers to requests made with
+// token (and more tokens after it).
+func ReplyWildcard(token string) string { return AgentWildcard("reply") + "." + token + ".>" }
 
 // InboxPrefix is the reply inbox prefix of instance id. Agents use their
 // own prefix so that no agent can read another's replies.

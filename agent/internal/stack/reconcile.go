@@ -168,6 +168,13 @@ func (r *Reconciler) Apply(ctx context.Context, t protocol.Target) error {
 	return errors.Join(err, r.save(st))
 }
 
+// Seen is the newest target version the reconciler has taken, whether it
+// runs now or failed; 0 before any.
+func (r *Reconciler) Seen() uint64 {
+	st := r.state()
+	return max(st.Applied, st.Failed)
+}
+
 // state is a copy of the reconciler's state.
 func (r *Reconciler) state() state {
 	r.mu.Lock()

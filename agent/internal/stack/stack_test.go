@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/stackpro/stackpro/internal/dockertest"
+	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -177,7 +178,7 @@ func TestStackLifecycle(t *testing.T) {
 	watcher := newReconciler(t, e, dir, project, watched)
 	go func() { _ = watcher.WatchContainers(ctx) }()
 	before := startTimes(t, r2)["crm"]
-	waitFor(t, "the event stream to open", func() bool {
+	poll.Until(t, "the event stream to open", func() bool {
 		// docker events only reports what happens after it started: poke
 		// until the watcher sees something.
 		return eventsStreamUp(t, project)
@@ -197,11 +198,11 @@ func TestStackLifecycle(t *testing.T) {
 	if out, err := exec.Command("kill", "-KILL", strings.TrimSpace(string(pid))).CombinedOutput(); err != nil {
 		t.Fatalf("kill: %v\n%s", err, out)
 	}
-	waitFor(t, "crm to die and come back", func() bool {
+	poll.Until(t, "crm to die and come back", func() bool {
 		got := strings.Join(watched.got(), ",")
 		return strings.Contains(got, EventDied) && strings.Contains(got, EventRestarted)
 	})
-	waitFor(t, "crm running again", func() bool {
+	poll.Until(t, "crm running again", func() bool {
 		after, ok := startTimes(t, r2)["crm"]
 		return ok && after.After(before)
 	})
@@ -213,18 +214,6 @@ func eventsStreamUp(t *testing.T, project string) bool {
 	t.Helper()
 	out, _ := exec.Command("pgrep", "-f", "docker events .*"+project).Output()
 	return len(strings.TrimSpace(string(out))) > 0
-}
-
-// waitFor polls cond until it holds, failing after a generous deadline.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 func equalTimes(a, b map[string]time.Time) bool {

@@ -19,6 +19,8 @@
 //     refresh log each other out, which is the price of catching a thief.
 //   - Resetting or changing a password revokes every session of the user;
 //     a change answers with a fresh session for the caller.
+//   - Logging out takes the caller as well as the refresh token: a session
+//     is ended by its own user or by an admin, and a refusal is audited.
 //   - A refresh token reads spr_<session id>.<32 random bytes, base64url>:
 //     the session id finds the family without a scan and grants nothing.
 //
@@ -62,7 +64,7 @@ type Store interface {
 
 	PutRefreshToken(token string, rt store.RefreshToken) error
 	RotateRefreshToken(sessionID, token, next string, now time.Time, ttl time.Duration) (store.RefreshToken, error)
-	RevokeRefreshFamily(sessionID, token string) (store.RefreshToken, error)
+	RevokeRefreshFamily(sessionID, token string, allow func(store.RefreshToken) error) (store.RefreshToken, error)
 	PruneSessions(now time.Time) (int, error)
 
 	CreateAPIToken(name string, role store.Role, now time.Time) (string, error)
@@ -93,6 +95,9 @@ var (
 	ErrInvalidInput = errors.New("invalid input")
 	// ErrNotFound is an unknown user or API token.
 	ErrNotFound = errors.New("not found")
+	// ErrNotSessionOwner is a logout of a session that is neither the
+	// caller's own nor asked by an admin.
+	ErrNotSessionOwner = errors.New("the session is another user's: only its user or an admin may end it")
 )
 
 // Audit events.
@@ -105,6 +110,7 @@ const (
 	EventLoginFailed        = "login_failed"
 	EventLoginUnverified    = "login_unverified"
 	EventLogout             = "logout"
+	EventLogoutRefused      = "logout_refused"
 	EventRefreshReused      = "refresh_token_reused"
 	EventResetRequested     = "password_reset_requested"
 	EventPasswordReset      = "password_reset"
@@ -190,6 +196,13 @@ type Meta struct {
 	// Actor is who is authenticated for the request, when someone is (an
 	// operator's user id or API token name).
 	Actor string
+}
+
+// Caller is who asks for something only some may do: a user, or an
+// operator's API token, which has a role and no user.
+type Caller struct {
+	UserID string
+	Role   store.Role
 }
 
 // Tokens are a session's credentials.
@@ -445,13 +458,25 @@ func (s *Service) Refresh(ctx context.Context, meta Meta, refreshToken string) (
 	return s.tokens(u, rt.SessionID, next)
 }
 
-// Logout revokes the session of a refresh token, used or not.
-func (s *Service) Logout(ctx context.Context, meta Meta, refreshToken string) error {
+// Logout revokes the session of a refresh token, used or not, if the
+// caller is the session's user or an admin (a user's or an API token's
+// role); anyone else gets ErrNotSessionOwner and the session goes on.
+func (s *Service) Logout(ctx context.Context, meta Meta, caller Caller, refreshToken string) error {
 	sessionID, err := refreshSession(refreshToken)
 	if err != nil {
 		return err
 	}
-	rt, err := s.st.RevokeRefreshFamily(sessionID, refreshToken)
+	rt, err := s.st.RevokeRefreshFamily(sessionID, refreshToken, func(rt store.RefreshToken) error {
+		owner := caller.UserID != "" && caller.UserID == rt.UserID
+		if !owner && caller.Role != store.RoleAdmin {
+			return ErrNotSessionOwner
+		}
+		return nil
+	})
+	if errors.Is(err, ErrNotSessionOwner) {
+		s.audit(meta, EventLogoutRefused, rt.UserID, "", "session="+rt.SessionID)
+		return ErrNotSessionOwner
+	}
 	if err != nil {
 		return tokenErr(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -416,21 +417,76 @@ func TestRefreshExpires(t *testing.T) {
 
 func TestLogout(t *testing.T) {
 	e := newEnv(t)
-	e.verifiedUser(t, "ada@example.com")
+	u := e.verifiedUser(t, "ada@example.com")
+	ada := accounts.Caller{UserID: u.ID, Role: u.Role}
 	a := e.login(t, "ada@example.com", password)
 	b := e.login(t, "ada@example.com", password)
 	next, err := e.svc.Refresh(t.Context(), meta, a.RefreshToken)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := e.svc.Logout(t.Context(), meta, a.RefreshToken); err != nil { // an already rotated token names the session too
+	if err := e.svc.Logout(t.Context(), meta, ada, a.RefreshToken); err != nil { // an already rotated token names the session too
 		t.Fatalf("Logout: %v", err)
 	}
 	_, err = e.svc.Refresh(t.Context(), meta, next.RefreshToken)
 	wantErr(t, "Refresh after logout", err, accounts.ErrInvalidToken)
-	wantErr(t, "Logout again", e.svc.Logout(t.Context(), meta, a.RefreshToken), accounts.ErrInvalidToken)
+	wantErr(t, "Logout again", e.svc.Logout(t.Context(), meta, ada, a.RefreshToken), accounts.ErrInvalidToken)
 	if _, err := e.svc.Refresh(t.Context(), meta, b.RefreshToken); err != nil {
 		t.Errorf("Refresh(another session) = %v, want it untouched", err)
+	}
+}
+
+// A session ends when its user asks, or an admin, with a user's access
+// token or an API token; anyone else is refused and audited, and the
+// session goes on.
+func TestLogoutOwnSessionOrAdmin(t *testing.T) {
+	e := newEnv(t)
+	ann := e.verifiedUser(t, "ann@example.com")
+	bob := e.verifiedUser(t, "bob@example.com")
+	session := e.login(t, "ann@example.com", password)
+	refused := []struct {
+		actor  string
+		caller accounts.Caller
+	}{
+		{"bob", accounts.Caller{UserID: bob.ID, Role: store.RoleCustomer}},
+		{"oscar", accounts.Caller{UserID: "usr-oscar", Role: store.RoleOperator}},
+		{"ci", accounts.Caller{Role: store.RoleOperator}}, // an operator's API token
+		{"", accounts.Caller{}},
+	}
+	for _, tt := range refused {
+		err := e.svc.Logout(t.Context(), accounts.Meta{IP: meta.IP, Actor: tt.actor}, tt.caller, session.RefreshToken)
+		wantErr(t, fmt.Sprintf("Logout(ann's session) by %+v", tt.caller), err, accounts.ErrNotSessionOwner)
+		next, err := e.svc.Refresh(t.Context(), meta, session.RefreshToken)
+		if err != nil {
+			t.Fatalf("Refresh(ann's session) after %+v tried to end it: %v, want it going on", tt.caller, err)
+		}
+		session = next
+	}
+	recs, err := e.st.AuditLog(100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var actors []string
+	for _, r := range recs {
+		if r.Event == accounts.EventLogoutRefused && r.UserID == ann.ID && strings.HasPrefix(r.Detail, "session=ses-") {
+			actors = append(actors, r.Actor)
+		}
+	}
+	if want := []string{"bob", "oscar", "ci", ""}; !equal(actors, want) {
+		t.Errorf("%s audited by %q, want %q", accounts.EventLogoutRefused, actors, want)
+	}
+
+	for _, caller := range []accounts.Caller{
+		{UserID: ann.ID, Role: store.RoleCustomer},
+		{UserID: "usr-ada", Role: store.RoleAdmin},
+		{Role: store.RoleAdmin}, // an admin's API token
+	} {
+		session := e.login(t, "ann@example.com", password)
+		if err := e.svc.Logout(t.Context(), meta, caller, session.RefreshToken); err != nil {
+			t.Errorf("Logout(ann's session) by %+v: %v", caller, err)
+		}
+		_, err := e.svc.Refresh(t.Context(), meta, session.RefreshToken)
+		wantErr(t, fmt.Sprintf("Refresh after %+v ended the session", caller), err, accounts.ErrInvalidToken)
 	}
 }
 

@@ -100,7 +100,7 @@ func authErr(err error) error {
 	case errors.Is(err, accounts.ErrInvalidCredentials), errors.Is(err, accounts.ErrInvalidToken),
 		errors.Is(err, accounts.ErrTokenReused):
 		return fmt.Errorf("%w: %w", dashboardapi.ErrUnauthorized, err)
-	case errors.Is(err, accounts.ErrEmailNotVerified):
+	case errors.Is(err, accounts.ErrEmailNotVerified), errors.Is(err, accounts.ErrNotSessionOwner):
 		return fmt.Errorf("%w: %w", dashboardapi.ErrForbidden, err)
 	case errors.Is(err, accounts.ErrNotFound):
 		return fmt.Errorf("%w: %w", dashboardapi.ErrNotFound, err)
@@ -148,8 +148,9 @@ func (a authAPI) Refresh(ctx context.Context, refreshToken string, m dashboardap
 	return session(a.svc.Refresh(ctx, acctMeta(m), refreshToken))
 }
 
-func (a authAPI) Logout(ctx context.Context, refreshToken string, m dashboardapi.Meta) error {
-	return authErr(a.svc.Logout(ctx, acctMeta(m), refreshToken))
+func (a authAPI) Logout(ctx context.Context, p dashboardapi.Principal, refreshToken string, m dashboardapi.Meta) error {
+	caller := accounts.Caller{UserID: p.UserID, Role: store.Role(p.Role)}
+	return authErr(a.svc.Logout(ctx, acctMeta(m), caller, refreshToken))
 }
 
 func (a authAPI) RequestPasswordReset(ctx context.Context, email string, m dashboardapi.Meta) error {

@@ -168,7 +168,7 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		return err
 	}
 	brk, err := broker.Start(ctx, broker.Options{Listen: cfg.NATS.Listen, StoreDir: filepath.Join(cfg.DataDir, "jetstream"),
-		Credentials: creds, Enroll: enroller{st, tracker}, CommandKey: commandKey, Log: log})
+		Credentials: creds, Enroll: enroller{st, tracker}, CommandKey: commandKey, Presence: tracker, Log: log})
 	if err != nil {
 		return err
 	}
@@ -178,12 +178,11 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	tgts, err := targets.Open(ctx, js)
+	tgts, err := targets.Open(ctx, js, log)
 	if err != nil {
 		return err
 	}
-	mon := monitor.New(monitor.Options{Tracker: tracker, Store: fst, Keys: brk, Conn: brk.Conn(), Sys: brk.SysConn(),
-		PersistEvery: 5 * time.Second, Log: log})
+	mon := monitor.New(monitor.Options{Tracker: tracker, Store: fst, Conn: brk.Conn(), PersistEvery: 5 * time.Second, Log: log})
 	runs := rollout.New(rollout.Options{Store: st, Fleet: tracker, Conn: brk.Conn(), Sealer: brk,
 		NonceKey: nonceKey(commandKey), Log: log})
 	awsConfig := sync.OnceValues(func() (aws.Config, error) { return loadAWS(ctx, cfg.AWS) })

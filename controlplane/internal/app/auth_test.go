@@ -20,6 +20,9 @@ import (
 func call(t *testing.T, base, method, path, token, body string, out any) int {
 	t.Helper()
 	req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}

@@ -103,13 +103,12 @@ func startLiveFleet(b *testing.B, n int, agents bool) *liveFleet {
 		b.Fatal(err)
 	}
 	lf.brk, err = broker.Start(context.Background(), broker.Options{Listen: "127.0.0.1:0", StoreDir: filepath.Join(dir, "jetstream"),
-		Credentials: creds, Enroll: enroller{st, lf.tracker}, CommandKey: key, Log: log})
+		Credentials: creds, Enroll: enroller{st, lf.tracker}, CommandKey: key, Presence: lf.tracker, Log: log})
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(lf.brk.Shutdown)
-	lf.mon = monitor.New(monitor.Options{Tracker: lf.tracker, Store: fst, Keys: lf.brk, Conn: lf.brk.Conn(), Sys: lf.brk.SysConn(),
-		PersistEvery: 5 * time.Second, Log: log})
+	lf.mon = monitor.New(monitor.Options{Tracker: lf.tracker, Store: fst, Conn: lf.brk.Conn(), PersistEvery: 5 * time.Second, Log: log})
 	if lf.signer, err = accounts.NewSigner(st, accounts.SignerOptions{Issuer: "http://bench", Audience: audience}); err != nil {
 		b.Fatal(err)
 	}

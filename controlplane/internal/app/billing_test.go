@@ -18,6 +18,7 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/mail"
+	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/internal/stripemock"
 )
@@ -34,6 +35,7 @@ func stripeEvent(id, typ string, obj map[string]any) ([]byte, string) {
 func postWebhook(t *testing.T, base string, payload []byte, sig string) int {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, base+"/webhooks/stripe", bytes.NewReader(payload))
+	req.Header.Set("Content-Type", "application/json; charset=utf-8") // as Stripe sends it
 	req.Header.Set("Stripe-Signature", sig)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -140,7 +142,7 @@ billing:
 
 	// The checkout provisions the customer's instance, and only one.
 	var inst fleet.Instance
-	waitFor(t, "the customer's instance to be active and healthy", func() bool {
+	poll.Until(t, "the customer's instance to be active and healthy", func() bool {
 		var list struct{ Instances []fleet.Instance }
 		call(t, base, "GET", "/api/v1/instances", token, "", &list)
 		if len(list.Instances) > 1 {
@@ -166,7 +168,7 @@ billing:
 		}
 	}
 	send("evt_e2e_2", "customer.subscription.updated", "active", "price_e2e_business")
-	waitFor(t, "the upgrade to resize the instance", func() bool {
+	poll.Until(t, "the upgrade to resize the instance", func() bool {
 		var now fleet.Instance // omitempty fields must not linger from an earlier answer
 		call(t, base, "GET", "/api/v1/instances/"+inst.ID, token, "", &now)
 		return now.Plan == "business" && now.InstanceType == "t3.medium" && now.Job == ""
@@ -193,7 +195,7 @@ billing:
 	// Cancellation suspends at once and terminates after the grace period.
 	send("evt_e2e_3", "customer.subscription.deleted", "canceled", "price_e2e_business")
 	var lifecycles []fleet.Lifecycle
-	waitFor(t, "the canceled subscription's instance to be terminated", func() bool {
+	poll.Until(t, "the canceled subscription's instance to be terminated", func() bool {
 		var list struct{ Instances []fleet.Instance }
 		call(t, base, "GET", "/api/v1/instances", token, "", &list)
 		if len(list.Instances) == 0 {

@@ -23,6 +23,7 @@ import (
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/provision/local"
 	"github.com/stackpro/stackpro/internal/dockertest"
+	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
@@ -88,7 +89,7 @@ func startControlPlane(t testing.TB, data, httpAddr, natsAddr string, demo int, 
 
 func (cp *controlPlane) waitReady() {
 	cp.t.Helper()
-	waitFor(cp.t, "the control plane to be ready", func() bool {
+	poll.Until(cp.t, "the control plane to be ready", func() bool {
 		select {
 		case err := <-cp.exited:
 			cp.t.Fatalf("control plane exited: %v\n%s", err, cp.out)
@@ -138,6 +139,9 @@ func (cp *controlPlane) api(method, path string, out any) int {
 func (cp *controlPlane) send(method, path, body string, out any) int {
 	cp.t.Helper()
 	req, _ := http.NewRequest(method, "http://"+cp.httpAddr+path, strings.NewReader(body))
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	req.Header.Set("Authorization", "Bearer "+cp.token())
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -165,7 +169,7 @@ func (cp *controlPlane) instances() []fleet.Instance {
 func (cp *controlPlane) waitJob(id string) fleet.Job {
 	cp.t.Helper()
 	var job fleet.Job
-	waitFor(cp.t, "job "+id+" to finish", func() bool {
+	poll.Until(cp.t, "job "+id+" to finish", func() bool {
 		return cp.api(http.MethodGet, "/api/v1/jobs/"+id, &job) == http.StatusOK && job.State.Finished()
 	})
 	return job
@@ -220,24 +224,6 @@ func alive(pid int) bool {
 	return i > 0 && i+2 < len(stat) && stat[i+2] != 'Z'
 }
 
-// waitFor polls cond until it holds, failing after a generous deadline.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	waitWithin(t, 60*time.Second, what, cond)
-}
-
-// waitWithin is waitFor with a deadline of its own.
-func waitWithin(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 func TestFleetEndToEnd(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "data")
 	httpAddr, natsAddr := proctest.FreeAddr(t), proctest.FreeAddr(t)
@@ -255,7 +241,7 @@ func TestFleetEndToEnd(t *testing.T) {
 	}
 
 	var insts []fleet.Instance
-	waitFor(t, "3 instances online, each running its starter stack", func() bool {
+	poll.Until(t, "3 instances online, each running its starter stack", func() bool {
 		insts = cp.instances()
 		for _, inst := range insts {
 			if !stackHealthy(inst, 1) {
@@ -283,7 +269,7 @@ func TestFleetEndToEnd(t *testing.T) {
 			}
 		}
 	}
-	waitFor(t, "metrics of an instance", func() bool {
+	poll.Until(t, "metrics of an instance", func() bool {
 		cp.api(http.MethodGet, "/api/v1/instances/"+insts[0].ID, &one)
 		return one.Metrics != nil && one.Metrics.Memory.TotalBytes > 0
 	})
@@ -311,8 +297,8 @@ func TestFleetEndToEnd(t *testing.T) {
 		cp.api(http.MethodGet, "/api/v1/instances/"+id, &inst)
 		return inst.Status
 	}
-	waitFor(t, killed+" stale", func() bool { return status(killed) == fleet.StatusStale })
-	waitFor(t, killed+" offline", func() bool { return status(killed) == fleet.StatusOffline })
+	poll.Until(t, killed+" stale", func() bool { return status(killed) == fleet.StatusStale })
+	poll.Until(t, killed+" offline", func() bool { return status(killed) == fleet.StatusOffline })
 
 	// Restart the control plane: the same three instances, two online,
 	// and no agent enrolls again.
@@ -321,7 +307,7 @@ func TestFleetEndToEnd(t *testing.T) {
 		t.Errorf("no clean shutdown in the log")
 	}
 	cp2 := startControlPlane(t, data, httpAddr, natsAddr, 3)
-	waitFor(t, "2 instances online after the restart, the killed one's stack still reported", func() bool {
+	poll.Until(t, "2 instances online after the restart, the killed one's stack still reported", func() bool {
 		insts = cp2.instances()
 		return countStatus(insts, fleet.StatusOnline) == 2
 	})
@@ -357,7 +343,7 @@ func TestFleetEndToEnd(t *testing.T) {
 
 	// Restart an agent: it comes back without enrolling and restarts nothing.
 	restartAgent(t, data, online[0])
-	waitFor(t, "the restarted agent online", func() bool {
+	poll.Until(t, "the restarted agent online", func() bool {
 		var inst fleet.Instance
 		cp2.api(http.MethodGet, "/api/v1/instances/"+online[0], &inst)
 		return inst.Status == fleet.StatusOnline && stackHealthy(inst, 1)
@@ -411,7 +397,7 @@ func stopAgent(t *testing.T, data, id string) {
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the agent to stop", func() bool { return !alive(pid) })
+	poll.Until(t, "the agent to stop", func() bool { return !alive(pid) })
 }
 
 // startAgent starts instance id's agent the way the local provider does.
@@ -503,7 +489,7 @@ func testTargets(t *testing.T, cp *controlPlane, data, id string) {
 	if code := cp.api(http.MethodGet, path, &got); code != http.StatusOK || got.Version != 2 || got.Env["SUBDOMAIN"] != "acme" {
 		t.Errorf("GET target: %d %+v", code, got)
 	}
-	waitFor(t, "the agent to roll version 2 back to 1", func() bool {
+	poll.Until(t, "the agent to roll version 2 back to 1", func() bool {
 		var inst fleet.Instance
 		cp.api(http.MethodGet, "/api/v1/instances/"+id, &inst)
 		return inst.Stack != nil && inst.Stack.FailedVersion == 2 && stackHealthy(inst, 1)
@@ -536,7 +522,7 @@ func testTargets(t *testing.T, cp *controlPlane, data, id string) {
 	if code := cp.send(http.MethodPut, path, string(starter), &got); code != http.StatusOK || got.Version != 3 {
 		t.Fatalf("PUT version 3: %d %+v", code, got)
 	}
-	waitFor(t, "version 3 applied", func() bool { return stackHealthy(instance(), 3) })
+	poll.Until(t, "version 3 applied", func() bool { return stackHealthy(instance(), 3) })
 
 	// A target written while the agent is down is applied when it starts.
 	stopAgent(t, data, id)
@@ -544,7 +530,7 @@ func testTargets(t *testing.T, cp *controlPlane, data, id string) {
 		t.Fatalf("PUT version 4: %d %+v", code, got)
 	}
 	startAgent(t, data, id)
-	waitFor(t, "version 4 applied after the agent's start", func() bool { return stackHealthy(instance(), 4) })
+	poll.Until(t, "version 4 applied after the agent's start", func() bool { return stackHealthy(instance(), 4) })
 }
 
 // testProvision provisions an instance through the API and follows its job
@@ -676,7 +662,7 @@ func testCommands(t *testing.T, cp *controlPlane, id, offline string) {
 	if code := cp.send(http.MethodPost, "/api/v1/runs", `{"command":"facts","select":{"ids":["`+id+`","`+offline+`"]},"max_concurrency":"100%","max_errors":"100%","timeout":"10s"}`, &run); code != http.StatusCreated {
 		t.Fatalf("POST /api/v1/runs: %d", code)
 	}
-	waitFor(t, "the fleet run to finish", func() bool {
+	poll.Until(t, "the fleet run to finish", func() bool {
 		cp.api(http.MethodGet, "/api/v1/runs/"+run.ID, &run)
 		return run.Done()
 	})

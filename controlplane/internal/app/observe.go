@@ -20,19 +20,49 @@ import (
 // dashboard-api streams, and counted for Prometheus.
 type feedStore struct {
 	*store.Store
-	feed    *fleet.Feed
-	tracker *fleet.Tracker
-	jobs    *jobCounts
-	// refusals counts the commands agents report refusing, by reason.
-	refusals *prometheus.CounterVec
+	feed     *fleet.Feed
+	tracker  *fleet.Tracker
+	jobs     *jobCounts
+	refusals refusals
 	log      *slog.Logger
 }
 
-// newRefusals is feedStore's refusals counter.
-func newRefusals() *prometheus.CounterVec {
-	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: "stackpro_commands_refused_total",
-		Help: "Commands agents reported refusing, by reason (suppressed: refusals an agent counted but did not report one by one)."},
-		[]string{"reason"})
+// refusals counts what agents report refusing, by reason.
+type refusals struct{ commands, targets *prometheus.CounterVec }
+
+func newRefusals() refusals {
+	return refusals{
+		commands: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "stackpro_commands_refused_total",
+			Help: "Commands agents reported refusing, by reason (suppressed: refusals an agent counted but did not report one by one)."},
+			[]string{"reason"}),
+		targets: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "stackpro_targets_refused_total",
+			Help: "Values of their key in the targets bucket that agents reported refusing to apply, by reason."},
+			[]string{"reason"}),
+	}
+}
+
+func (r refusals) Describe(ch chan<- *prometheus.Desc) {
+	r.commands.Describe(ch)
+	r.targets.Describe(ch)
+}
+func (r refusals) Collect(ch chan<- prometheus.Metric) { r.commands.Collect(ch); r.targets.Collect(ch) }
+
+// count audits and counts a refusal an agent reported in ev, if it is one.
+func (r refusals) count(st *store.Store, ev protocol.Event) error {
+	reason := cmp.Or(ev.Data["reason"], "unknown")
+	switch ev.Type {
+	case protocol.EventCommandRefused:
+		if n, err := strconv.Atoi(ev.Data["suppressed"]); err == nil {
+			r.commands.WithLabelValues("suppressed").Add(float64(n))
+		} else {
+			r.commands.WithLabelValues(reason).Inc()
+		}
+	case protocol.EventTargetRefused:
+		r.targets.WithLabelValues(reason).Inc()
+	default:
+		return nil
+	}
+	return auditRefusal(st, ev)
 }
 
 // SaveJob saves job, then publishes it.
@@ -54,15 +84,8 @@ func (s feedStore) AppendEvent(ev protocol.Event, seq uint64) error {
 	if err := s.Store.AppendEvent(ev, seq); err != nil {
 		return err
 	}
-	if ev.Type == protocol.EventCommandRefused {
-		if err := auditRefusal(s.Store, ev); err != nil {
-			s.log.Error("auditing a refused command", "instance", ev.InstanceID, "err", err)
-		}
-		if n, err := strconv.Atoi(ev.Data["suppressed"]); err == nil {
-			s.refusals.WithLabelValues("suppressed").Add(float64(n))
-		} else {
-			s.refusals.WithLabelValues(cmp.Or(ev.Data["reason"], "unknown")).Inc()
-		}
+	if err := s.refusals.count(s.Store, ev); err != nil {
+		s.log.Error("auditing a refusal", "instance", ev.InstanceID, "type", ev.Type, "err", err)
 	}
 	inst, _ := s.tracker.Get(ev.InstanceID, time.Now())
 	s.publish(fleet.ChangeAgentEvent, inst.Customer, ev.InstanceID, ev)

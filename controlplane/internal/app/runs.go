@@ -1,6 +1,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
@@ -79,13 +80,18 @@ func (t tagsAPI) SetTags(_ context.Context, id string, tags map[string]string) (
 	return t.tracker.Get(id, time.Now())
 }
 
-// auditRefusal writes a command an agent refused (a command.refused
-// event) to the audit log.
+// auditRefusal writes what an agent refused (a command.refused or
+// target.refused event) to the audit log.
 func auditRefusal(st *store.Store, ev protocol.Event) error {
-	detail := fmt.Sprintf("%s refused %s (nonce %s, run %s): %s: %s", ev.InstanceID, ev.Data["command"],
-		ev.Data["nonce"], ev.Data["run"], ev.Data["reason"], ev.Message)
-	if n := ev.Data["suppressed"]; n != "" {
-		detail = fmt.Sprintf("%s refused %s more commands (not reported one by one): %s", ev.InstanceID, n, ev.Message)
+	var detail string
+	switch {
+	case ev.Type == protocol.EventTargetRefused:
+		detail = fmt.Sprintf("%s refused its target (version %s): %s", ev.InstanceID, cmp.Or(ev.Data["version"], "none"), ev.Message)
+	case ev.Data["suppressed"] != "":
+		detail = fmt.Sprintf("%s refused %s more commands (not reported one by one): %s", ev.InstanceID, ev.Data["suppressed"], ev.Message)
+	default:
+		detail = fmt.Sprintf("%s refused %s (nonce %s, run %s): %s: %s", ev.InstanceID, ev.Data["command"],
+			ev.Data["nonce"], ev.Data["run"], ev.Data["reason"], ev.Message)
 	}
-	return st.AppendAudit(store.AuditRecord{Time: ev.At, Event: "command.refused", Actor: ev.InstanceID, Detail: detail})
+	return st.AppendAudit(store.AuditRecord{Time: ev.At, Event: ev.Type, Actor: ev.InstanceID, Detail: detail})
 }

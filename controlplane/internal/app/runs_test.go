@@ -35,6 +35,8 @@ func TestRefusalsAudited(t *testing.T) {
 		{V: protocol.Version, ID: "e2", InstanceID: id, At: now, Type: protocol.EventCommandRefused, Severity: protocol.SeverityWarning,
 			Message: "12 refusals not reported", Data: map[string]string{"suppressed": "12"}},
 		{V: protocol.Version, ID: "e3", InstanceID: id, At: now, Type: protocol.EventAgentStarted, Severity: protocol.SeverityInfo, Message: "started"},
+		{V: protocol.Version, ID: "e4", InstanceID: id, At: now, Type: protocol.EventTargetRefused, Severity: protocol.SeverityError,
+			Message: "target refused (stale): version 2 is older than version 5", Data: map[string]string{"reason": string(protocol.RefusedStale), "version": "2"}},
 	}
 	for i, ev := range events {
 		if err := fst.AppendEvent(ev, uint64(i+1)); err != nil {
@@ -45,14 +47,18 @@ func TestRefusalsAudited(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(audit) != 2 || audit[0].Event != "command.refused" || !strings.Contains(audit[0].Detail, "forged") ||
-		!strings.Contains(audit[0].Detail, "stack.down") || !strings.Contains(audit[1].Detail, "12 more") || audit[0].Actor != id {
-		t.Errorf("audit log %+v, want the forged stack.down and the 12 suppressed, by the instance", audit)
+	if len(audit) != 3 || audit[0].Event != "command.refused" || !strings.Contains(audit[0].Detail, "forged") ||
+		!strings.Contains(audit[0].Detail, "stack.down") || !strings.Contains(audit[1].Detail, "12 more") || audit[0].Actor != id ||
+		audit[2].Event != "target.refused" || !strings.Contains(audit[2].Detail, "version 2") || audit[2].Actor != id {
+		t.Errorf("audit log %+v, want the forged stack.down, the 12 suppressed and the stale target, by the instance", audit)
 	}
-	if got := testutil.ToFloat64(fst.refusals.WithLabelValues(string(protocol.RefusedForged))); got != 1 {
+	if got := testutil.ToFloat64(fst.refusals.targets.WithLabelValues(string(protocol.RefusedStale))); got != 1 {
+		t.Errorf("stale targets counted %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(fst.refusals.commands.WithLabelValues(string(protocol.RefusedForged))); got != 1 {
 		t.Errorf("forged refusals counted %v, want 1", got)
 	}
-	if got := testutil.ToFloat64(fst.refusals.WithLabelValues("suppressed")); got != 12 {
+	if got := testutil.ToFloat64(fst.refusals.commands.WithLabelValues("suppressed")); got != 12 {
 		t.Errorf("suppressed refusals counted %v, want 12", got)
 	}
 }

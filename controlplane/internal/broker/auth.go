@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
@@ -33,11 +34,17 @@ func newKeyPair() (*keyPair, error) {
 func (k *keyPair) sign(nonce []byte) ([]byte, error) { return k.kp.Sign(nonce) }
 
 // authenticator is the server's CustomClientAuthentication: it checks the
-// NKey signature of every connection and hands it its permissions.
+// NKey signature of every connection and hands it its account and
+// permissions.
 type authenticator struct {
 	log              *slog.Logger
 	server           *server.Server
+	accounts         *accounts
 	internal, system *keyPair
+	// open is closed once the accounts are laid out and the broker
+	// watches connections come and go; agents and the enroll user wait
+	// for it, so that none connects unseen or into no account.
+	open chan struct{}
 
 	mu     sync.RWMutex
 	agents map[string]string // public key → instance id
@@ -58,7 +65,7 @@ func newAuthenticator(log *slog.Logger, creds map[string]string) (*authenticator
 	for k, v := range creds {
 		agents[k] = v
 	}
-	return &authenticator{log: log, internal: internal, system: system, agents: agents}, nil
+	return &authenticator{log: log, internal: internal, system: system, agents: agents, open: make(chan struct{})}, nil
 }
 
 func (a *authenticator) instanceOf(publicKey string) (string, bool) {
@@ -74,18 +81,15 @@ func (a *authenticator) authorize(publicKey, instanceID string) {
 	a.agents[publicKey] = instanceID
 }
 
-// revoke forgets instance id's keys and returns them.
-func (a *authenticator) revoke(instanceID string) map[string]struct{} {
+// revoke forgets instance id's keys.
+func (a *authenticator) revoke(instanceID string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	keys := map[string]struct{}{}
 	for k, id := range a.agents {
 		if id == instanceID {
-			keys[k] = struct{}{}
 			delete(a.agents, k)
 		}
 	}
-	return keys
 }
 
 // Check lets a connection in, with its permissions, or refuses it.
@@ -95,8 +99,8 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 	}
 	opts := c.GetOpts()
 	if opts.Nkey == "" {
-		if opts.Username == protocol.EnrollUser {
-			c.RegisterUser(&server.User{Username: protocol.EnrollUser, Permissions: enrollPermissions()})
+		if opts.Username == protocol.EnrollUser && a.wait(c) {
+			c.RegisterUser(&server.User{Username: protocol.EnrollUser, Account: a.accounts.enroll, Permissions: enrollPermissions()})
 			return true
 		}
 		a.log.Warn("connection refused: no credentials", "remote", c.RemoteAddress())
@@ -113,18 +117,50 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 	user := &server.NkeyUser{Nkey: opts.Nkey}
 	switch opts.Nkey {
 	case a.internal.public:
-		// The control plane: every subject of the global account.
+		// The control plane: every subject of its own account.
+		user.Account = a.accounts.cp
 	case a.system.public:
 		user.Account = a.server.SystemAccount()
 	default:
-		id, known := a.instanceOf(opts.Nkey)
-		if !known {
-			a.log.Warn("connection refused: unknown key", "remote", c.RemoteAddress(), "key", opts.Nkey)
+		if user.Account, user.Permissions = a.agent(c, opts.Nkey); user.Account == nil {
 			return false
 		}
-		user.Permissions = agentPermissions(id)
 	}
 	return nc.RegisterNkeyUser(user) == nil
+}
+
+// openWait is how long an agent's or the enroll user's connection waits
+// for the broker to open before it is refused (and tries again).
+const openWait = 10 * time.Second
+
+// wait waits for the broker to open and reports whether it did.
+func (a *authenticator) wait(c server.ClientAuthentication) bool {
+	select {
+	case <-a.open:
+		return true
+	case <-time.After(openWait):
+		a.log.Warn("connection refused: the broker is not open yet", "remote", c.RemoteAddress())
+		return false
+	}
+}
+
+// agent returns the account and permissions of the agent whose key is
+// publicKey, or nil when it may not connect.
+func (a *authenticator) agent(c server.ClientAuthentication, publicKey string) (*server.Account, *server.Permissions) {
+	id, known := a.instanceOf(publicKey)
+	if !known {
+		a.log.Warn("connection refused: unknown key", "remote", c.RemoteAddress(), "key", publicKey)
+		return nil, nil
+	}
+	if !a.wait(c) {
+		return nil, nil
+	}
+	acc, err := a.accounts.agent(id)
+	if err != nil {
+		a.log.Error("connection refused", "remote", c.RemoteAddress(), "instance", id, "err", err)
+		return nil, nil
+	}
+	return acc, agentPermissions(id)
 }
 
 // verify checks sig (base64, as clients send it) over nonce with publicKey.
@@ -142,9 +178,10 @@ func verify(publicKey, sig string, nonce []byte) bool {
 	return err == nil && pub.Verify(nonce, raw) == nil
 }
 
-// agentPermissions: an agent publishes only under its own subjects, asks
-// for its own target and answers requests made to it; it subscribes only to
-// its own commands, its own target and its own inbox.
+// agentPermissions: an agent publishes only under its own subjects (its
+// answers to commands included) and asks for its own target; it
+// subscribes only to its own commands, its own target and its own inbox.
+// Its account already holds nothing else; the list is a second wall.
 func agentPermissions(instanceID string) *server.Permissions {
 	return &server.Permissions{
 		Publish: &server.SubjectPermission{Allow: []string{
@@ -156,9 +193,6 @@ func agentPermissions(instanceID string) *server.Permissions {
 			protocol.TargetSubject(instanceID),
 			protocol.InboxPrefix(instanceID) + ".>",
 		}},
-		// Two answers to a request: the acknowledgement a run asks for,
-		// then the outcome.
-		Response: &server.ResponsePermission{MaxMsgs: 2, Expires: protocol.MaxCommandLifetime},
 	}
 }
 

@@ -1,12 +1,39 @@
 // Package broker runs the control plane's embedded NATS server with
 // JetStream on disk, decides who may connect and what each connection may
-// touch, and answers agents' enrollment requests.
+// touch, follows which agents are connected, and answers agents'
+// enrollment requests.
 //
-// Three kinds of connections are let in:
+// # Trust model
 //
-//   - the control plane itself, in process, with a key made at start-up;
-//   - agents, each with the NKey it enrolled, limited to its own subjects;
-//   - the "enroll" user, which may only ask to enroll and read the answer.
+// Three kinds of connections are let in, each into an account of its own:
+//
+//   - the control plane itself, in process, with a key made at start-up,
+//     in the global account, which holds JetStream (the events stream and
+//     the targets bucket) and the enrollment responder;
+//   - agents, each with the NKey it enrolled, each alone in an account
+//     named by its instance id;
+//   - the "enroll" user, with no credentials, in the ENROLL account.
+//
+// NATS checks the subject a client publishes on, never the reply subject
+// it names, and whoever answers a request (JetStream, a direct get, the
+// enrollment responder) publishes the answer on that reply subject. Within
+// one account, a client could thus aim an answer at anyone's subjects.
+// Accounts close that whole class: messages cross from one account to
+// another only through the imports this package sets up (see accounts.go),
+// and a request crossing a service import has its reply subject replaced
+// by one that leads back to the requester's account alone. Whatever reply
+// an agent or the enroll user names, the answer lands in its own account,
+// where nobody else listens.
+//
+// So an agent can publish its own heartbeats, metrics and events (getting
+// JetStream's acknowledgements), read its own target (as it is written,
+// and on demand), and receive its own commands and answer them, on reply
+// subjects under its own subjects (protocol.ReplySubject). It cannot
+// publish, read or answer anything of another instance, nor touch the
+// JetStream API, nor enroll. The enroll user can send enrollment requests
+// and read the answers to them, nothing else; the control plane answers an
+// enrollment only when its reply subject is such a mapped one. Subject
+// permissions per connection stay on as a second wall.
 package broker
 
 import (
@@ -23,6 +50,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 
 	"github.com/stackpro/stackpro/shared/protocol"
 )
@@ -40,7 +68,9 @@ type Options struct {
 	// CommandKey signs every command sent to an agent; its public half
 	// goes to each agent in the enrollment reply.
 	CommandKey ed25519.PrivateKey
-	Log        *slog.Logger
+	// Presence is told when each instance's agent connects and disconnects.
+	Presence Presence
+	Log      *slog.Logger
 }
 
 // Broker is a running embedded NATS server.
@@ -72,6 +102,9 @@ func Start(ctx context.Context, o Options) (*Broker, error) {
 	if len(o.CommandKey) != ed25519.PrivateKeySize {
 		return nil, errors.New("broker: no command key")
 	}
+	if o.Presence == nil || o.Enroll == nil {
+		return nil, errors.New("broker: Presence and Enroll are required")
+	}
 	log := o.Log.With("component", "broker")
 	auth, err := newAuthenticator(log, o.Credentials)
 	if err != nil {
@@ -99,11 +132,30 @@ func Start(ctx context.Context, o Options) (*Broker, error) {
 		return nil, errors.New("broker: not ready for connections after 30s")
 	}
 	b := &Broker{ns: ns, auth: auth, log: log, enroller: o.Enroll, key: o.CommandKey}
-	if err := b.connect(ctx); err != nil {
+	if err := b.open(ctx, o.Presence); err != nil {
 		b.Shutdown()
 		return nil, err
 	}
 	return b, nil
+}
+
+// open lays out the accounts, connects the control plane, and then lets
+// agents and the enroll user in. The accounts come after the server has
+// started: JetStream is turned on for the global account only when it is
+// the only one at start.
+func (b *Broker) open(ctx context.Context, p Presence) error {
+	var err error
+	if b.auth.accounts, err = newAccounts(b.ns); err != nil {
+		return err
+	}
+	if err := b.connect(ctx); err != nil {
+		return err
+	}
+	if err := b.watchPresence(p); err != nil {
+		return err
+	}
+	close(b.auth.open)
+	return nil
 }
 
 // connect opens the control plane's in-process connections, creates the
@@ -164,10 +216,6 @@ func (b *Broker) inProcess(name string, key *keyPair) (*nats.Conn, error) {
 // Conn is the control plane's own connection, allowed everything.
 func (b *Broker) Conn() *nats.Conn { return b.conn }
 
-// SysConn is a connection to the system account, for server events such
-// as $SYS.ACCOUNT.$G.CONNECT.
-func (b *Broker) SysConn() *nats.Conn { return b.sys }
-
 // ClientURL is where agents connect.
 func (b *Broker) ClientURL() string { return b.ns.ClientURL() }
 
@@ -184,26 +232,45 @@ func (b *Broker) Ready() error {
 	return nil
 }
 
-// InstanceOf returns the instance id of an agent's public key.
-func (b *Broker) InstanceOf(publicKey string) (string, bool) { return b.auth.instanceOf(publicKey) }
-
 // Revoke forgets every key of instance id and closes its connections.
 func (b *Broker) Revoke(instanceID string) {
-	keys := b.auth.revoke(instanceID)
-	conns, err := b.ns.Connz(&server.ConnzOptions{Username: true, Limit: 1 << 30})
+	b.auth.revoke(instanceID)
+	conns, err := b.ns.Connz(&server.ConnzOptions{Account: instanceID, Limit: 1 << 30})
 	if err != nil {
 		b.log.Error("listing connections to revoke", "instance", instanceID, "err", err)
 		return
 	}
 	for _, c := range conns.Conns {
-		if _, ok := keys[c.AuthorizedUser]; ok {
-			_ = b.ns.DisconnectClientByID(c.Cid)
-		}
+		_ = b.ns.DisconnectClientByID(c.Cid)
 	}
 }
 
 // ErrNoAgent means no agent is connected to answer a command.
 var ErrNoAgent = errors.New("broker: the instance's agent is not connected")
+
+// Ask sends a signed command (data) to instance id's agent over nc and
+// waits until ctx ends for its first answer, which comes on a reply
+// subject under the instance's own subjects (protocol.ReplySubject). Its
+// error wraps ErrNoAgent when no agent took the request.
+func Ask(ctx context.Context, nc *nats.Conn, id string, data []byte) (*nats.Msg, error) {
+	reply := protocol.ReplySubject(id, "ask."+nuid.Next())
+	sub, err := nc.SubscribeSync(reply)
+	if err != nil {
+		return nil, fmt.Errorf("broker: asking %s: %w", id, err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.PublishMsg(&nats.Msg{Subject: protocol.CommandSubject(id), Reply: reply, Data: data}); err != nil {
+		return nil, fmt.Errorf("broker: asking %s: %w", id, err)
+	}
+	m, err := sub.NextMsgWithContext(ctx)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return nil, fmt.Errorf("%w: %s", ErrNoAgent, id)
+	case err != nil:
+		return nil, fmt.Errorf("broker: asking %s: %w", id, err)
+	}
+	return m, nil
+}
 
 // CommandKey is the public key agents check commands with.
 func (b *Broker) CommandKey() ed25519.PublicKey { return b.key.Public().(ed25519.PublicKey) }
@@ -231,12 +298,9 @@ func (b *Broker) Command(ctx context.Context, id string, req protocol.CommandReq
 	if err != nil {
 		return reply, err
 	}
-	m, err := b.conn.RequestWithContext(ctx, protocol.CommandSubject(id), data)
-	if errors.Is(err, nats.ErrNoResponders) {
-		return reply, ErrNoAgent
-	}
+	m, err := Ask(ctx, b.conn, id, data)
 	if err != nil {
-		return reply, fmt.Errorf("broker: command %s to %s: %w", req.Name, id, err)
+		return reply, fmt.Errorf("broker: command %s: %w", req.Name, err)
 	}
 	if err := json.Unmarshal(m.Data, &reply); err != nil {
 		return reply, fmt.Errorf("broker: malformed reply from %s: %w", id, err)

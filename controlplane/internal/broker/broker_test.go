@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
@@ -9,6 +10,8 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +22,7 @@ import (
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/broker"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -37,9 +41,29 @@ func (e enroller) RedeemToken(id, token, key string, now time.Time) error {
 func (e enroller) Enrolled(string, time.Time) {}
 
 type env struct {
-	st     *store.Store
-	b      *broker.Broker
-	tokens map[string]string // instance id → enrollment token
+	st       *store.Store
+	b        *broker.Broker
+	tokens   map[string]string // instance id → enrollment token
+	presence *presence
+}
+
+// presence records what the broker says of agents' connections.
+type presence struct {
+	mu      sync.Mutex
+	changes []string // "<id> up" or "<id> down", in order
+}
+
+func (p *presence) Connected(id string, up bool, _ time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.changes = append(p.changes, id+map[bool]string{true: " up", false: " down"}[up])
+	return true
+}
+
+func (p *presence) seen() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.changes)
 }
 
 func start(t *testing.T, ids ...string) *env {
@@ -50,7 +74,7 @@ func start(t *testing.T, ids ...string) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	e := &env{st: st, tokens: map[string]string{}}
+	e := &env{st: st, tokens: map[string]string{}, presence: &presence{}}
 	for _, id := range ids {
 		if err := st.PutInstances(fleet.Instance{ID: id, CreatedAt: time.Now()}); err != nil {
 			t.Fatal(err)
@@ -60,7 +84,8 @@ func start(t *testing.T, ids ...string) *env {
 		}
 	}
 	e.b, err = broker.Start(context.Background(), broker.Options{Listen: "127.0.0.1:0", StoreDir: filepath.Join(dir, "js"),
-		Credentials: map[string]string{}, Enroll: enroller{st}, CommandKey: commandKey(t, st), Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Credentials: map[string]string{}, Enroll: enroller{st}, CommandKey: commandKey(t, st), Presence: e.presence,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatalf("broker.Start: %v", err)
 	}
@@ -229,7 +254,9 @@ func TestCommandsReachOnlyTheirAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = ncA.Flush()
-	reply, err := e.b.Conn().Request(protocol.CommandSubject(a), []byte("ping"), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	reply, err := broker.Ask(ctx, e.b.Conn(), a, []byte("ping"))
 	if err != nil {
 		t.Fatalf("request to A: %v (an agent must be able to answer its own commands)", err)
 	}
@@ -368,9 +395,6 @@ func TestRevoke(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("revoked agent still connected after 5s")
 	}
-	if _, ok := e.b.InstanceOf(pub); ok {
-		t.Error("revoked key still known")
-	}
 	if _, err := nats.Connect(e.b.ClientURL(), nats.Nkey(pub, kp.Sign)); !errors.Is(err, nats.ErrAuthorization) {
 		t.Errorf("reconnect after revoke: %v, want authorization violation", err)
 	}
@@ -436,4 +460,207 @@ func commandKey(t *testing.T, st *store.Store) ed25519.PrivateKey {
 		t.Fatal(err)
 	}
 	return key
+}
+
+// connect connects with the agent key pub (kp), as its agent would.
+func (e *env) connect(t *testing.T, id string, kp nkeys.KeyPair, pub string) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(e.b.ClientURL(), nats.Nkey(pub, kp.Sign), nats.CustomInboxPrefix(protocol.InboxPrefix(id)))
+	if err != nil {
+		t.Fatalf("connecting as %s: %v", id, err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// Whatever reply subject an agent or the enroll user names on a publish it
+// may make, whoever answers (JetStream's acknowledgement, a direct get,
+// the enrollment responder) must not reach another instance or the
+// JetStream API: nothing arrives at a subscriber of the victim's subjects,
+// and the victim's target is unchanged.
+func TestRepliesNeverReachAnotherInstance(t *testing.T) {
+	const a, b = "i-aaaa", "i-bbbb"
+	e := start(t, a, b)
+	ncA, _ := e.agent(t, a)
+	ncB, _ := e.agent(t, b)
+	enroll, err := nats.Connect(e.b.ClientURL(), nats.UserInfo(protocol.EnrollUser, ""), nats.CustomInboxPrefix(protocol.EnrollInboxPrefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer enroll.Close()
+	ctx := context.Background()
+	js, err := jetstream.New(e.b.Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, protocol.TargetsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// put writes id's target afresh, so that each case starts whole.
+	put := func(t *testing.T, id string) jetstream.KeyValueEntry {
+		t.Helper()
+		if _, err := kv.Put(ctx, id, []byte(`{"v":4,"instance_id":"`+id+`","version":1}`)); err != nil {
+			t.Fatal(err)
+		}
+		entry, err := kv.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return entry
+	}
+	put(t, a)
+
+	// What would see a message aimed at B: B itself, on everything it
+	// subscribes to, and the control plane, on B's subjects.
+	watch := map[string]*nats.Subscription{}
+	for _, w := range []struct {
+		nc      *nats.Conn
+		subject string
+	}{
+		{ncB, protocol.TargetSubject(b)},
+		{ncB, protocol.CommandSubject(b)},
+		{ncB, protocol.InboxPrefix(b) + ".>"},
+		{e.b.Conn(), protocol.AgentSubjects(b)},
+		{e.b.Conn(), "$JS.API.STREAM.PURGE.>"},
+	} {
+		sub, err := w.nc.SubscribeSync(w.subject)
+		if err != nil {
+			t.Fatal(err)
+		}
+		watch[w.subject] = sub
+	}
+	// settle returns what the watchers got, once B and the control plane
+	// have read everything sent to them so far, and empties them.
+	settle := func(t *testing.T) []*nats.Msg {
+		t.Helper()
+		for _, nc := range []*nats.Conn{ncB, e.b.Conn()} {
+			if err := nc.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var got []*nats.Msg
+		for _, sub := range watch {
+			for m, err := sub.NextMsg(0); err == nil; m, err = sub.NextMsg(0) {
+				got = append(got, m)
+			}
+		}
+		return got
+	}
+
+	event, _ := json.Marshal(protocol.Event{V: protocol.Version, InstanceID: a, Type: "test", At: time.Now()})
+	_, pub := newKey(t)
+	senders := []struct {
+		name    string
+		nc      *nats.Conn
+		subject string
+		data    []byte
+		// marker is a request on the same path: once it is answered, so
+		// would the attack have been.
+		marker string
+	}{
+		{"agent event (JetStream ack)", ncA, protocol.AgentSubject(a, protocol.KindEvent), event, protocol.AgentSubject(a, protocol.KindEvent)},
+		{"agent heartbeat", ncA, protocol.AgentSubject(a, protocol.KindHeartbeat), []byte(`{}`), protocol.AgentSubject(a, protocol.KindEvent)},
+		{"agent metrics", ncA, protocol.AgentSubject(a, protocol.KindMetrics), []byte(`{}`), protocol.AgentSubject(a, protocol.KindEvent)},
+		{"agent command answer", ncA, protocol.ReplySubject(a, "run.x"), []byte(`{}`), protocol.AgentSubject(a, protocol.KindEvent)},
+		{"agent direct get", ncA, protocol.TargetGetSubject(a), nil, protocol.TargetGetSubject(a)},
+		{"enrollment, refused", enroll, protocol.EnrollSubject, request(a, "spe_wrong", pub), protocol.EnrollSubject},
+		{"enrollment, malformed", enroll, protocol.EnrollSubject, []byte("garbage"), protocol.EnrollSubject},
+	}
+	victims := []struct{ name, reply string }{
+		{"B's target key", protocol.TargetSubject(b)},
+		{"B's command subject", protocol.CommandSubject(b)},
+		{"B's inbox", protocol.InboxPrefix(b) + ".x.y"},
+		{"B's heartbeat subject", protocol.AgentSubject(b, protocol.KindHeartbeat)},
+		{"the JetStream API", "$JS.API.STREAM.PURGE.KV_" + protocol.TargetsBucket},
+	}
+	for _, s := range senders {
+		for _, v := range victims {
+			t.Run(s.name+" → "+v.name, func(t *testing.T) {
+				targetB := put(t, b)
+				settle(t)
+				if err := s.nc.PublishMsg(&nats.Msg{Subject: s.subject, Reply: v.reply, Data: s.data}); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := s.nc.Request(s.marker, s.data, 5*time.Second); err != nil {
+					t.Fatalf("marker request on %s: %v", s.marker, err)
+				}
+				for _, m := range settle(t) {
+					t.Errorf("a subscriber of B's subjects got %q on %s", m.Data, m.Subject)
+				}
+				got, err := kv.Get(ctx, b)
+				if err != nil {
+					t.Fatalf("B's target: %v", err)
+				}
+				if got.Revision() != targetB.Revision() || !bytes.Equal(got.Value(), targetB.Value()) {
+					t.Errorf("B's target is now %q (revision %d), want %q (revision %d)", got.Value(), got.Revision(), targetB.Value(), targetB.Revision())
+				}
+			})
+		}
+	}
+}
+
+// The control plane answers an enrollment only on a reply subject the
+// server mapped for the enroll account's import, never on one named in its
+// own account.
+func TestEnrollmentAnswersOnlyMappedReplies(t *testing.T) {
+	const a = "i-aaaa"
+	e := start(t, a)
+	_, pub := newKey(t)
+	cp := e.b.Conn()
+	answers, err := cp.SubscribeSync(protocol.TargetSubject(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.PublishMsg(&nats.Msg{Subject: protocol.EnrollSubject, Reply: protocol.TargetSubject(a), Data: request(a, e.tokens[a], pub)}); err != nil {
+		t.Fatal(err)
+	}
+	// The responder takes requests in order: once the enroll user's is
+	// answered, the one before it was handled.
+	if r := e.enroll(t, []byte("garbage")); r.Code != protocol.EnrollBadRequest {
+		t.Fatalf("marker enrollment: %+v", r)
+	}
+	if m, err := answers.NextMsg(0); err == nil {
+		t.Errorf("an enrollment was answered on %s: %q", m.Subject, m.Data)
+	}
+	creds, err := e.st.Credentials()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := creds[pub]; ok {
+		t.Error("an enrollment with an unmapped reply subject was redeemed")
+	}
+}
+
+// An instance is disconnected only when its last connection closes: a
+// second connection with the same key (a restarted agent whose old
+// connection has not timed out yet) closing leaves it connected.
+func TestPresenceCountsConnections(t *testing.T) {
+	const a, c = "i-aaaa", "i-cccc"
+	e := start(t, a, c)
+	kp, pub := newKey(t)
+	if r := e.enroll(t, request(a, e.tokens[a], pub)); !r.OK {
+		t.Fatalf("enroll: %+v", r)
+	}
+	first := e.connect(t, a, kp, pub)
+	poll.Until(t, "a's first connection to be seen", func() bool { return len(e.presence.seen()) == 1 })
+	second := e.connect(t, a, kp, pub)
+	cid, err := second.GetClientID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	second.Close()
+	poll.Until(t, "the server to close a's second connection", func() bool { return e.b.Closed(cid) })
+	// The disconnect event went out before the server listed the
+	// connection as closed, so c's connect event comes after it.
+	e.agent(t, c)
+	poll.Until(t, "c's connection to be seen", func() bool { return len(e.presence.seen()) >= 2 })
+	if got, want := e.presence.seen(), []string{a + " up", c + " up"}; !slices.Equal(got, want) {
+		t.Fatalf("presence = %q, want %q: a's second connection closing disconnected it", got, want)
+	}
+	first.Close()
+	poll.Until(t, "a's last connection to close", func() bool { return len(e.presence.seen()) == 3 })
+	if got, want := e.presence.seen()[2], a+" down"; got != want {
+		t.Errorf("after a's last connection closed: %q, want %q", got, want)
+	}
 }

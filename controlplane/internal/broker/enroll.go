@@ -3,6 +3,7 @@ package broker
 import (
 	"encoding/json"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -23,15 +24,19 @@ type Enroller interface {
 var ErrRefused = errors.New("enrollment refused")
 
 // handleEnroll answers one EnrollRequest. Garbage and refusals are logged
-// and answered; nothing is written unless the token is good.
+// and answered; nothing is written unless the token is good. A request
+// whose reply subject the server did not map for the enroll account's
+// import is not read at all: its answer could land on any subject.
 func (b *Broker) handleEnroll(m *nats.Msg) {
+	if !strings.HasPrefix(m.Reply, mappedReplyPrefix) {
+		b.log.Warn("enrollment request ignored: its reply subject does not lead back to the enroll account", "reply", m.Reply)
+		return
+	}
 	reply := func(r protocol.EnrollReply) {
 		r.V = protocol.Version
 		data, _ := json.Marshal(r)
-		if m.Reply != "" {
-			if err := m.Respond(data); err != nil {
-				b.log.Error("answering enrollment", "err", err)
-			}
+		if err := m.Respond(data); err != nil {
+			b.log.Error("answering enrollment", "err", err)
 		}
 	}
 	var req protocol.EnrollRequest

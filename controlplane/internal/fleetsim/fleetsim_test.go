@@ -20,10 +20,13 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 	"github.com/spf13/cobra"
 
+	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/broker"
 	"github.com/stackpro/stackpro/controlplane/internal/fleetsim"
+	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -95,7 +98,8 @@ func start(t testing.TB, n int) *env {
 		e.creds = append(e.creds, c)
 	}
 	e.b, err = broker.Start(context.Background(), broker.Options{Listen: "127.0.0.1:0", StoreDir: t.TempDir(),
-		Credentials: map[string]string{}, Enroll: e.enr, CommandKey: key, Log: discard()})
+		Credentials: map[string]string{}, Enroll: e.enr, CommandKey: key,
+		Presence: fleet.NewTracker(fleet.Thresholds{StaleAfter: time.Minute, OfflineAfter: time.Hour}, nil), Log: discard()})
 	if err != nil {
 		t.Fatalf("broker.Start: %v", err)
 	}
@@ -143,7 +147,7 @@ func (e *env) seal(t testing.TB, req protocol.CommandRequest) []byte {
 func (e *env) send(t testing.TB, id string, data []byte, want int, wait time.Duration) []protocol.CommandReply {
 	t.Helper()
 	nc := e.b.Conn()
-	inbox := nc.NewInbox()
+	inbox := protocol.ReplySubject(id, "test."+nuid.Next())
 	sub, err := nc.SubscribeSync(inbox)
 	if err != nil {
 		t.Fatal(err)
@@ -168,18 +172,6 @@ func (e *env) send(t testing.TB, id string, data []byte, want int, wait time.Dur
 		replies = append(replies, r)
 	}
 	return replies
-}
-
-// eventually polls cond until it holds, failing after a generous deadline.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("still not %s after 30s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func TestAgentsEnrollAndHeartbeat(t *testing.T) {
@@ -211,7 +203,7 @@ func TestAgentsEnrollAndHeartbeat(t *testing.T) {
 	if got := e.enr.count(); got != 200 {
 		t.Errorf("%d tokens redeemed, want 200", got)
 	}
-	eventually(t, "a heartbeat from each of 200 agents", func() bool {
+	poll.Until(t, "a heartbeat from each of 200 agents", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(beats) == 200
@@ -402,7 +394,7 @@ func TestRefusals(t *testing.T) {
 		nonce bool
 	}{
 		{"garbage", []byte("not json"), protocol.RefusedMalformed, false},
-		{"no signature", []byte(`{"v":3}`), protocol.RefusedUnsigned, false},
+		{"no signature", []byte(`{"v":4}`), protocol.RefusedUnsigned, false},
 		{"forged", forged, protocol.RefusedForged, false},
 		{"replayed", replayed, protocol.RefusedReplayed, true},
 		{"mistargeted", e.seal(t, request(other, protocol.CommandPing, nil, true)), protocol.RefusedMistargeted, true},
@@ -446,12 +438,13 @@ func TestOfflineAndBack(t *testing.T) {
 		t.Fatalf("Stats() = %+v, want 5 offline, 45 connected, 50 enrolled", st)
 	}
 	ping := func(id string, wait time.Duration) error {
-		data := e.seal(t, request(id, protocol.CommandPing, nil, false))
-		_, err := e.b.Conn().Request(protocol.CommandSubject(id), data, wait)
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		_, err := broker.Ask(ctx, e.b.Conn(), id, e.seal(t, request(id, protocol.CommandPing, nil, false)))
 		return err
 	}
 	for _, id := range s.IDs(fleetsim.Offline) {
-		if err := ping(id, 5*time.Second); !errors.Is(err, nats.ErrNoResponders) {
+		if err := ping(id, 5*time.Second); !errors.Is(err, broker.ErrNoAgent) {
 			t.Errorf("ping %s (offline): %v, want no responders", id, err)
 		}
 	}
@@ -465,7 +458,7 @@ func TestOfflineAndBack(t *testing.T) {
 	// The server drops a closed connection's interest a moment later: a
 	// request sent meanwhile goes unanswered, so poll with short waits.
 	for _, id := range now {
-		eventually(t, id+" unreachable", func() bool { return errors.Is(ping(id, 100*time.Millisecond), nats.ErrNoResponders) })
+		poll.Until(t, id+" unreachable", func() bool { return errors.Is(ping(id, 100*time.Millisecond), broker.ErrNoAgent) })
 	}
 	for _, id := range was {
 		if !slices.Contains(now, id) {

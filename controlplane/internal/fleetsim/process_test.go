@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
+	"github.com/stackpro/stackpro/controlplane/internal/broker"
 	"github.com/stackpro/stackpro/controlplane/internal/fleetsim"
+	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -74,7 +74,9 @@ func TestProcessSplit(t *testing.T) {
 	}
 	ping := func(id string, wait time.Duration) (protocol.CommandReply, error) {
 		var r protocol.CommandReply
-		m, err := e.b.Conn().Request(protocol.CommandSubject(id), e.seal(t, request(id, protocol.CommandPing, nil, false)), wait)
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		m, err := broker.Ask(ctx, e.b.Conn(), id, e.seal(t, request(id, protocol.CommandPing, nil, false)))
 		if err == nil {
 			err = json.Unmarshal(m.Data, &r)
 		}
@@ -122,9 +124,9 @@ func TestProcessSplit(t *testing.T) {
 	// No child outlives the fleet: no agent is left to answer (once the
 	// server has seen the connections close).
 	for _, c := range e.creds {
-		eventually(t, c.InstanceID+" gone", func() bool {
+		poll.Until(t, c.InstanceID+" gone", func() bool {
 			_, err := ping(c.InstanceID, 100*time.Millisecond)
-			return errors.Is(err, nats.ErrNoResponders)
+			return errors.Is(err, broker.ErrNoAgent)
 		})
 	}
 }

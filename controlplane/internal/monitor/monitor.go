@@ -1,7 +1,8 @@
 // Package monitor listens to what agents report — heartbeats, metrics,
-// events — and to the broker's connect and disconnect events, and keeps the
-// fleet tracker, the store and each instance's metrics history up to date
-// with it. It never acts on an instance: what it learns is only reported.
+// events — and keeps the fleet tracker, the store and each instance's
+// metrics history up to date with it. It never acts on an instance: what
+// it learns is only reported. (Which agents are connected, the broker
+// tells the tracker itself.)
 package monitor
 
 import (
@@ -15,7 +16,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -34,18 +34,12 @@ type Store interface {
 	PruneMetrics(now time.Time, raw, hourly time.Duration) (int, error)
 }
 
-// Keys resolves an agent's public key to its instance id.
-type Keys interface {
-	InstanceOf(publicKey string) (string, bool)
-}
-
 // Options configures a Monitor.
 type Options struct {
 	Tracker *fleet.Tracker
 	Store   Store
-	Keys    Keys
-	// Conn is the control plane's connection; Sys one to the system account.
-	Conn, Sys *nats.Conn
+	// Conn is the control plane's connection.
+	Conn *nats.Conn
 	// PersistEvery is how often changed instances and new metrics points
 	// are written to the store.
 	PersistEvery time.Duration
@@ -212,19 +206,13 @@ func (m *Monitor) prune() {
 
 func (m *Monitor) subscribe() ([]*nats.Subscription, error) {
 	var subs []*nats.Subscription
-	for _, s := range []struct {
-		conn    *nats.Conn
-		subject string
-		handler nats.MsgHandler
-	}{
-		{m.o.Conn, protocol.AgentWildcard(protocol.KindHeartbeat), m.handleHeartbeat},
-		{m.o.Conn, protocol.AgentWildcard(protocol.KindMetrics), m.handleMetrics},
-		{m.o.Sys, "$SYS.ACCOUNT." + server.DEFAULT_GLOBAL_ACCOUNT + ".CONNECT", m.handleConnect},
-		{m.o.Sys, "$SYS.ACCOUNT." + server.DEFAULT_GLOBAL_ACCOUNT + ".DISCONNECT", m.handleDisconnect},
+	for subject, handler := range map[string]nats.MsgHandler{
+		protocol.AgentWildcard(protocol.KindHeartbeat): m.handleHeartbeat,
+		protocol.AgentWildcard(protocol.KindMetrics):   m.handleMetrics,
 	} {
-		sub, err := s.conn.Subscribe(s.subject, s.handler)
+		sub, err := m.o.Conn.Subscribe(subject, handler)
 		if err != nil {
-			return subs, fmt.Errorf("monitor: subscribing to %s: %w", s.subject, err)
+			return subs, fmt.Errorf("monitor: subscribing to %s: %w", subject, err)
 		}
 		subs = append(subs, sub)
 	}
@@ -360,33 +348,6 @@ func (m *Monitor) LatestMetrics(id string) (protocol.Metrics, bool) {
 	defer m.mu.RUnlock()
 	mt, ok := m.metrics[id]
 	return mt, ok
-}
-
-func (m *Monitor) handleConnect(msg *nats.Msg) {
-	var ev server.ConnectEventMsg
-	if err := json.Unmarshal(msg.Data, &ev); err != nil {
-		m.log.Warn("malformed connect event", "err", err)
-		return
-	}
-	m.connection(ev.Client.User, true)
-}
-
-func (m *Monitor) handleDisconnect(msg *nats.Msg) {
-	var ev server.DisconnectEventMsg
-	if err := json.Unmarshal(msg.Data, &ev); err != nil {
-		m.log.Warn("malformed disconnect event", "err", err)
-		return
-	}
-	m.connection(ev.Client.User, false)
-}
-
-func (m *Monitor) connection(key string, up bool) {
-	id, ok := m.o.Keys.InstanceOf(key)
-	if !ok {
-		return // the control plane's own connections, or an enrolling agent
-	}
-	m.o.Tracker.Connected(id, up, time.Now())
-	m.log.Info("agent connection", "instance", id, "connected", up)
 }
 
 // handleEvent stores one agent event. The stream's sequence is the key, so

@@ -22,6 +22,7 @@ import (
 	"github.com/stackpro/stackpro/controlplane/internal/broker"
 	"github.com/stackpro/stackpro/controlplane/internal/monitor"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -65,15 +66,14 @@ func setup(t *testing.T, opts ...func(*monitor.Options)) rig {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tracker := fleet.NewTracker(fleet.Thresholds{StaleAfter: time.Minute, OfflineAfter: time.Hour}, insts)
 	brk, err := broker.Start(context.Background(), broker.Options{Listen: "127.0.0.1:0", StoreDir: filepath.Join(dir, "js"),
-		Credentials: map[string]string{}, Enroll: noEnroll{}, CommandKey: key, Log: log})
+		Credentials: map[string]string{}, Enroll: noEnroll{}, CommandKey: key, Presence: tracker, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(brk.Shutdown)
-	tracker := fleet.NewTracker(fleet.Thresholds{StaleAfter: time.Minute, OfflineAfter: time.Hour}, insts)
-	o := monitor.Options{Tracker: tracker, Store: st, Keys: brk, Conn: brk.Conn(), Sys: brk.SysConn(),
-		PersistEvery: time.Hour, Log: log}
+	o := monitor.Options{Tracker: tracker, Store: st, Conn: brk.Conn(), PersistEvery: time.Hour, Log: log}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -105,23 +105,12 @@ func publish(t *testing.T, nc *nats.Conn, subject string, v any) {
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func TestHeartbeats(t *testing.T) {
 	r := setup(t)
 	tracker, st, nc, stop := r.tracker, r.st, r.nc, r.stop
 	// Core NATS keeps nothing for a subscriber that is not there yet, so
 	// the heartbeats are sent until the monitor has taken one, as an agent would.
-	waitFor(t, "a's heartbeat", func() bool {
+	poll.Until(t, "a's heartbeat", func() bool {
 		// A heartbeat naming another instance than its subject is ignored.
 		publish(t, nc, protocol.AgentSubject(a, protocol.KindHeartbeat),
 			protocol.Heartbeat{V: 1, InstanceID: b, AgentVersion: "spoofed", Health: protocol.HealthOK})
@@ -177,7 +166,7 @@ func TestEventsAreStoredOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got []protocol.Event
-	waitFor(t, "3 stored events", func() bool {
+	poll.Until(t, "3 stored events", func() bool {
 		got, _ = st.Events(a, 10)
 		return len(got) >= 3
 	})
@@ -203,7 +192,7 @@ func metrics(id string, at time.Time, cpu float64, rx, tx uint64) protocol.Metri
 // it on the same connection arrive after it.
 func sendFirst(t *testing.T, r rig, mt protocol.Metrics) {
 	t.Helper()
-	waitFor(t, "the first sample", func() bool {
+	poll.Until(t, "the first sample", func() bool {
 		publish(t, r.nc, protocol.AgentSubject(mt.InstanceID, protocol.KindMetrics), mt)
 		got, ok := r.mon.LatestMetrics(mt.InstanceID)
 		return ok && got.At.Equal(mt.At)
@@ -235,7 +224,7 @@ func TestMetricsHistory(t *testing.T) {
 	publish(t, r.nc, subject, "garbage")
 	publish(t, r.nc, subject, metrics(a, base, 10, 1000, 2000)) // the same sample again
 	publish(t, r.nc, subject, metrics(a, base.Add(30*time.Second), 30, 4000, 8000))
-	waitFor(t, "a's second sample", func() bool { return r.mon.Samples() >= 2 })
+	poll.Until(t, "a's second sample", func() bool { return r.mon.Samples() >= 2 })
 	if n := r.mon.Samples(); n != 2 {
 		t.Errorf("Samples() = %d, want 2: a spoofed, malformed or repeated sample was taken", n)
 	}
@@ -353,9 +342,9 @@ func TestMetricsFlushIsRetriedAndBounded(t *testing.T) {
 	for i := 1; i < 6; i++ {
 		publish(t, r.nc, protocol.AgentSubject(a, protocol.KindMetrics), metrics(a, base.Add(time.Duration(i)*30*time.Second), float64(i), 0, 0))
 	}
-	waitFor(t, "six samples", func() bool { return r.mon.Samples() == 6 })
-	waitFor(t, "a failed flush", func() bool { return flaky.failures.Load() > 0 })
-	waitFor(t, "the dropped points in the log", func() bool { return strings.Contains(logs.String(), "dropped metrics points") })
+	poll.Until(t, "six samples", func() bool { return r.mon.Samples() == 6 })
+	poll.Until(t, "a failed flush", func() bool { return flaky.failures.Load() > 0 })
+	poll.Until(t, "the dropped points in the log", func() bool { return strings.Contains(logs.String(), "dropped metrics points") })
 
 	// The newest three wait for the store, and show meanwhile.
 	h, err := r.mon.MetricsHistory(a, base.Add(-time.Minute), time.Now())
@@ -368,7 +357,7 @@ func TestMetricsFlushIsRetriedAndBounded(t *testing.T) {
 
 	flaky.fail.Store(false)
 	var stored []fleet.MetricsPoint
-	waitFor(t, "the retried flush", func() bool {
+	poll.Until(t, "the retried flush", func() bool {
 		stored, err = r.st.MetricsHistory(a, base.Add(-time.Minute), time.Now(), fleet.ResolutionRaw)
 		return err == nil && len(stored) > 0
 	})
@@ -385,7 +374,7 @@ func TestRunPrunesHistory(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	waitFor(t, "the old raw point pruned", func() bool {
+	poll.Until(t, "the old raw point pruned", func() bool {
 		pts, err := r.st.MetricsHistory(a, old.Add(-time.Minute), time.Now(), fleet.ResolutionRaw)
 		return err == nil && len(pts) == 0
 	})

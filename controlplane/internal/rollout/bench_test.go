@@ -13,6 +13,7 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/fleetsim"
+	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/internal/proctest"
 )
 
@@ -40,7 +41,7 @@ func BenchmarkFleet10k(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = sim.Stop() })
-	waitFor(b, "10,000 simulated agents to connect", 15*time.Minute, func() bool { return sim.Stats().Connected == n })
+	poll.Within(b, 15*time.Minute, "10,000 simulated agents to connect", func() bool { return sim.Stats().Connected == n })
 	pid := cp.cmd.Process.Pid
 	for b.Loop() {
 		// Let enrollment's writes and the first heartbeats settle, then
@@ -58,7 +59,7 @@ func BenchmarkFleet10k(b *testing.B) {
 		if code != http.StatusCreated {
 			b.Fatalf("POST /api/v1/runs: %d", code)
 		}
-		waitFor(b, "the ping run to finish", 5*time.Minute, func() bool {
+		poll.Within(b, 5*time.Minute, "the ping run to finish", func() bool {
 			getJSON(b, url+"/api/v1/runs/"+run.ID, token, &run)
 			return run.Done()
 		})

@@ -19,6 +19,7 @@ import (
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/fleetsim"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/internal/proctest"
 )
 
@@ -99,7 +100,7 @@ func start(t testing.TB, name string, args ...string) *process {
 func controlPlane(t testing.TB, data, httpAddr, natsAddr string) *process {
 	t.Helper()
 	cp := start(t, "stackpro-controlplane", "dev", "--data", data, "--http", httpAddr, "--nats", natsAddr, "--demo-instances", "0")
-	waitFor(t, "the control plane to be ready", 2*time.Minute, func() bool {
+	poll.Within(t, 2*time.Minute, "the control plane to be ready", func() bool {
 		select {
 		case err := <-cp.exited:
 			t.Fatalf("control plane exited: %v\n%s", err, cp.out)
@@ -113,17 +114,6 @@ func controlPlane(t testing.TB, data, httpAddr, natsAddr string) *process {
 		return resp.StatusCode == http.StatusOK
 	})
 	return cp
-}
-
-func waitFor(t testing.TB, what string, limit time.Duration, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", limit, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // stackctl runs one stackctl command and returns its stdout and exit code.
@@ -150,6 +140,7 @@ func stackctl(t testing.TB, url, token string, args ...string) (string, int) {
 func post(t testing.TB, url, token, body string, out any) int {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -209,7 +200,7 @@ func TestFleetCommandsEndToEnd(t *testing.T) {
 			t.Logf("simulator output:\n%s", simLog)
 		}
 	})
-	waitFor(t, "1,000 simulated agents to connect", 3*time.Minute, func() bool {
+	poll.Within(t, 3*time.Minute, "1,000 simulated agents to connect", func() bool {
 		st := sim.Stats()
 		return st.Processes == 2 && st.Connected == n
 	})
@@ -239,7 +230,7 @@ func TestFleetCommandsEndToEnd(t *testing.T) {
 		if err := sim.Send("offline 5%"); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "50 agents to go offline", time.Minute, func() bool { return sim.Stats().Connected == n-50 })
+		poll.Within(t, time.Minute, "50 agents to go offline", func() bool { return sim.Stats().Connected == n-50 })
 		var report report
 		out, code := stackctl(t, url, token, "run", "agent.version", "--select", "all", "--max-concurrency", "100%", "--max-errors", "100%",
 			"--timeout", "5s", "--json")
@@ -253,7 +244,7 @@ func TestFleetCommandsEndToEnd(t *testing.T) {
 		if err := sim.Send("normal"); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "every agent back online", time.Minute, func() bool { return sim.Stats().Connected == n })
+		poll.Within(t, time.Minute, "every agent back online", func() bool { return sim.Stats().Connected == n })
 	})
 	t.Run("control plane killed mid-run", func(t *testing.T) {
 		before := sim.Stats().Ran
@@ -263,7 +254,7 @@ func TestFleetCommandsEndToEnd(t *testing.T) {
 			t.Fatalf("stackctl run --detach: %d %q", code, out)
 		}
 		var run fleet.Run
-		waitFor(t, "the run to be under way", time.Minute, func() bool {
+		poll.Within(t, time.Minute, "the run to be under way", func() bool {
 			getJSON(t, url+"/api/v1/runs/"+id, token, &run)
 			return run.Sent >= 100
 		})
@@ -287,7 +278,7 @@ func TestFleetCommandsEndToEnd(t *testing.T) {
 		// Every agent ran this run's command once: none ran it twice. The
 		// simulator adds up its processes' counts every second: wait for
 		// all of them, then a little longer for any extra.
-		waitFor(t, "the simulator to count every command run", time.Minute, func() bool { return sim.Stats().Ran-before >= n })
+		poll.Within(t, time.Minute, "the simulator to count every command run", func() bool { return sim.Stats().Ran-before >= n })
 		time.Sleep(2 * time.Second)
 		if ran := sim.Stats().Ran - before; ran != n {
 			t.Errorf("the agents ran the command %d times, want %d", ran, n)

@@ -87,8 +87,6 @@ type Options struct {
 type Engine struct {
 	o   Options
 	log *slog.Logger
-	// sub receives every answer to every run's requests.
-	inbox string
 
 	mu     sync.Mutex
 	active map[string]*active
@@ -127,14 +125,14 @@ func New(o Options) *Engine {
 	if o.FlushEvery == 0 {
 		o.FlushEvery = 100 * time.Millisecond
 	}
-	return &Engine{o: o, log: o.Log.With("component", "rollout"), inbox: "_INBOX.rollout", counters: newCounters(),
+	return &Engine{o: o, log: o.Log.With("component", "rollout"), counters: newCounters(),
 		active: map[string]*active{}, ready: make(chan struct{}), wake: make(chan struct{}, 1)}
 }
 
 // Run answers replies, resumes unfinished runs, writes progress and times
 // out silent targets until ctx ends.
 func (e *Engine) Run(ctx context.Context) error {
-	sub, err := e.o.Conn.Subscribe(e.inbox+".>", e.reply)
+	sub, err := e.o.Conn.Subscribe(protocol.ReplyWildcard(replyToken), e.reply)
 	if err != nil {
 		return fmt.Errorf("rollout: subscribing to replies: %w", err)
 	}
@@ -369,7 +367,7 @@ func (e *Engine) send(a *active, run fleet.Run, batch []string, now time.Time) {
 					Run: run.ID, Ack: true}
 				data, err := e.o.Sealer.Seal(req)
 				if err == nil {
-					err = e.o.Conn.PublishMsg(&nats.Msg{Subject: protocol.CommandSubject(id), Reply: e.inbox + "." + run.ID + "." + id, Data: data})
+					err = e.o.Conn.PublishMsg(&nats.Msg{Subject: protocol.CommandSubject(id), Reply: protocol.ReplySubject(id, replyToken+"."+run.ID), Data: data})
 				}
 				if err != nil {
 					e.finish(a, id, fleet.TargetFailed, "control plane could not send: "+err.Error(), "", nil)
@@ -382,9 +380,18 @@ func (e *Engine) send(a *active, run fleet.Run, batch []string, now time.Time) {
 
 // reply takes an agent's acknowledgement or outcome, or the server's word
 // that nobody took the request.
+// replyToken begins the token of every run's reply subjects: targets
+// answer run r on protocol.ReplySubject(id, replyToken+"."+r).
+const replyToken = "run"
+
+// reply takes one answer of a target. The subject says which instance
+// sent it: an agent can publish under its own subjects only.
 func (e *Engine) reply(m *nats.Msg) {
-	rest, _ := strings.CutPrefix(m.Subject, e.inbox+".")
-	runID, id, ok := strings.Cut(rest, ".")
+	id, ok := protocol.InstanceFromSubject(m.Subject)
+	if !ok {
+		return
+	}
+	runID, ok := strings.CutPrefix(m.Subject, protocol.ReplySubject(id, replyToken)+".")
 	if !ok {
 		return
 	}

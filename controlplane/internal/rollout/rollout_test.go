@@ -20,6 +20,7 @@ import (
 	"github.com/stackpro/stackpro/controlplane/internal/fleetsim"
 	"github.com/stackpro/stackpro/controlplane/internal/rollout"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -82,7 +83,7 @@ func startFleet(t testing.TB, n int, fail float64) *testFleet {
 		t.Fatal(err)
 	}
 	f.brk, err = broker.Start(context.Background(), broker.Options{Listen: "127.0.0.1:0", StoreDir: filepath.Join(f.dir, "js"),
-		Credentials: map[string]string{}, Enroll: enroller{f.st, f.tracker}, CommandKey: f.key, Log: quiet()})
+		Credentials: map[string]string{}, Enroll: enroller{f.st, f.tracker}, CommandKey: f.key, Presence: f.tracker, Log: quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +185,7 @@ func TestErrorBudgetStopsRun(t *testing.T) {
 	}
 	// What the engine reports is what the store holds once written, and
 	// the agents saw exactly the targets sent.
-	waitFor(t, "the finished run to be written", time.Minute, func() bool {
+	poll.Within(t, time.Minute, "the finished run to be written", func() bool {
 		r, err := f.st.Run(run.ID)
 		return err == nil && r.Done()
 	})
@@ -428,7 +429,7 @@ func TestCancel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the online agents to answer and the offline ones to wait", time.Minute, func() bool {
+	poll.Within(t, time.Minute, "the online agents to answer and the offline ones to wait", func() bool {
 		r, err := e.Get(run.ID)
 		return err == nil && r.Counts[fleet.TargetSucceeded] == 40 && r.Counts[fleet.TargetPending] == 10
 	})

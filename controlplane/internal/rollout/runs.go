@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/internal/broker"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
@@ -56,9 +57,9 @@ func (e *Engine) resolveOne(ctx context.Context, a *active, run fleet.Run, id st
 			return
 		}
 		qctx, cancel := context.WithTimeout(ctx, resolveTimeout)
-		m, err = e.o.Conn.RequestWithContext(qctx, protocol.CommandSubject(id), data)
+		m, err = broker.Ask(qctx, e.o.Conn, id, data)
 		cancel()
-		if !errors.Is(err, nats.ErrNoResponders) || time.Now().After(giveUp) {
+		if !errors.Is(err, broker.ErrNoAgent) || time.Now().After(giveUp) {
 			break
 		}
 		select {
@@ -68,7 +69,7 @@ func (e *Engine) resolveOne(ctx context.Context, a *active, run fleet.Run, id st
 		}
 	}
 	switch {
-	case errors.Is(err, nats.ErrNoResponders):
+	case errors.Is(err, broker.ErrNoAgent):
 		e.finish(a, id, fleet.TargetUndeliverable, "agent not connected when the run resumed; whether it ran is unknown", "", nil)
 		return
 	case err != nil:

@@ -356,12 +356,16 @@ func (s *Store) RotateRefreshToken(sessionID, token, next string, now time.Time,
 }
 
 // RevokeRefreshFamily deletes session sessionID with every token of its
-// family, if token is one of them, used or not, and returns token's record;
-// otherwise it returns ErrNotFound.
-func (s *Store) RevokeRefreshFamily(sessionID, token string) (RefreshToken, error) {
+// family, if token is one of them, used or not, and allow answers nil for
+// token's record; it returns that record. An unknown token gets
+// ErrNotFound; allow's error, wrapped, leaves the session as it was.
+func (s *Store) RevokeRefreshFamily(sessionID, token string, allow func(RefreshToken) error) (RefreshToken, error) {
 	var rt RefreshToken
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		if _, _, err := refreshToken(tx, sessionID, token, &rt); err != nil {
+			return err
+		}
+		if err := allow(rt); err != nil {
 			return err
 		}
 		return tx.Bucket(bucketRefresh).DeleteBucket([]byte(sessionID))

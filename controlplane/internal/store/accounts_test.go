@@ -10,6 +10,9 @@ import (
 	"github.com/stackpro/stackpro/controlplane/internal/store"
 )
 
+// anyone lets anyone revoke a session.
+func anyone(store.RefreshToken) error { return nil }
+
 func createUser(t *testing.T, s *store.Store, id, email string) store.User {
 	t.Helper()
 	u := store.User{ID: id, Email: email, Role: store.RoleCustomer, CustomerID: "cus-" + id, CreatedAt: t0}
@@ -158,16 +161,21 @@ func TestRefreshTokenFamilies(t *testing.T) {
 	if err := s.SetPassword("usr-1", "new hash"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.RevokeRefreshFamily("ses-b", "spr_b1"); !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.RevokeRefreshFamily("ses-b", "spr_b1", anyone); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("RevokeRefreshFamily(usr-1's session after SetPassword) = %v, want ErrNotFound", err)
 	}
-	if _, err := s.RevokeRefreshFamily("ses-c", "spr_b1"); !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.RevokeRefreshFamily("ses-c", "spr_b1", anyone); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("RevokeRefreshFamily(session id without its token) = %v, want ErrNotFound", err)
 	}
 	if err := s.PutRefreshToken("spr_Zq8x3kLmPw", store.RefreshToken{SessionID: "ses-d", UserID: "usr-2"}); err != nil {
 		t.Fatal(err)
 	}
-	if rt, err := s.RevokeRefreshFamily("ses-c", "spr_c1"); err != nil || rt.UserID != "usr-2" {
+	notYours := errors.New("not yours")
+	rt, err := s.RevokeRefreshFamily("ses-c", "spr_c1", func(store.RefreshToken) error { return notYours })
+	if !errors.Is(err, notYours) || rt.UserID != "usr-2" {
+		t.Errorf("RevokeRefreshFamily(refused) = %+v, %v, want the refusal and the token's record", rt, err)
+	}
+	if rt, err := s.RevokeRefreshFamily("ses-c", "spr_c1", anyone); err != nil || rt.UserID != "usr-2" {
 		t.Errorf("RevokeRefreshFamily(usr-2's session) = %+v, %v, want it untouched until now", rt, err)
 	}
 	if _, err := s.RotateRefreshToken("ses-c", "spr_c1", "spr_c2", t0, time.Hour); !errors.Is(err, store.ErrNotFound) {
@@ -214,10 +222,10 @@ func TestPruneSessions(t *testing.T) {
 	if n, err := s.PruneSessions(t0); err != nil || n != 1 {
 		t.Fatalf("PruneSessions = %d, %v, want 1 (ses-b)", n, err)
 	}
-	if _, err := s.RevokeRefreshFamily("ses-b", "spr_b1"); !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.RevokeRefreshFamily("ses-b", "spr_b1", anyone); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("ses-b after pruning: %v, want ErrNotFound", err)
 	}
-	if _, err := s.RevokeRefreshFamily("ses-a", "spr_a1"); err != nil {
+	if _, err := s.RevokeRefreshFamily("ses-a", "spr_a1", anyone); err != nil {
 		t.Errorf("ses-a, which a token still renews, after pruning: %v", err)
 	}
 }

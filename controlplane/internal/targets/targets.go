@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -22,6 +23,9 @@ import (
 var (
 	ErrNotFound = errors.New("targets: no target")
 	ErrInvalid  = errors.New("targets: invalid target")
+	// ErrCorrupt: the bucket holds, under an instance's key, something
+	// other than a target of that instance.
+	ErrCorrupt = errors.New("targets: the key holds no target of its instance")
 )
 
 // Limits on what a target may hold; a target travels in one NATS message.
@@ -88,19 +92,21 @@ func (s Spec) Validate() error {
 
 // Store reads and writes targets.
 type Store struct {
-	kv jetstream.KeyValue
+	kv  jetstream.KeyValue
+	log *slog.Logger
 }
 
 // Open binds to the targets bucket, which the broker creates.
-func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
+func Open(ctx context.Context, js jetstream.JetStream, log *slog.Logger) (*Store, error) {
 	kv, err := js.KeyValue(ctx, protocol.TargetsBucket)
 	if err != nil {
 		return nil, fmt.Errorf("targets: %w", err)
 	}
-	return &Store{kv: kv}, nil
+	return &Store{kv: kv, log: log.With("component", "targets")}, nil
 }
 
-// Get returns instance id's current target, or ErrNotFound.
+// Get returns instance id's current target, ErrNotFound, or an error
+// wrapping ErrCorrupt when the key holds something else.
 func (s *Store) Get(ctx context.Context, instanceID string) (protocol.Target, error) {
 	t, _, err := s.get(ctx, instanceID)
 	return t, err
@@ -114,26 +120,48 @@ func (s *Store) get(ctx context.Context, instanceID string) (protocol.Target, ui
 	if err != nil {
 		return protocol.Target{}, 0, fmt.Errorf("targets: reading %s: %w", instanceID, err)
 	}
+	t, err := decode(instanceID, entry.Value())
+	return t, entry.Revision(), err
+}
+
+// decode reads the value of instance id's key. Only the control plane
+// writes there, so a value that is not a target of id with a version is a
+// fault or an attack (a JetStream acknowledgement aimed at the key, say),
+// and is never taken for a target.
+func decode(id string, value []byte) (protocol.Target, error) {
 	var t protocol.Target
-	if err := json.Unmarshal(entry.Value(), &t); err != nil {
-		return protocol.Target{}, 0, fmt.Errorf("targets: decoding %s: %w", instanceID, err)
+	if err := json.Unmarshal(value, &t); err != nil {
+		return protocol.Target{}, fmt.Errorf("%w: %s: %w", ErrCorrupt, id, err)
 	}
-	return t, entry.Revision(), nil
+	if t.InstanceID != id || t.Version == 0 {
+		return protocol.Target{}, fmt.Errorf("%w: %s holds instance %q, version %d", ErrCorrupt, id, t.InstanceID, t.Version)
+	}
+	return t, nil
 }
 
 // Set makes spec the target of instance id with the next version. Two
 // concurrent writers never get the same version: the write is conditional
-// on the revision read, and retried when another writer came first.
+// on the revision read, and retried when another writer came first. A
+// key that holds no target is written over, with a version above any it
+// can have held.
 func (s *Store) Set(ctx context.Context, instanceID string, spec Spec) (protocol.Target, error) {
 	if err := spec.Validate(); err != nil {
 		return protocol.Target{}, err
 	}
 	for attempt := 0; ; attempt++ {
 		cur, rev, err := s.get(ctx, instanceID)
-		if err != nil && !errors.Is(err, ErrNotFound) {
+		next := cur.Version + 1
+		switch {
+		case errors.Is(err, ErrCorrupt):
+			// The revision counts every write to the bucket, so it is
+			// above every version this key was ever given: the one its
+			// agent runs included.
+			next = rev + 1
+			s.log.Error("a target key holds no target; writing over it", "instance", instanceID, "revision", rev, "err", err)
+		case err != nil && !errors.Is(err, ErrNotFound):
 			return protocol.Target{}, err
 		}
-		t := protocol.Target{V: protocol.Version, InstanceID: instanceID, Version: cur.Version + 1,
+		t := protocol.Target{V: protocol.Version, InstanceID: instanceID, Version: next,
 			Compose: spec.Compose, Env: spec.Env, Files: spec.Files}
 		data, err := json.Marshal(t)
 		if err != nil {

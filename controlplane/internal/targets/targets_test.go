@@ -3,6 +3,8 @@ package targets_test
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -18,6 +20,13 @@ import (
 )
 
 func open(t *testing.T) *targets.Store {
+	t.Helper()
+	s, _ := openWithBucket(t)
+	return s
+}
+
+// openWithBucket is open, with the bucket itself for writing around the store.
+func openWithBucket(t *testing.T) (*targets.Store, jetstream.KeyValue) {
 	t.Helper()
 	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true,
 		JetStream: true, StoreDir: t.TempDir()})
@@ -36,14 +45,53 @@ func open(t *testing.T) *targets.Store {
 	t.Cleanup(nc.Close)
 	js, _ := jetstream.New(nc)
 	ctx := context.Background()
-	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: protocol.TargetsBucket, History: 10}); err != nil {
-		t.Fatal(err)
-	}
-	s, err := targets.Open(ctx, js)
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: protocol.TargetsBucket, History: 10})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return s
+	s, err := targets.Open(ctx, js, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, kv
+}
+
+// A key that holds something other than its instance's target is never
+// read as one, and the next target written goes above every version the
+// key can have held, so its agent takes it.
+func TestForgedValuesAreNotTargets(t *testing.T) {
+	for _, forged := range []string{
+		`{"stream":"STACKPRO_EVENTS","seq":7}`,
+		`{"v":4,"instance_id":"i-bbbb","version":99}`,
+		`{"v":4,"instance_id":"i-aaaa"}`,
+		`not json`,
+	} {
+		t.Run(forged, func(t *testing.T) {
+			s, kv := openWithBucket(t)
+			ctx := context.Background()
+			for range 3 {
+				if _, err := s.Set(ctx, "i-aaaa", targets.Spec{Compose: compose}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := kv.Put(ctx, "i-aaaa", []byte(forged)); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := s.Get(ctx, "i-aaaa"); !errors.Is(err, targets.ErrCorrupt) {
+				t.Errorf("Get = %+v, %v, want ErrCorrupt", got, err)
+			}
+			next, err := s.Set(ctx, "i-aaaa", targets.Spec{Compose: compose})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if next.Version <= 3 {
+				t.Errorf("the target written over the forged value has version %d, want above 3", next.Version)
+			}
+			if got, err := s.Get(ctx, "i-aaaa"); err != nil || got.Version != next.Version {
+				t.Errorf("Get = %+v, %v, want version %d", got, err, next.Version)
+			}
+		})
+	}
 }
 
 const compose = "services:\n  web:\n    image: stackpro/web:1\n"
