@@ -29,8 +29,12 @@ images: ## build the starter stack's image FROM scratch (no registry needed), wh
 	@if docker version >/dev/null 2>&1; then deploy/stacks/build-images.sh stackpro/demo:dev; \
 	else echo "no Docker engine: instances will report 'docker engine not available'"; fi
 
-test: $(BIN)/stripe-mock test-tools ## run every test with the race detector
-	STRIPE_MOCK=$(BIN)/stripe-mock TEST_ARTIFACTS=$(CURDIR)/test-artifacts $(GO) test -race -count=1 -timeout 13m ./...
+# Every benchmark also runs once at a small size (-short), so that one
+# that no longer runs fails here; the end-to-end tests, which mostly wait
+# on processes and Docker, run four at a time.
+test: $(BIN)/stripe-mock test-tools ## run every test with the race detector, and every benchmark once, small
+	STRIPE_MOCK=$(BIN)/stripe-mock TEST_ARTIFACTS=$(CURDIR)/test-artifacts $(GO) test -race -count=1 -parallel 4 \
+		-short -bench . -benchtime 1x -timeout 13m ./...
 
 # The ops console's browser test drives Debian's Chromium; the /metrics
 # test lints with promtool, from Debian's prometheus package.

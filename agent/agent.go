@@ -138,10 +138,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if a.rep, err = newReporter(cfg.InstanceID, a.nc, box, log); err != nil {
 		return err
 	}
-	if err := a.rep.Emit(protocol.EventAgentStarted, protocol.SeverityInfo, "agent "+buildinfo.Version+" started",
-		map[string]string{"version": buildinfo.Version, "commit": buildinfo.Commit}); err != nil {
-		return err
-	}
+	a.rep.Emit(protocol.EventAgentStarted, protocol.SeverityInfo, "agent "+buildinfo.Version+" started",
+		map[string]string{"version": buildinfo.Version, "commit": buildinfo.Commit})
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.rep.Run(gctx) })
 	g.Go(func() error { return a.heartbeats(gctx) })
@@ -173,7 +171,7 @@ func (a *Agent) watchLink(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case down := <-a.restored:
-			_ = a.rep.Emit(protocol.EventLinkRestored, protocol.SeverityInfo, "link to the control plane restored",
+			a.rep.Emit(protocol.EventLinkRestored, protocol.SeverityInfo, "link to the control plane restored",
 				map[string]string{"down_for": down.Round(time.Second).String()})
 			select {
 			case a.refetch <- struct{}{}:
@@ -213,12 +211,16 @@ func (a *Agent) heartbeats(ctx context.Context) error {
 			return
 		}
 		seq++
-		pending, dropped := a.box.Stats()
+		box := a.box.Stats()
 		st := a.stackStatus(ctx)
 		hb := protocol.Heartbeat{V: protocol.Version, InstanceID: a.cfg.InstanceID, Seq: seq, At: time.Now().UTC(),
 			AgentVersion: buildinfo.Version, Health: protocol.HealthOK,
 			Problems: append(slices.Clone(problems), stack.Problems(st)...),
-			Outbox:   protocol.OutboxStats{Pending: pending, DroppedMetrics: dropped}, Stack: &st}
+			Outbox:   protocol.OutboxStats{Pending: box.Pending, DroppedMetrics: box.DroppedMetrics, DroppedEvents: box.DroppedEvents},
+			Stack:    &st}
+		if box.UnreportedEvents > 0 {
+			hb.Problems = append(hb.Problems, fmt.Sprintf("the outbox is full: %d events dropped", box.UnreportedEvents))
+		}
 		if len(hb.Problems) > 0 {
 			hb.Health = protocol.HealthDegraded
 		}
@@ -239,17 +241,41 @@ func (a *Agent) stackStatus(ctx context.Context) protocol.StackStatus {
 	return a.stack.Status(ctx)
 }
 
-// emit reports an event; a failure to spool it is logged by the reporter.
+// emit reports an event; a failure to spool it is logged, and counted, by
+// the reporter. (The reconciler is made before the reporter, so it is
+// handed this and not a.rep.Emit.)
 func (a *Agent) emit(typ string, sev protocol.Severity, msg string, data map[string]string) {
-	_ = a.rep.Emit(typ, sev, msg, data)
+	a.rep.Emit(typ, sev, msg, data)
 }
 
 // procRoot is where the proc filesystem is mounted.
 const procRoot = "/proc"
 
-// diskFullPercent is the share of a disk in use past which the instance
+// diskFullPercent is the share of a disk in use from which the instance
 // reports itself degraded.
 const diskFullPercent = 90
+
+// diskProblems names every disk at least diskFullPercent full, in whole
+// percent rounded down.
+func diskProblems(disks []protocol.Disk) []string {
+	var problems []string
+	for _, d := range disks {
+		if d.TotalBytes > 0 && d.UsedBytes*100/d.TotalBytes >= diskFullPercent {
+			problems = append(problems, fmt.Sprintf("disk %s is %d%% full", d.Mount, d.UsedBytes*100/d.TotalBytes))
+		}
+	}
+	return problems
+}
+
+// setProblems hands the heartbeat what the last sample found wrong, in
+// place of an earlier sample's that it has not taken yet.
+func (a *Agent) setProblems(problems []string) {
+	select {
+	case <-a.problems:
+	default:
+	}
+	a.problems <- problems
+}
 
 // metrics samples the host every interval and spools the sample.
 func (a *Agent) metrics(ctx context.Context) error {
@@ -259,17 +285,7 @@ func (a *Agent) metrics(ctx context.Context) error {
 			a.log.Warn("sampling host metrics", "err", err)
 		}
 		m.V, m.InstanceID, m.At = protocol.Version, a.cfg.InstanceID, time.Now().UTC()
-		var problems []string
-		for _, d := range m.Disks {
-			if d.TotalBytes > 0 && d.UsedBytes*100/d.TotalBytes >= diskFullPercent {
-				problems = append(problems, fmt.Sprintf("disk %s is %d%% full", d.Mount, d.UsedBytes*100/d.TotalBytes))
-			}
-		}
-		select {
-		case <-a.problems:
-		default:
-		}
-		a.problems <- problems
+		a.setProblems(diskProblems(m.Disks))
 		if err := a.rep.Metrics(m); err != nil {
 			a.log.Error("metrics not spooled", "err", err)
 		}

@@ -99,7 +99,7 @@ func (a *Agent) handleCommand(ctx context.Context, m *nats.Msg) {
 	if err != nil {
 		reply.Error = err.Error()
 	}
-	if err := a.nonces.Finish(req.Nonce, reply); err != nil {
+	if err := a.nonces.Finish(req.Nonce, req.Name, reply); err != nil {
 		a.log.Error("command outcome not recorded", "command", req.Name, "err", err)
 	}
 	a.respond(m, reply)
@@ -247,6 +247,9 @@ func (a *Agent) facts(ctx context.Context) protocol.Facts {
 		a.log.Debug("facts: reading the host", "err", err)
 	}
 	f.MemoryBytes, f.BootedAt = host.MemoryBytes, host.BootedAt
+	if f.CommandsRun, err = a.nonces.Counts(); err != nil {
+		a.log.Debug("facts: counting commands", "err", err)
+	}
 	if a.stack != nil {
 		st := a.stackStatus(ctx)
 		f.ComposeTool, f.StackVersion = st.ComposeTool, st.AppliedVersion

@@ -139,13 +139,19 @@ func (r *rig) seal(req protocol.CommandRequest) []byte {
 // send sends data to the agent's command subject and returns its one reply.
 func (r *rig) send(data []byte) protocol.CommandReply {
 	r.t.Helper()
+	return r.sendFor(r.t, data)
+}
+
+// sendFor is send for a test of its own, such as a subtest.
+func (r *rig) sendFor(t testing.TB, data []byte) protocol.CommandReply {
+	t.Helper()
 	msg, err := r.nc.Request(protocol.CommandSubject(testInstance), data, 30*time.Second)
 	if err != nil {
-		r.t.Fatalf("command request: %v", err)
+		t.Fatalf("command request: %v", err)
 	}
 	var reply protocol.CommandReply
 	if err := json.Unmarshal(msg.Data, &reply); err != nil {
-		r.t.Fatalf("command reply %s: %v", msg.Data, err)
+		t.Fatalf("command reply %s: %v", msg.Data, err)
 	}
 	return reply
 }
@@ -213,6 +219,9 @@ func TestSignedCommands(t *testing.T) {
 		if f.InstanceID != testInstance || f.Protocol != protocol.Version || f.CPUs < 1 || f.OS == "" ||
 			f.AgentStarted.IsZero() || f.MemoryBytes == 0 {
 			t.Errorf("facts = %+v, want this host's", f)
+		}
+		if f.CommandsRun[protocol.CommandPing] < 2 || f.CommandsRun[protocol.CommandVersion] != 1 {
+			t.Errorf("facts counted %v, want the pings and the agent.version run before", f.CommandsRun)
 		}
 	})
 

@@ -368,7 +368,11 @@ func TestSetTagsErrors(t *testing.T) {
 					t.Errorf("detail = %q, want it to say %q", p.Detail, want)
 				}
 			}
-			if inst, _ := ta.tracker.Get("i-a", time.Now()); len(inst.Tags) != 0 {
+			inst, err := ta.tracker.Get("i-a", time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(inst.Tags) != 0 {
 				t.Errorf("i-a's tags = %v after a refusal, want none", inst.Tags)
 			}
 		})

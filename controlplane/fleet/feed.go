@@ -42,10 +42,11 @@ type Feed struct {
 	run    string
 	buffer int
 
-	mu   sync.Mutex
-	seq  uint64
-	ring []Change // change seq is at ring[(seq-1) % len(ring)]
-	subs map[*Listener]struct{}
+	mu     sync.Mutex
+	seq    uint64
+	ring   []Change // change seq is at ring[(seq-1) % len(ring)]
+	subs   map[*Listener]struct{}
+	closed bool
 }
 
 // NewFeed returns a feed remembering the last size changes; each
@@ -112,8 +113,25 @@ func (f *Feed) Subscribe(lastID string, keep func(Change) bool) (backlog []Chang
 	}
 	c := make(chan Change, f.buffer)
 	sub = &Listener{C: c, c: c, keep: keep, feed: f}
-	f.subs[sub] = struct{}{}
+	if f.closed {
+		close(c)
+	} else {
+		f.subs[sub] = struct{}{}
+	}
 	return backlog, sub, reset
+}
+
+// Close lets every subscriber go, as if each had fallen behind (its C is
+// closed), and every later one at once: the control plane is stopping,
+// and clients resume from their last id on whatever serves them next.
+func (f *Feed) Close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+	for s := range f.subs {
+		delete(f.subs, s)
+		close(s.c)
+	}
 }
 
 // after returns the kept changes after lastID; f.mu is held.

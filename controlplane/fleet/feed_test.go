@@ -147,3 +147,25 @@ func TestWatch(t *testing.T) {
 		t.Fatalf("after silence: %s", s)
 	}
 }
+
+// Closing the feed lets every subscriber go, and each later one at once.
+func TestFeedClose(t *testing.T) {
+	f := fleet.NewFeed(8, 8)
+	_, before, _ := f.Subscribe("", func(fleet.Change) bool { return true })
+	f.Close()
+	_, after, _ := f.Subscribe("", func(fleet.Change) bool { return true })
+	for name, l := range map[string]*fleet.Listener{"before": before, "after": after} {
+		select {
+		case _, open := <-l.C:
+			if open {
+				t.Errorf("a subscriber from %s the close got a change", name)
+			}
+		default:
+			t.Errorf("a subscriber from %s the close is still subscribed", name)
+		}
+		l.Close() // still safe
+	}
+	if err := f.Publish(fleet.ChangeJob, "c", "i-a", 1); err != nil {
+		t.Errorf("Publish after Close: %v", err)
+	}
+}

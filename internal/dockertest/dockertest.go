@@ -1,29 +1,33 @@
-// Package dockertest gives tests the real Docker engine: it fails a test
-// that needs one under CI=true when there is none (and skips it elsewhere),
-// and builds the demo service's image FROM scratch once per test binary,
-// with the script `make images` uses.
+// Package dockertest gives tests the real Docker engine with a compose
+// tool: a test that needs them and finds none is skipped, or fails under
+// CI (see testenv.Missing). It builds the demo service's image FROM
+// scratch once per test binary, with the script `make images` uses.
 package dockertest
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stackpro/stackpro/internal/testenv"
 )
 
-// Require skips t when the Docker engine does not answer, or fails it when
-// CI=true: in CI a missing dependency is an error, never a skip.
+// Require ends t through testenv.Missing when the Docker engine does not
+// answer or there is no compose tool (the compose v2 plugin or
+// docker-compose), as every stack needs one.
 func Require(t testing.TB) {
 	t.Helper()
 	if err := exec.Command("docker", "version").Run(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true and the Docker engine does not answer: %v", err)
+		testenv.Missing(t, fmt.Sprintf("the Docker engine does not answer: %v", err))
+	}
+	if exec.Command("docker", "compose", "version").Run() != nil {
+		if _, err := exec.LookPath("docker-compose"); err != nil {
+			testenv.Missing(t, "no compose tool: neither the docker compose plugin nor docker-compose")
 		}
-		t.Skipf("no Docker engine here: %v", err)
 	}
 }
 

@@ -65,9 +65,14 @@ type Heartbeat struct {
 }
 
 // OutboxStats describes an agent's spool of messages not yet delivered.
+// The outbox holds up to 10,000 entries, past which the oldest metrics
+// give way; events are kept up to 40,000 entries, past which they are
+// refused, counted, and reported by an EventEventsDropped once there is
+// room. The counts never decrease.
 type OutboxStats struct {
 	Pending        int    `json:"pending"`
 	DroppedMetrics uint64 `json:"dropped_metrics"`
+	DroppedEvents  uint64 `json:"dropped_events,omitempty"`
 }
 
 // Metrics is a sample of the host, taken every 30 s.
@@ -151,6 +156,10 @@ const (
 	// "version" and, when stale, "newest" (the version it keeps) when the
 	// value could be read.
 	EventTargetRefused = "target.refused"
+	// EventEventsDropped reports events the agent's outbox refused at its
+	// hard cap (see OutboxStats) since the last such report. Data holds
+	// "dropped": how many.
+	EventEventsDropped = "agent.events_dropped"
 )
 
 // CommandRequest asks an agent to run one command of its catalog. It
@@ -245,6 +254,13 @@ type Facts struct {
 	ComposeTool   string    `json:"compose_tool,omitempty"`
 	StackVersion  uint64    `json:"stack_version,omitempty"`
 	StackServices []string  `json:"stack_services,omitempty"`
+	// CommandsRun counts, by name, the commands the agent ran to an
+	// outcome, failed ones included, since its state dir was made (one
+	// cut short by the agent's stop is not counted). A refused request
+	// runs nothing, a replay included, so an operator sees how often an
+	// instance was restarted, pulled or stopped, and that a fleet run
+	// reached it once.
+	CommandsRun map[string]uint64 `json:"commands_run,omitempty"`
 }
 
 // StateRunning is CommandReply.State in an acknowledgement.

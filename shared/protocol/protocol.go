@@ -25,7 +25,10 @@ import (
 //	   its own, has no version, or is older than one it has seen; the
 //	   control plane asks for answers on ReplySubject, under the agent's
 //	   own subjects; the broker keeps each agent and the enroll user in
-//	   NATS accounts of their own.
+//	   NATS accounts of their own; metrics go through JetStream, as
+//	   events do, each with a message id; the heartbeat's outbox counts
+//	   dropped events, which agent.events_dropped reports; facts count
+//	   the commands the agent ran, by name (commands_run).
 const Version = 4
 
 // Subjects the control plane and the agents share. Everything an agent
@@ -39,6 +42,9 @@ const (
 	// EventsStream is the JetStream stream that keeps agent events, so the
 	// control plane sees them even after its own restart.
 	EventsStream = "STACKPRO_EVENTS"
+	// MetricsStream is the JetStream stream that holds agents' metrics
+	// samples until the control plane has written them to its store.
+	MetricsStream = "STACKPRO_METRICS"
 	// EnrollUser is the NATS user name an agent without credentials
 	// connects as; it can do nothing but enroll.
 	EnrollUser = "enroll"

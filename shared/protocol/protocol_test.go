@@ -31,7 +31,7 @@ var samples = map[string]any{
 		Error: "enrollment refused"},
 	"heartbeat.json": &protocol.Heartbeat{V: protocol.Version, InstanceID: "i-0123456789abcdef", Seq: 42, At: at,
 		AgentVersion: "v0.1.0", Health: protocol.HealthDegraded, Problems: []string{"disk / is 93% full"},
-		Outbox: protocol.OutboxStats{Pending: 3, DroppedMetrics: 1},
+		Outbox: protocol.OutboxStats{Pending: 3, DroppedMetrics: 1, DroppedEvents: 2},
 		Stack: &protocol.StackStatus{AppliedVersion: 3, FailedVersion: 4, FailedReason: "files is running unhealthy",
 			ComposeTool: "docker-compose",
 			Services: []protocol.ServiceState{
@@ -77,7 +77,8 @@ var payloads = map[string]any{
 	"facts.json": &protocol.Facts{InstanceID: "i-0123456789abcdef", Hostname: "ip-10-0-0-12",
 		AgentVersion: "v0.1.0", AgentCommit: "f9a2f0d", Protocol: protocol.Version, OS: "linux", Arch: "arm64",
 		CPUs: 2, MemoryBytes: 4 << 30, BootedAt: at.Add(-24 * time.Hour), AgentStarted: at.Add(-time.Hour),
-		ComposeTool: "docker compose", StackVersion: 3, StackServices: []string{"crm", "files"}},
+		ComposeTool: "docker compose", StackVersion: 3, StackServices: []string{"crm", "files"},
+		CommandsRun: map[string]uint64{protocol.CommandPing: 12, protocol.CommandStackRestart: 1}},
 }
 
 // sampleKey signs the golden SignedCommand. Ed25519 signatures are

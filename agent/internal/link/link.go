@@ -239,6 +239,9 @@ func Connect(o Options, id *Identity, h Handlers) (*nats.Conn, error) {
 		nats.CustomInboxPrefix(protocol.InboxPrefix(o.InstanceID)),
 		nats.RetryOnFailedConnect(true),
 		nats.MaxReconnects(-1),
+		// The broker refuses agents while the control plane starts or
+		// stops; that must not end the link for good.
+		nats.IgnoreAuthErrorAbort(),
 		nats.CustomReconnectDelay(Backoff),
 		nats.ReconnectBufSize(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {

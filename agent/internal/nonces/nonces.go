@@ -1,25 +1,31 @@
 // Package nonces remembers, across agent restarts, every command nonce the
 // agent accepted and what became of it: a replayed request is refused, and
 // the control plane can ask after an outcome instead of sending a command
-// twice.
+// twice. It also counts, by name, the commands that ran to an outcome, for
+// as long as the store lives.
 package nonces
 
-// The store is a bbolt file with one bucket:
+// The store is a bbolt file with two buckets:
 //
 //	nonces/
 //	    <nonce> -> <record>   JSON: {"expires": RFC 3339, "reply": CommandReply or absent}
+//	counts/
+//	    <command name> -> <n>   decimal: how many outcomes were recorded for it
 //
 // A record without a reply is a command still running. An entry is kept
 // until protocol.ResultRetention after the request's expiry, which is far
 // longer than the protocol.MaxClockSkew a replay must be refused for. Only
 // requests whose signature verified are recorded, so the bucket grows with
-// what the control plane sends, never with what an attacker does.
+// what the control plane sends, never with what an attacker does. A count
+// rises in the transaction that records an outcome, once for each time a
+// command ran, and is never pruned.
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -27,7 +33,10 @@ import (
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
-var noncesBucket = []byte("nonces")
+var (
+	noncesBucket = []byte("nonces")
+	countsBucket = []byte("counts")
+)
 
 // MaxResultBytes bounds the result kept with an outcome; a larger one is
 // replaced by {"truncated":true,"bytes":N}.
@@ -56,6 +65,9 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("nonces: opening %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
+		if _, err := tx.CreateBucketIfNotExists(countsBucket); err != nil {
+			return err
+		}
 		b, err := tx.CreateBucketIfNotExists(noncesBucket)
 		if err != nil {
 			return err
@@ -118,8 +130,9 @@ func (s *Store) Claim(nonce string, expires time.Time) (fresh bool, err error) {
 	return fresh, nil
 }
 
-// Finish records the outcome of a claimed nonce.
-func (s *Store) Finish(nonce string, reply protocol.CommandReply) error {
+// Finish records the outcome of a claimed nonce, the request of a command
+// called name, and counts it in one transaction.
+func (s *Store) Finish(nonce, name string, reply protocol.CommandReply) error {
 	if len(reply.Result) > MaxResultBytes {
 		reply.Result = fmt.Appendf(nil, `{"truncated":true,"bytes":%d}`, len(reply.Result))
 	}
@@ -131,6 +144,9 @@ func (s *Store) Finish(nonce string, reply protocol.CommandReply) error {
 		}
 		if !ok {
 			return fmt.Errorf("nonce %q was never claimed", nonce)
+		}
+		if err := count(tx.Bucket(countsBucket), name); err != nil {
+			return err
 		}
 		rec.Reply = &reply
 		return put(b, nonce, rec)
@@ -154,6 +170,23 @@ func (s *Store) Result(nonce string) (protocol.ResultReply, error) {
 		return protocol.ResultReply{}, fmt.Errorf("nonces: reading: %w", err)
 	}
 	return res, nil
+}
+
+// Counts returns how many outcomes were recorded for each command name
+// since the store was made.
+func (s *Store) Counts() (map[string]uint64, error) {
+	counts := map[string]uint64{}
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		return tx.Bucket(countsBucket).ForEach(func(k, v []byte) error {
+			n, err := parseCount(k, v)
+			counts[string(k)] = n
+			return err
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("nonces: reading counts: %w", err)
+	}
+	return counts, nil
 }
 
 // Prune forgets the nonces whose request expired more than
@@ -187,6 +220,27 @@ func (s *Store) Prune(now time.Time) (int, error) {
 	})
 	if err != nil {
 		return 0, fmt.Errorf("nonces: pruning: %w", err)
+	}
+	return n, nil
+}
+
+// count adds one to name's count in b.
+func count(b *bbolt.Bucket, name string) error {
+	n, err := parseCount([]byte(name), b.Get([]byte(name)))
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(name), strconv.AppendUint(nil, n+1, 10))
+}
+
+// parseCount reads the count v of name; none is 0.
+func parseCount(name, v []byte) (uint64, error) {
+	if v == nil {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(string(v), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("count of %q: %w", name, err)
 	}
 	return n, nil
 }

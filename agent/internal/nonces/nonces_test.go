@@ -2,6 +2,7 @@ package nonces
 
 import (
 	"encoding/json"
+	"maps"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -48,7 +49,7 @@ func TestReplayRefusedAfterReopen(t *testing.T) {
 		t.Fatal("second Claim of n1 = true, want a replay")
 	}
 	reply := protocol.CommandReply{V: protocol.Version, ID: "c1", Nonce: "n1", OK: true, Result: json.RawMessage(`{"pong":true}`)}
-	if err := s.Finish("n1", reply); err != nil {
+	if err := s.Finish("n1", protocol.CommandPing, reply); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {
@@ -95,7 +96,7 @@ func TestFinishBoundsTheResult(t *testing.T) {
 	defer s.Close()
 	claim(t, s, "big", time.Now().Add(time.Minute))
 	huge, _ := json.Marshal(map[string]string{"logs": strings.Repeat("x", MaxResultBytes)})
-	if err := s.Finish("big", protocol.CommandReply{Nonce: "big", OK: true, Result: huge}); err != nil {
+	if err := s.Finish("big", protocol.CommandStackLogs, protocol.CommandReply{Nonce: "big", OK: true, Result: huge}); err != nil {
 		t.Fatal(err)
 	}
 	res := result(t, s, "big")
@@ -106,7 +107,7 @@ func TestFinishBoundsTheResult(t *testing.T) {
 	if err := json.Unmarshal(res.Reply.Result, &got); err != nil || !got.Truncated || got.Bytes != len(huge) {
 		t.Errorf("stored result %s (%v), want truncated with bytes %d", res.Reply.Result, err, len(huge))
 	}
-	if err := s.Finish("never-claimed", protocol.CommandReply{}); err == nil {
+	if err := s.Finish("never-claimed", protocol.CommandPing, protocol.CommandReply{}); err == nil {
 		t.Error("Finish of a nonce never claimed = nil, want an error")
 	}
 	if _, err := s.Claim("", time.Now()); err == nil {
@@ -132,6 +133,40 @@ func TestPrune(t *testing.T) {
 	}
 	if !claim(t, s, "old", now.Add(time.Minute)) {
 		t.Error("a pruned nonce is still claimed") // long past its expiry, Open refuses it anyway
+	}
+}
+
+// TestCounts: each outcome recorded counts for its command, failures
+// too; a command still running, or interrupted, does not; the counts
+// outlive a reopening and the pruning of the nonces they counted.
+func TestCounts(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "nonces.db")
+	s := open(t, path)
+	now := time.Date(2026, 11, 24, 15, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		nonce, name string
+		ok          bool
+	}{{"n1", protocol.CommandPing, true}, {"n2", protocol.CommandStackRestart, true}, {"n3", protocol.CommandStackRestart, false}} {
+		claim(t, s, c.nonce, now)
+		if err := s.Finish(c.nonce, c.name, protocol.CommandReply{Nonce: c.nonce, OK: c.ok}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	claim(t, s, "running", now)
+	if err := s.Finish("never-claimed", protocol.CommandPing, protocol.CommandReply{}); err == nil {
+		t.Fatal("Finish of a nonce never claimed = nil, want an error")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, path)
+	defer s.Close()
+	if n, err := s.Prune(now.Add(protocol.ResultRetention + time.Minute)); err != nil || n != 4 {
+		t.Fatalf("Prune = %d, %v; want the 4 nonces forgotten", n, err)
+	}
+	want := map[string]uint64{protocol.CommandPing: 1, protocol.CommandStackRestart: 2}
+	if got, err := s.Counts(); err != nil || !maps.Equal(got, want) {
+		t.Errorf("Counts() = %v, %v; want %v", got, err, want)
 	}
 }
 

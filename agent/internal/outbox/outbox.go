@@ -10,6 +10,8 @@ package outbox
 //	    <seq> -> ""          its first key is the oldest metric: dropped first
 //	meta/
 //	    dropped_metrics -> <uint64>   8-byte big-endian, never decreases
+//	    dropped_events  -> <uint64>   likewise: events refused at the hard cap
+//	    reported_events -> <uint64>   how many of those a report covers
 //
 // An <entry> is encoded as
 //
@@ -37,6 +39,8 @@ var (
 	metaBucket    = []byte("meta")
 
 	droppedMetricsKey = []byte("dropped_metrics")
+	droppedEventsKey  = []byte("dropped_events")
+	reportedEventsKey = []byte("reported_events")
 )
 
 const entryFormat = 1
@@ -45,7 +49,7 @@ const entryFormat = 1
 type Kind uint8
 
 const (
-	KindEvent   Kind = 1 // never dropped
+	KindEvent   Kind = 1 // dropped only at the hard cap, and counted
 	KindMetrics Kind = 2 // the oldest are dropped when the outbox is full
 )
 
@@ -61,15 +65,27 @@ type Entry struct {
 // Options tune an Outbox. The zero value is usable.
 type Options struct {
 	// MaxEntries bounds the outbox; past it the oldest metrics are dropped.
-	// Events are still accepted up to 4 times this bound. Default 10000.
+	// Events are still accepted up to 4 times this bound (the hard cap),
+	// past which they are refused and counted. Default 10000.
 	MaxEntries int
 	// Timeout is how long Open waits for the file lock. Default 5s.
 	Timeout time.Duration
 }
 
 // ErrFull is returned by Put when an event cannot be stored: the outbox
-// holds 4*MaxEntries entries and none of them is a metric.
+// holds 4*MaxEntries entries and none of them is a metric. The event is
+// counted in Stats' DroppedEvents, for ReportDroppedEvents to report.
 var ErrFull = errors.New("outbox: full")
+
+// Stats are an outbox's counts.
+type Stats struct {
+	Pending int
+	// DroppedMetrics and DroppedEvents count what Put gave up since the
+	// file was made; they never decrease.
+	DroppedMetrics, DroppedEvents uint64
+	// UnreportedEvents is how many of DroppedEvents no report covers yet.
+	UnreportedEvents uint64
+}
 
 // Outbox is a bounded, ordered, persistent queue of entries. It is safe for
 // concurrent use, typically by one producer and one flusher.
@@ -80,9 +96,8 @@ type Outbox struct {
 
 	writeMu sync.Mutex // one write tx at a time, so the counts below match disk
 
-	countMu sync.Mutex // guards pending and dropped; never held during I/O
-	pending int
-	dropped uint64
+	countMu sync.Mutex // guards stats; never held during I/O
+	stats   Stats
 }
 
 // Open opens or creates the outbox file at path. It fails after
@@ -105,10 +120,10 @@ func Open(path string, opts Options) (*Outbox, error) {
 				return err
 			}
 		}
-		o.pending = tx.Bucket(entriesBucket).Stats().KeyN
-		if v := tx.Bucket(metaBucket).Get(droppedMetricsKey); len(v) == 8 {
-			o.dropped = binary.BigEndian.Uint64(v)
-		}
+		meta := tx.Bucket(metaBucket)
+		o.stats = Stats{Pending: tx.Bucket(entriesBucket).Stats().KeyN,
+			DroppedMetrics: getCount(meta, droppedMetricsKey), DroppedEvents: getCount(meta, droppedEventsKey)}
+		o.stats.UnreportedEvents = o.stats.DroppedEvents - getCount(meta, reportedEventsKey)
 		return nil
 	})
 	if err != nil {
@@ -129,7 +144,8 @@ func (o *Outbox) Close() error {
 // Put appends an entry in one transaction. When the outbox is full it first
 // drops the oldest metrics; if there are none, a new metric is dropped
 // instead of stored (and counted), while an event is stored unless the
-// outbox already holds 4*MaxEntries entries, in which case Put returns ErrFull.
+// outbox already holds 4*MaxEntries entries, in which case it is counted
+// and Put returns ErrFull.
 //
 // A metric a flusher has peeked but not yet removed can still be dropped. It
 // is then counted as dropped and may be delivered too: the count errs high,
@@ -141,11 +157,12 @@ func (o *Outbox) Put(kind Kind, subject, msgID string, data []byte) error {
 	o.writeMu.Lock()
 	defer o.writeMu.Unlock()
 
-	pending, dropped := o.pending, o.dropped
+	before := o.counts()
+	st, stored := before, false
 	err := o.db.Update(func(tx *bbolt.Tx) error {
 		entries, metrics := tx.Bucket(entriesBucket), tx.Bucket(metricsBucket)
 		// A loop, not an if: MaxEntries may have shrunk since the last Open.
-		for pending >= o.max {
+		for st.Pending >= o.max {
 			k, _ := metrics.Cursor().First()
 			if k == nil {
 				break
@@ -156,45 +173,87 @@ func (o *Outbox) Put(kind Kind, subject, msgID string, data []byte) error {
 			if err := metrics.Delete(k); err != nil {
 				return err
 			}
-			pending--
-			dropped++
+			st.Pending--
+			st.DroppedMetrics++
 		}
 		switch {
-		case pending >= o.max && kind == KindMetrics:
-			dropped++ // only events left: the new metric is the oldest one worth losing
-			return putDropped(tx, dropped)
-		case pending >= 4*o.max:
-			return fmt.Errorf("%w: %d events pending, hard cap %d", ErrFull, pending, 4*o.max)
-		}
-		seq, err := entries.NextSequence()
-		if err != nil {
-			return err
-		}
-		key := seqKey(seq)
-		if err := entries.Put(key, encode(kind, subject, msgID, data)); err != nil {
-			return err
-		}
-		if kind == KindMetrics {
-			if err := metrics.Put(key, nil); err != nil {
+		case st.Pending >= o.max && kind == KindMetrics:
+			st.DroppedMetrics++ // only events left: the new metric is the oldest one worth losing
+		case st.Pending >= 4*o.max:
+			st.DroppedEvents++
+			st.UnreportedEvents++
+			return putCount(tx, droppedEventsKey, st.DroppedEvents)
+		default:
+			if err := o.append(tx, kind, subject, msgID, data); err != nil {
 				return err
 			}
+			st.Pending++
+			stored = true
 		}
-		pending++
-		if dropped != o.dropped {
-			return putDropped(tx, dropped)
+		if st.DroppedMetrics != before.DroppedMetrics {
+			return putCount(tx, droppedMetricsKey, st.DroppedMetrics)
 		}
 		return nil
 	})
-	if errors.Is(err, ErrFull) {
-		return err
-	}
 	if err != nil {
 		return fmt.Errorf("outbox: put: %w", err)
 	}
-	o.setCounts(pending, dropped)
-	select {
-	case o.notify <- struct{}{}:
-	default:
+	o.setCounts(st)
+	if !stored && kind == KindEvent {
+		return fmt.Errorf("%w: %d entries pending, hard cap %d", ErrFull, st.Pending, 4*o.max)
+	}
+	if stored {
+		o.wake()
+	}
+	return nil
+}
+
+// ReportDroppedEvents spools an event about the events dropped at the hard
+// cap since the last report, in the transaction that marks them reported:
+// report(n) makes its entry. It returns n (0 when there is nothing to
+// report), or ErrFull while there is still no room.
+func (o *Outbox) ReportDroppedEvents(report func(n uint64) (subject, msgID string, data []byte)) (uint64, error) {
+	o.writeMu.Lock()
+	defer o.writeMu.Unlock()
+
+	st := o.counts()
+	n := st.UnreportedEvents
+	if n == 0 {
+		return 0, nil
+	}
+	if st.Pending >= 4*o.max {
+		return 0, ErrFull
+	}
+	subject, msgID, data := report(n)
+	err := o.db.Update(func(tx *bbolt.Tx) error {
+		if err := o.append(tx, KindEvent, subject, msgID, data); err != nil {
+			return err
+		}
+		return putCount(tx, reportedEventsKey, st.DroppedEvents)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("outbox: reporting dropped events: %w", err)
+	}
+	st.Pending++
+	st.UnreportedEvents = 0
+	o.setCounts(st)
+	o.wake()
+	return n, nil
+}
+
+// append stores one entry at the next sequence.
+func (o *Outbox) append(tx *bbolt.Tx, kind Kind, subject, msgID string, data []byte) error {
+	entries := tx.Bucket(entriesBucket)
+	seq, err := entries.NextSequence()
+	if err != nil {
+		return err
+	}
+	key := seqKey(seq)
+	if err := entries.Put(key, encode(kind, subject, msgID, data)); err != nil {
+		return err
+	}
+	if kind == KindMetrics {
+		return tx.Bucket(metricsBucket).Put(key, nil)
 	}
 	return nil
 }
@@ -225,7 +284,7 @@ func (o *Outbox) Remove(seq uint64) error {
 	o.writeMu.Lock()
 	defer o.writeMu.Unlock()
 
-	pending := o.pending
+	st := o.counts()
 	err := o.db.Update(func(tx *bbolt.Tx) error {
 		key, entries := seqKey(seq), tx.Bucket(entriesBucket)
 		if entries.Get(key) == nil {
@@ -234,36 +293,52 @@ func (o *Outbox) Remove(seq uint64) error {
 		if err := entries.Delete(key); err != nil {
 			return err
 		}
-		pending--
+		st.Pending--
 		return tx.Bucket(metricsBucket).Delete(key) // no-op for an event
 	})
 	if err != nil {
 		return fmt.Errorf("outbox: remove %d: %w", seq, err)
 	}
-	o.setCounts(pending, o.dropped)
+	o.setCounts(st)
 	return nil
 }
 
-// Stats reports the number of pending entries and of metrics dropped since
-// the file was created. It does no I/O.
-func (o *Outbox) Stats() (pending int, droppedMetrics uint64) {
-	o.countMu.Lock()
-	defer o.countMu.Unlock()
-	return o.pending, o.dropped
-}
+// Stats reports the outbox's counts. It does no I/O.
+func (o *Outbox) Stats() Stats { return o.counts() }
 
 // Notify returns a channel that receives after every successful Put. It is
 // buffered by one and never blocks Put, so one receive may stand for many Puts.
 func (o *Outbox) Notify() <-chan struct{} { return o.notify }
 
-func (o *Outbox) setCounts(pending int, dropped uint64) {
+func (o *Outbox) counts() Stats {
 	o.countMu.Lock()
-	o.pending, o.dropped = pending, dropped
+	defer o.countMu.Unlock()
+	return o.stats
+}
+
+func (o *Outbox) setCounts(st Stats) {
+	o.countMu.Lock()
+	o.stats = st
 	o.countMu.Unlock()
 }
 
-func putDropped(tx *bbolt.Tx, n uint64) error {
-	return tx.Bucket(metaBucket).Put(droppedMetricsKey, binary.BigEndian.AppendUint64(nil, n))
+// wake tells Notify's reader there is something to send.
+func (o *Outbox) wake() {
+	select {
+	case o.notify <- struct{}{}:
+	default:
+	}
+}
+
+func getCount(meta *bbolt.Bucket, key []byte) uint64 {
+	if v := meta.Get(key); len(v) == 8 {
+		return binary.BigEndian.Uint64(v)
+	}
+	return 0
+}
+
+func putCount(tx *bbolt.Tx, key []byte, n uint64) error {
+	return tx.Bucket(metaBucket).Put(key, binary.BigEndian.AppendUint64(nil, n))
 }
 
 func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }

@@ -110,8 +110,8 @@ func TestOrder(t *testing.T) {
 	if got, want := names(pending(t, o)), "e2 m2 e3 m3"; got != want {
 		t.Errorf("pending = %q, want %q", got, want)
 	}
-	if n, dropped := o.Stats(); n != 4 || dropped != 0 {
-		t.Errorf("Stats() = %d, %d; want 4, 0", n, dropped)
+	if st := o.Stats(); st != (outbox.Stats{Pending: 4}) {
+		t.Errorf("Stats() = %+v; want 4 pending", st)
 	}
 }
 
@@ -132,8 +132,8 @@ func TestPersistence(t *testing.T) {
 	if got, want := names(pending(t, o)), "e1 m2"; got != want {
 		t.Errorf("after reopen pending = %q, want %q", got, want)
 	}
-	if n, dropped := o.Stats(); n != 2 || dropped != 1 {
-		t.Errorf("after reopen Stats() = %d, %d; want 2, 1", n, dropped)
+	if st := o.Stats(); st != (outbox.Stats{Pending: 2, DroppedMetrics: 1}) {
+		t.Errorf("after reopen Stats() = %+v; want 2 pending, 1 metric dropped", st)
 	}
 	mustPut(t, o, "e3")
 	after := pending(t, o)
@@ -150,6 +150,8 @@ func TestBound(t *testing.T) {
 		lastErr     error // expected from the last Put; the others must succeed
 		wantPending string
 		wantDropped uint64
+		// wantEvents is how many events were dropped at the hard cap.
+		wantEvents uint64
 	}{
 		{
 			name:        "oldest metrics dropped first",
@@ -179,6 +181,7 @@ func TestBound(t *testing.T) {
 			lastErr:     outbox.ErrFull,
 			wantPending: "e1 e2 e3 e4 e5 e6 e7 e8",
 			wantDropped: 1,
+			wantEvents:  1,
 		},
 	}
 	for _, tt := range tests {
@@ -192,11 +195,55 @@ func TestBound(t *testing.T) {
 			if got := names(pending(t, o)); got != tt.wantPending {
 				t.Errorf("pending = %q, want %q", got, tt.wantPending)
 			}
-			n, dropped := o.Stats()
-			if want := len(strings.Fields(tt.wantPending)); n != want || dropped != tt.wantDropped {
-				t.Errorf("Stats() = %d, %d; want %d, %d", n, dropped, want, tt.wantDropped)
+			want := outbox.Stats{Pending: len(strings.Fields(tt.wantPending)), DroppedMetrics: tt.wantDropped,
+				DroppedEvents: tt.wantEvents, UnreportedEvents: tt.wantEvents}
+			if st := o.Stats(); st != want {
+				t.Errorf("Stats() = %+v; want %+v", st, want)
 			}
 		})
+	}
+}
+
+// Events refused at the hard cap are counted, survive a reopen, and are
+// reported once by one event spooled when there is room again.
+func TestDroppedEventsReported(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "outbox.db")
+	o := openOutbox(t, path, outbox.Options{MaxEntries: 1})
+	mustPut(t, o, "e1 e2 e3 e4")
+	for _, e := range []string{"e5", "e6"} {
+		if err := put(o, e); !errors.Is(err, outbox.ErrFull) {
+			t.Fatalf("Put(%s) at the hard cap = %v, want ErrFull", e, err)
+		}
+	}
+	report := func(n uint64) (string, string, []byte) {
+		name := fmt.Sprintf("e-dropped-%d", n)
+		return subjectOf(outbox.KindEvent), name, []byte("data-" + name)
+	}
+	if _, err := o.ReportDroppedEvents(report); !errors.Is(err, outbox.ErrFull) {
+		t.Fatalf("ReportDroppedEvents with no room = %v, want ErrFull", err)
+	}
+	if err := o.Close(); err != nil {
+		t.Fatal(err)
+	}
+	o = openOutbox(t, path, outbox.Options{MaxEntries: 1})
+	if st := o.Stats(); st != (outbox.Stats{Pending: 4, DroppedEvents: 2, UnreportedEvents: 2}) {
+		t.Fatalf("after reopen Stats() = %+v, want 4 pending and 2 events dropped, unreported", st)
+	}
+	first := pending(t, o)[0]
+	if err := o.Remove(first.Seq); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := o.ReportDroppedEvents(report); err != nil || n != 2 {
+		t.Fatalf("ReportDroppedEvents = %d, %v, want 2", n, err)
+	}
+	if n, err := o.ReportDroppedEvents(report); err != nil || n != 0 {
+		t.Errorf("a second ReportDroppedEvents = %d, %v, want 0: nothing new was dropped", n, err)
+	}
+	if got, want := names(pending(t, o)), "e2 e3 e4 e-dropped-2"; got != want {
+		t.Errorf("pending = %q, want %q", got, want)
+	}
+	if st := o.Stats(); st != (outbox.Stats{Pending: 4, DroppedEvents: 2}) {
+		t.Errorf("Stats() = %+v, want 4 pending, 2 events dropped, none unreported", st)
 	}
 }
 
@@ -339,10 +386,10 @@ func TestConcurrent(t *testing.T) {
 	}
 	// A metric dropped while the flusher holds it from Peek is counted and
 	// still delivered, so the count may exceed n but never fall short.
-	left, dropped := o.Stats()
-	if left != 0 || len(metrics)+int(dropped) < n {
-		t.Errorf("Stats() = %d, %d with %d metrics delivered; want 0 left and at least %d metrics accounted for",
-			left, dropped, len(metrics), n)
+	st := o.Stats()
+	if st.Pending != 0 || len(metrics)+int(st.DroppedMetrics) < n {
+		t.Errorf("Stats() = %+v with %d metrics delivered; want 0 left and at least %d metrics accounted for",
+			st, len(metrics), n)
 	}
 }
 

@@ -434,10 +434,16 @@ func (r *Reconciler) command(ctx context.Context, service string, args ...string
 	})
 }
 
-// locked runs fn on the applied version's directory, between rollouts.
+// locked runs fn on the applied version's directory, between rollouts: a
+// command that comes during a rollout is not refused, it waits for the
+// rollout to end and then acts on the version the rollout left running.
 // A service, when named, must be one of the stack's.
 func (r *Reconciler) locked(ctx context.Context, service string, fn func(dir string) error) error {
-	r.apply.Lock()
+	if !r.apply.TryLock() {
+		// Say why a command takes long: a rollout can take minutes.
+		r.o.Log.Info("a stack command waits for the rollout in progress to end")
+		r.apply.Lock()
+	}
 	defer r.apply.Unlock()
 	defer r.expire()
 	applied := r.state().Applied

@@ -20,7 +20,8 @@ import (
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
-// requireEngine returns the Docker engine (see dockertest.Require).
+// requireEngine returns the Docker engine with its compose tool; without
+// them the test skips, or fails under CI (see dockertest.Require).
 func requireEngine(t *testing.T) *Engine {
 	t.Helper()
 	dockertest.Require(t)

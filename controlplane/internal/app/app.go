@@ -183,6 +183,12 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		return err
 	}
 	mon := monitor.New(monitor.Options{Tracker: tracker, Store: fst, Conn: brk.Conn(), PersistEvery: 5 * time.Second, Log: log})
+	// Agents come in only once what they send is taken.
+	if err := mon.Start(ctx); err != nil {
+		return err
+	}
+	defer mon.Stop()
+	brk.Open()
 	runs := rollout.New(rollout.Options{Store: st, Fleet: tracker, Conn: brk.Conn(), Sealer: brk,
 		NonceKey: nonceKey(commandKey), Log: log})
 	awsConfig := sync.OnceValues(func() (aws.Config, error) { return loadAWS(ctx, cfg.AWS) })
@@ -255,7 +261,9 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	srv := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return mon.Run(gctx) })
+	monCtx, stopMonitor := context.WithCancel(context.Background())
+	defer stopMonitor()
+	g.Go(func() error { return mon.Run(monCtx) })
 	g.Go(func() error { return watcher.Run(gctx, time.Second) })
 	g.Go(func() error { return prov.Run(gctx) })
 	g.Go(func() error { return runs.Run(gctx) })
@@ -269,6 +277,13 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	})
 	g.Go(func() error {
 		<-gctx.Done()
+		// The reverse of the start: agent traffic stops before the
+		// monitor does (what it took is written, what it did not stays in
+		// JetStream), and event streams end before the HTTP server waits
+		// for its requests.
+		brk.CloseAgents()
+		stopMonitor()
+		feed.Close()
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		return srv.Shutdown(shutdownCtx)

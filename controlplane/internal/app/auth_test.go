@@ -64,6 +64,7 @@ type session struct {
 // their own instance, rotates and reuses a refresh token, resets the
 // password, and runs into the login limit.
 func TestAccountsEndToEnd(t *testing.T) {
+	t.Parallel()
 	data := filepath.Join(t.TempDir(), "data")
 	t.Cleanup(func() { destroyInstances(t, data) })
 	cp := startControlPlane(t, data, proctest.FreeAddr(t), proctest.FreeAddr(t), 0, "STACKPRO_AUTH_PER_ACCOUNT_ATTEMPTS=4")

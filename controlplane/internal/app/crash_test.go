@@ -23,8 +23,10 @@ var provisionSteps = []string{"record", "reserve_subdomain", "mint_token", "laun
 // checks the job ends active with exactly one machine, one DNS record and
 // one set of credentials.
 func TestProvisionSurvivesCrashes(t *testing.T) {
+	t.Parallel()
 	for _, step := range provisionSteps {
 		t.Run(step, func(t *testing.T) {
+			t.Parallel()
 			data := filepath.Join(t.TempDir(), "data")
 			httpAddr, natsAddr := proctest.FreeAddr(t), proctest.FreeAddr(t)
 			t.Cleanup(func() { destroyInstances(t, data) })
@@ -80,20 +82,20 @@ func TestProvisionSurvivesCrashes(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer st.Close()
-			if recs, _ := st.DNSRecords(); len(recs) != 1 || recs[0].Name != "crash.stackpro.localhost" {
-				t.Errorf("DNS records = %+v, want one for crash.stackpro.localhost", recs)
+			if recs, err := st.DNSRecords(); err != nil || len(recs) != 1 || recs[0].Name != "crash.stackpro.localhost" {
+				t.Errorf("DNS records = %+v (%v), want one for crash.stackpro.localhost", recs, err)
 			}
-			if _, creds, _ := st.Access(started.ID); creds != 1 {
-				t.Errorf("%d credentials, want one", creds)
+			if _, creds, err := st.Access(started.ID); err != nil || creds != 1 {
+				t.Errorf("%d credentials (%v), want one", creds, err)
 			}
 			// One machine: one agent process of this data dir, one stack.
 			agents, _ := exec.Command("pgrep", "-f", "stackpro-agent --config "+data).Output()
 			if n := len(strings.Fields(string(agents))); n != 1 {
 				t.Errorf("%d agent processes, want one", n)
 			}
-			containers, _ := exec.Command("docker", "ps", "-q", "--filter", "label=com.docker.compose.project="+started.ID).Output()
-			if n := len(strings.Fields(string(containers))); n != 2 {
-				t.Errorf("%d containers, want the starter stack's two", n)
+			containers, err := exec.Command("docker", "ps", "-q", "--filter", "label=com.docker.compose.project="+started.ID).Output()
+			if n := len(strings.Fields(string(containers))); err != nil || n != 2 {
+				t.Errorf("%d containers (%v), want the starter stack's two", n, err)
 			}
 		})
 	}

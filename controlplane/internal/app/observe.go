@@ -27,8 +27,12 @@ type feedStore struct {
 	log      *slog.Logger
 }
 
-// refusals counts what agents report refusing, by reason.
-type refusals struct{ commands, targets *prometheus.CounterVec }
+// refusals counts what agents report refusing, by reason, and the events
+// they report losing at their outbox's hard cap.
+type refusals struct {
+	commands, targets *prometheus.CounterVec
+	eventsDropped     prometheus.Counter
+}
 
 func newRefusals() refusals {
 	return refusals{
@@ -38,16 +42,24 @@ func newRefusals() refusals {
 		targets: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "stackpro_targets_refused_total",
 			Help: "Values of their key in the targets bucket that agents reported refusing to apply, by reason."},
 			[]string{"reason"}),
+		eventsDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "stackpro_agent_events_dropped_total",
+			Help: "Events agents reported dropping because their outbox was at its hard cap."}),
 	}
 }
 
 func (r refusals) Describe(ch chan<- *prometheus.Desc) {
 	r.commands.Describe(ch)
 	r.targets.Describe(ch)
+	r.eventsDropped.Describe(ch)
 }
-func (r refusals) Collect(ch chan<- prometheus.Metric) { r.commands.Collect(ch); r.targets.Collect(ch) }
 
-// count audits and counts a refusal an agent reported in ev, if it is one.
+func (r refusals) Collect(ch chan<- prometheus.Metric) {
+	r.commands.Collect(ch)
+	r.targets.Collect(ch)
+	r.eventsDropped.Collect(ch)
+}
+
+// count counts what ev reports refused or dropped, and audits a refusal.
 func (r refusals) count(st *store.Store, ev protocol.Event) error {
 	reason := cmp.Or(ev.Data["reason"], "unknown")
 	switch ev.Type {
@@ -59,6 +71,11 @@ func (r refusals) count(st *store.Store, ev protocol.Event) error {
 		}
 	case protocol.EventTargetRefused:
 		r.targets.WithLabelValues(reason).Inc()
+	case protocol.EventEventsDropped:
+		if n, err := strconv.ParseUint(ev.Data["dropped"], 10, 64); err == nil {
+			r.eventsDropped.Add(float64(n))
+		}
+		return nil
 	default:
 		return nil
 	}

@@ -37,6 +37,8 @@ func TestRefusalsAudited(t *testing.T) {
 		{V: protocol.Version, ID: "e3", InstanceID: id, At: now, Type: protocol.EventAgentStarted, Severity: protocol.SeverityInfo, Message: "started"},
 		{V: protocol.Version, ID: "e4", InstanceID: id, At: now, Type: protocol.EventTargetRefused, Severity: protocol.SeverityError,
 			Message: "target refused (stale): version 2 is older than version 5", Data: map[string]string{"reason": string(protocol.RefusedStale), "version": "2"}},
+		{V: protocol.Version, ID: "e5", InstanceID: id, At: now, Type: protocol.EventEventsDropped, Severity: protocol.SeverityError,
+			Message: "7 events were dropped: the outbox was full", Data: map[string]string{"dropped": "7"}},
 	}
 	for i, ev := range events {
 		if err := fst.AppendEvent(ev, uint64(i+1)); err != nil {
@@ -54,6 +56,9 @@ func TestRefusalsAudited(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(fst.refusals.targets.WithLabelValues(string(protocol.RefusedStale))); got != 1 {
 		t.Errorf("stale targets counted %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(fst.refusals.eventsDropped); got != 7 {
+		t.Errorf("dropped events counted %v, want 7", got)
 	}
 	if got := testutil.ToFloat64(fst.refusals.commands.WithLabelValues(string(protocol.RefusedForged))); got != 1 {
 		t.Errorf("forged refusals counted %v, want 1", got)

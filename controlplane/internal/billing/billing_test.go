@@ -161,6 +161,7 @@ func startRecorder(t testing.TB, base string) (*recorder, string) {
 type harness struct {
 	s      *Service
 	st     *store.Store
+	path   string // the store's file
 	insts  *instances
 	outbox *mail.FileOutbox
 	stripe *recorder
@@ -185,7 +186,8 @@ func (h *harness) advance(d time.Duration) {
 func newHarness(t testing.TB, local bool) *harness {
 	t.Helper()
 	dir := t.TempDir()
-	st, err := store.Open(filepath.Join(dir, "stackpro.db"), time.Second)
+	path := filepath.Join(dir, "stackpro.db")
+	st, err := store.Open(path, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +196,7 @@ func newHarness(t testing.TB, local bool) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{st: st, insts: newInstances(), outbox: outbox, now: time.Now().UTC()}
+	h := &harness{st: st, path: path, insts: newInstances(), outbox: outbox, now: time.Now().UTC()}
 	o := Options{Store: st, Plans: testPlans, Currency: "usd", SuccessURL: "https://app.test/billing/success",
 		CancelURL: "https://app.test/billing/canceled", PortalReturnURL: "https://app.test/billing",
 		GracePeriod: 14 * 24 * time.Hour, Instances: h.insts, Mail: outbox, BaseURL: "https://app.test", Now: h.clock,
@@ -378,8 +380,8 @@ func TestWebhookRefusesBadSignatures(t *testing.T) {
 	if _, err := h.st.BillingEventRecord("evt_1"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("a refused event was recorded: %v", err)
 	}
-	if q, _ := h.st.QueuedBillingEvents(10); len(q) != 0 {
-		t.Errorf("%d events queued after refusals", len(q))
+	if q, err := h.st.QueuedBillingEvents(10); err != nil || len(q) != 0 {
+		t.Errorf("%d events queued after refusals (%v)", len(q), err)
 	}
 
 	old := bytes.Replace(payload, []byte(stripe.APIVersion), []byte("2020-08-27"), 1)
@@ -390,8 +392,8 @@ func TestWebhookRefusesBadSignatures(t *testing.T) {
 
 	h.deliver(t, payload)
 	h.deliver(t, payload) // Stripe redelivers
-	if q, _ := h.st.QueuedBillingEvents(10); len(q) != 1 {
-		t.Errorf("%d events queued for one delivered twice", len(q))
+	if q, err := h.st.QueuedBillingEvents(10); err != nil || len(q) != 1 {
+		t.Errorf("%d events queued for one delivered twice (%v)", len(q), err)
 	}
 }
 
@@ -418,8 +420,8 @@ func TestLifecycle(t *testing.T) {
 	if got := h.stripe.requests("/v1/subscriptions/sub_1"); len(got) != 1 {
 		t.Errorf("the checkout's subscription was read %d times, want 1", len(got))
 	}
-	if c, _ := h.st.Customer("c1"); c.Status != "active" {
-		t.Errorf("customer status %q, want active", c.Status)
+	if c, err := h.st.Customer("c1"); err != nil || c.Status != "active" {
+		t.Errorf("customer status %q (%v), want active", c.Status, err)
 	}
 
 	h.deliver(t, event("evt_3", "invoice.payment_failed", tick(), invoiceObj("c1", "sub_1", 2900)))
@@ -468,8 +470,8 @@ func TestLifecycle(t *testing.T) {
 	if got := strings.Join(steps, ", "); got != "→active starter, active→past_due starter, past_due→active business, active→canceled business" {
 		t.Errorf("history: %s", got)
 	}
-	if c, _ := h.st.Customer("c1"); c.Status != "canceled" {
-		t.Errorf("customer status %q, want canceled", c.Status)
+	if c, err := h.st.Customer("c1"); err != nil || c.Status != "canceled" {
+		t.Errorf("customer status %q (%v), want canceled", c.Status, err)
 	}
 }
 
@@ -485,8 +487,8 @@ func TestTrialWillEndEmailsOnce(t *testing.T) {
 	if err != nil || !strings.Contains(m.Text, "9 December 2026") {
 		t.Fatalf("trial email: %+v, %v", m, err)
 	}
-	if mails, _ := h.st.BillingMails(); len(mails) != 0 {
-		t.Errorf("%d emails still owed after sending", len(mails))
+	if mails, err := h.st.BillingMails(); err != nil || len(mails) != 0 {
+		t.Errorf("%d emails still owed after sending (%v)", len(mails), err)
 	}
 }
 
@@ -544,8 +546,8 @@ func TestOutOfOrderEventsKeepTheNewerState(t *testing.T) {
 	if sub := h.subscription(t, "c1"); sub.Status != fleet.SubscriptionPastDue {
 		t.Errorf("another subscription's event changed the status to %s", sub.Status)
 	}
-	if rec, _ := h.st.BillingEventRecord("evt_x"); !strings.HasPrefix(rec.Outcome, "ignored: subscription sub_0") {
-		t.Errorf("outcome %q", rec.Outcome)
+	if rec, err := h.st.BillingEventRecord("evt_x"); err != nil || !strings.HasPrefix(rec.Outcome, "ignored: subscription sub_0") {
+		t.Errorf("outcome %q (%v)", rec.Outcome, err)
 	}
 	// A second checkout (another tab) makes a second subscription: it
 	// provisions nothing, and operators are told.

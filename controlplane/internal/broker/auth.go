@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -41,10 +42,13 @@ type authenticator struct {
 	server           *server.Server
 	accounts         *accounts
 	internal, system *keyPair
-	// open is closed once the accounts are laid out and the broker
-	// watches connections come and go; agents and the enroll user wait
-	// for it, so that none connects unseen or into no account.
-	open chan struct{}
+	// open is closed by Broker.Open: agents and the enroll user wait for
+	// it, so that none connects before the broker watches connections come
+	// and go, nor before the control plane takes what they send. Once
+	// closing is set (Broker.CloseAgents) they are refused.
+	open     chan struct{}
+	openOnce sync.Once
+	closing  atomic.Bool
 
 	mu     sync.RWMutex
 	agents map[string]string // public key → instance id
@@ -133,15 +137,19 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 // for the broker to open before it is refused (and tries again).
 const openWait = 10 * time.Second
 
-// wait waits for the broker to open and reports whether it did.
+// wait waits for the broker to open and reports whether agents may come in.
 func (a *authenticator) wait(c server.ClientAuthentication) bool {
 	select {
 	case <-a.open:
-		return true
 	case <-time.After(openWait):
 		a.log.Warn("connection refused: the broker is not open yet", "remote", c.RemoteAddress())
 		return false
 	}
+	if a.closing.Load() {
+		a.log.Info("connection refused: the control plane is stopping", "remote", c.RemoteAddress())
+		return false
+	}
+	return true
 }
 
 // agent returns the account and permissions of the agent whose key is

@@ -86,7 +86,8 @@ type Broker struct {
 }
 
 // Start starts the server and waits until it takes connections, the
-// control plane's connections are up and the streams exist.
+// control plane's connections are up and the streams exist. Agents and
+// the enroll user come in after Open.
 func Start(ctx context.Context, o Options) (*Broker, error) {
 	host, portStr, err := net.SplitHostPort(o.Listen)
 	if err != nil {
@@ -139,10 +140,10 @@ func Start(ctx context.Context, o Options) (*Broker, error) {
 	return b, nil
 }
 
-// open lays out the accounts, connects the control plane, and then lets
-// agents and the enroll user in. The accounts come after the server has
-// started: JetStream is turned on for the global account only when it is
-// the only one at start.
+// open lays out the accounts, connects the control plane and watches
+// connections; agents wait for Open. The accounts come after the server
+// has started: JetStream is turned on for the global account only when it
+// is the only one at start.
 func (b *Broker) open(ctx context.Context, p Presence) error {
 	var err error
 	if b.auth.accounts, err = newAccounts(b.ns); err != nil {
@@ -151,11 +152,28 @@ func (b *Broker) open(ctx context.Context, p Presence) error {
 	if err := b.connect(ctx); err != nil {
 		return err
 	}
-	if err := b.watchPresence(p); err != nil {
-		return err
+	return b.watchPresence(p)
+}
+
+// Open lets agents and the enroll user in; until then their connections
+// wait. The control plane opens once it takes what agents send.
+func (b *Broker) Open() { b.auth.openOnce.Do(func() { close(b.auth.open) }) }
+
+// CloseAgents stops taking agent traffic, first thing on the way down:
+// agents' and the enroll user's connections are closed, and new ones
+// refused (agents keep trying, and come back to the next start).
+func (b *Broker) CloseAgents() {
+	b.auth.closing.Store(true)
+	conns, err := b.ns.Connz(&server.ConnzOptions{Limit: 1 << 30})
+	if err != nil {
+		b.log.Error("listing connections to close", "err", err)
+		return
 	}
-	close(b.auth.open)
-	return nil
+	for _, c := range conns.Conns {
+		if c.Account != b.auth.accounts.cp.Name && c.Account != b.ns.SystemAccount().Name {
+			_ = b.ns.DisconnectClientByID(c.Cid)
+		}
+	}
 }
 
 // connect opens the control plane's in-process connections, creates the
@@ -181,6 +199,17 @@ func (b *Broker) connect(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("broker: creating stream %s: %w", protocol.EventsStream, err)
+	}
+	_, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:       protocol.MetricsStream,
+		Subjects:   []string{protocol.AgentWildcard(protocol.KindMetrics)},
+		Storage:    jetstream.FileStorage,
+		Retention:  jetstream.WorkQueuePolicy, // a sample goes once the monitor has stored it
+		MaxAge:     30 * 24 * time.Hour,
+		Duplicates: 10 * time.Minute,
+	})
+	if err != nil {
+		return fmt.Errorf("broker: creating stream %s: %w", protocol.MetricsStream, err)
 	}
 	_, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:  protocol.TargetsBucket,

@@ -90,6 +90,7 @@ func start(t *testing.T, ids ...string) *env {
 		t.Fatalf("broker.Start: %v", err)
 	}
 	t.Cleanup(e.b.Shutdown)
+	e.b.Open()
 	return e
 }
 
@@ -234,7 +235,10 @@ func TestAgentPermissions(t *testing.T) {
 		if r := e.enroll(t, request(a, e.tokens[a], pub)); r.OK || r.Code != protocol.EnrollRefused {
 			t.Errorf("reused token: got %+v, want refused", r)
 		}
-		creds, _ := e.st.Credentials()
+		creds, err := e.st.Credentials()
+		if err != nil {
+			t.Fatal(err)
+		}
 		if _, ok := creds[pub]; ok {
 			t.Error("a refused key was stored")
 		}
@@ -250,10 +254,18 @@ func TestCommandsReachOnlyTheirAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	own, err := ncB.SubscribeSync(protocol.CommandSubject(b))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := ncA.Subscribe(protocol.CommandSubject(a), func(m *nats.Msg) { _ = m.Respond([]byte("pong from a")) }); err != nil {
 		t.Fatal(err)
 	}
-	_ = ncA.Flush()
+	for _, nc := range []*nats.Conn{ncA, ncB} {
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	reply, err := broker.Ask(ctx, e.b.Conn(), a, []byte("ping"))
@@ -263,7 +275,15 @@ func TestCommandsReachOnlyTheirAgent(t *testing.T) {
 	if string(reply.Data) != "pong from a" {
 		t.Errorf("reply = %q", reply.Data)
 	}
-	if m, err := snoop.NextMsg(100 * time.Millisecond); err == nil {
+	// A command to B, sent after A's on the same connection, reaches B
+	// after anything of A's would have: once B has it, A's is not coming.
+	if err := e.b.Conn().Publish(protocol.CommandSubject(b), []byte("marker for b")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := own.NextMsg(5 * time.Second); err != nil || string(m.Data) != "marker for b" {
+		t.Fatalf("B's own command: %v, %v", m, err)
+	}
+	if m, err := snoop.NextMsg(0); err == nil {
 		t.Errorf("B read A's command %q", m.Data)
 	}
 }

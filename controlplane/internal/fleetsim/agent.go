@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"runtime"
 	"slices"
 	"sync"
@@ -44,6 +45,9 @@ type agent struct {
 	// passed) and the outcome CommandResult answers.
 	seen    map[string]outcome
 	pruneAt int
+	// ran counts the outcomes recorded by command name, as
+	// Facts.CommandsRun.
+	ran map[string]uint64
 }
 
 type outcome struct {
@@ -65,7 +69,7 @@ func newAgent(s *Sim, index int, c Credential) (*agent, error) {
 		services = append(services, protocol.ServiceState{Service: "db", State: "running", StartedAt: s.started})
 	}
 	return &agent{sim: s, id: c.InstanceID, token: c.Token, kp: kp, pub: pub, services: services,
-		behaviour: Normal, seen: map[string]outcome{}, pruneAt: 64}, nil
+		behaviour: Normal, seen: map[string]outcome{}, pruneAt: 64, ran: map[string]uint64{}}, nil
 }
 
 // permanent marks an error retrying cannot help.
@@ -222,8 +226,9 @@ func (a *agent) heartbeat() {
 
 // handle answers one message on the agent's command subject, in the real
 // agent's order: signature, target and validity window (protocol.Open),
-// then replay, then the catalog; the acknowledgement if asked for, then
-// the outcome.
+// then the catalog, then replay; the acknowledgement if asked for, then
+// the outcome. A refused request is not remembered. The table of
+// internal/commandtest holds these answers to the agent's.
 func (a *agent) handle(m *nats.Msg, now time.Time) {
 	st := &a.sim.stats
 	st.received.Add(1)
@@ -243,14 +248,13 @@ func (a *agent) handle(m *nats.Msg, now time.Time) {
 		a.refuse(m, req, r)
 		return
 	}
-	if !a.remember(req, now) {
-		a.refuse(m, req, &protocol.RefusalError{Reason: protocol.RefusedReplayed, Detail: "nonce already received"})
+	if !slices.Contains(protocol.Catalog, req.Name) {
+		a.refuse(m, req, &protocol.RefusalError{Reason: protocol.RefusedUnknown,
+			Detail: fmt.Sprintf("no command %q in the catalog", req.Name)})
 		return
 	}
-	if !slices.Contains(protocol.Catalog, req.Name) {
-		reply := a.refuse(m, req, &protocol.RefusalError{Reason: protocol.RefusedUnknown,
-			Detail: fmt.Sprintf("no command %q in the catalog", req.Name)})
-		a.record(req.Nonce, reply)
+	if !a.remember(req, now) {
+		a.refuse(m, req, &protocol.RefusalError{Reason: protocol.RefusedReplayed, Detail: "nonce already received"})
 		return
 	}
 	acked := func() {}
@@ -266,7 +270,7 @@ func (a *agent) handle(m *nats.Msg, now time.Time) {
 	if req.Name != protocol.CommandResult {
 		st.ran.Add(1)
 	}
-	a.record(req.Nonce, reply)
+	a.record(req, reply)
 	a.respond(m, reply)
 	st.answered.Add(1)
 }
@@ -290,19 +294,21 @@ func (a *agent) remember(req protocol.CommandRequest, now time.Time) bool {
 	return true
 }
 
-// record keeps the outcome of a remembered nonce for CommandResult.
-func (a *agent) record(nonce string, reply protocol.CommandReply) {
+// record keeps the outcome of req, remembered, for CommandResult, and
+// counts it.
+func (a *agent) record(req protocol.CommandRequest, reply protocol.CommandReply) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if o, ok := a.seen[nonce]; ok {
+	if o, ok := a.seen[req.Nonce]; ok {
 		o.reply = &reply
-		a.seen[nonce] = o
+		a.seen[req.Nonce] = o
+		a.ran[req.Name]++
 	}
 }
 
 // refuse answers and reports a refusal, like the real agent: a reply with
 // the reason, and a command.refused event.
-func (a *agent) refuse(m *nats.Msg, req protocol.CommandRequest, r *protocol.RefusalError) protocol.CommandReply {
+func (a *agent) refuse(m *nats.Msg, req protocol.CommandRequest, r *protocol.RefusalError) {
 	a.sim.stats.refuse(r.Reason)
 	reply := protocol.CommandReply{V: protocol.Version, ID: req.ID, InstanceID: a.id, Nonce: req.Nonce,
 		Refused: r.Reason, Error: r.Error()}
@@ -323,7 +329,6 @@ func (a *agent) refuse(m *nats.Msg, req protocol.CommandRequest, r *protocol.Ref
 			a.sim.log.Debug("refusal event not sent", "instance", a.id, "err", err)
 		}
 	}
-	return reply
 }
 
 func (a *agent) respond(m *nats.Msg, reply protocol.CommandReply) {
@@ -347,6 +352,13 @@ func (a *agent) run(req protocol.CommandRequest, b Behaviour, now time.Time) pro
 		reply.Error = simulatedFailure
 		return reply
 	}
+	// The agent reads any command's arguments as StackArgs first.
+	if len(req.Args) > 0 {
+		if err := json.Unmarshal(req.Args, new(protocol.StackArgs)); err != nil {
+			reply.Error = "malformed arguments: " + err.Error()
+			return reply
+		}
+	}
 	var result any
 	switch req.Name {
 	case protocol.CommandPing:
@@ -359,9 +371,13 @@ func (a *agent) run(req protocol.CommandRequest, b Behaviour, now time.Time) pro
 		for i, s := range a.services {
 			names[i] = s.Service
 		}
+		a.mu.Lock()
+		ran := maps.Clone(a.ran)
+		a.mu.Unlock()
 		result = protocol.Facts{InstanceID: a.id, Hostname: "sim-" + a.id, AgentVersion: a.sim.opts.Version,
 			Protocol: protocol.Version, OS: runtime.GOOS, Arch: runtime.GOARCH, CPUs: 2, MemoryBytes: 4 << 30,
-			AgentStarted: a.sim.started, ComposeTool: "docker compose", StackVersion: 1, StackServices: names}
+			AgentStarted: a.sim.started, ComposeTool: "docker compose", StackVersion: 1, StackServices: names,
+			CommandsRun: ran}
 	case protocol.CommandStackStatus:
 		result = a.stack()
 	case protocol.CommandResult:

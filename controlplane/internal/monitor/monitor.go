@@ -46,9 +46,9 @@ type Options struct {
 	// RawRetention is how long every metrics sample is kept (default a
 	// day), HourlyRetention how long the hourly rollups are (default 30 days).
 	RawRetention, HourlyRetention time.Duration
-	// MaxPending bounds the metrics points waiting for the store while it
-	// fails; past it the oldest are dropped, and said so in the log
-	// (default 100 000, some 50 minutes of a thousand instances).
+	// MaxPending bounds the metrics samples taken and not yet in the
+	// store; past it JetStream keeps the rest until the store has caught
+	// up (default 100 000, some 50 minutes of a thousand instances).
 	MaxPending int
 	Log        *slog.Logger
 }
@@ -71,6 +71,12 @@ const (
 	// maxSkew is how far ahead of the control plane's clock a sample may
 	// be dated; one further ahead is dated on arrival.
 	maxSkew = time.Minute
+	// minAckWait is the least JetStream waits for a sample's
+	// acknowledgement before it hands the sample out again; the wait is
+	// also at least two PersistEvery, so that only a store failing that
+	// long sees a sample twice (and stores it once). It is short because
+	// the samples a killed control plane had taken come back only then.
+	minAckWait = 10 * time.Second
 )
 
 // Monitor turns agent reports into fleet state.
@@ -79,18 +85,24 @@ type Monitor struct {
 	log *slog.Logger
 
 	heartbeats, samples atomic.Uint64
+	// stop ends what Start began: the subscription and the consumers.
+	stop []func()
 
 	mu      sync.RWMutex
 	metrics map[string]protocol.Metrics // latest per instance
-	// pending holds the metrics points not yet in the store, oldest first;
-	// pendingSeq numbers pending[0], so a flush can tell which of its
-	// points are still there after the lock was let go.
-	pending    []fleet.InstancePoint
-	pendingSeq uint64
-	dropped    uint64 // points dropped from pending since the last flush said so
+	// pending holds the samples taken and not yet in the store, oldest
+	// first. Handlers only append to it; a flush cuts the head it wrote.
+	pending []sample
 }
 
-// New returns a Monitor; Run starts it.
+// sample is a metrics message taken and not yet acknowledged, with the
+// point it adds to the history (none when it was seen before).
+type sample struct {
+	msg   jetstream.Msg
+	point *fleet.InstancePoint
+}
+
+// New returns a Monitor; Start, then Run, start it.
 func New(o Options) *Monitor {
 	if o.RawRetention <= 0 {
 		o.RawRetention = DefaultRawRetention
@@ -104,38 +116,69 @@ func New(o Options) *Monitor {
 	return &Monitor{o: o, log: o.Log.With("component", "monitor"), metrics: map[string]protocol.Metrics{}}
 }
 
-// durable is the name of the control plane's consumer of agent events.
-const durable = "controlplane"
+// Consumers of the control plane on the agents' streams.
+const (
+	eventsDurable  = "controlplane"
+	metricsDurable = "controlplane-metrics"
+)
 
-// Run subscribes and keeps the tracker current until ctx ends, then writes
-// what changed one last time.
-func (m *Monitor) Run(ctx context.Context) error {
-	subs, err := m.subscribe()
-	defer func() {
-		for _, s := range subs {
-			_ = s.Unsubscribe()
-		}
-	}()
+// Start takes what agents send from now on: heartbeats as they come,
+// events and metrics from their streams, each acknowledged only once it
+// is in the store. Call it before agents are let in.
+func (m *Monitor) Start(ctx context.Context) error {
+	sub, err := m.o.Conn.Subscribe(protocol.AgentWildcard(protocol.KindHeartbeat), m.handleHeartbeat)
 	if err != nil {
-		return err
+		return fmt.Errorf("monitor: subscribing to heartbeats: %w", err)
 	}
+	m.stop = append(m.stop, func() { _ = sub.Unsubscribe() })
 	js, err := jetstream.New(m.o.Conn)
 	if err != nil {
+		m.Stop()
 		return fmt.Errorf("monitor: jetstream: %w", err)
 	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, protocol.EventsStream, jetstream.ConsumerConfig{
-		Durable:   durable,
-		AckPolicy: jetstream.AckExplicitPolicy,
-	})
-	if err != nil {
-		return fmt.Errorf("monitor: events consumer: %w", err)
+	for _, c := range []struct {
+		stream string
+		config jetstream.ConsumerConfig
+		handle jetstream.MessageHandler
+	}{
+		{protocol.EventsStream, jetstream.ConsumerConfig{Durable: eventsDurable, AckPolicy: jetstream.AckExplicitPolicy}, m.handleEvent},
+		{protocol.MetricsStream, jetstream.ConsumerConfig{Durable: metricsDurable, AckPolicy: jetstream.AckExplicitPolicy,
+			AckWait: max(minAckWait, 2*m.o.PersistEvery), MaxAckPending: m.o.MaxPending}, m.handleMetrics},
+	} {
+		if err := m.consume(ctx, js, c.stream, c.config, c.handle); err != nil {
+			m.Stop()
+			return err
+		}
 	}
-	cc, err := cons.Consume(m.handleEvent)
-	if err != nil {
-		return fmt.Errorf("monitor: consuming events: %w", err)
-	}
-	defer cc.Stop()
+	return m.o.Conn.Flush()
+}
 
+// consume hands the messages of stream to handle through a durable consumer.
+func (m *Monitor) consume(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig, handle jetstream.MessageHandler) error {
+	cons, err := js.CreateOrUpdateConsumer(ctx, stream, cfg)
+	if err != nil {
+		return fmt.Errorf("monitor: consumer of %s: %w", stream, err)
+	}
+	cc, err := cons.Consume(handle)
+	if err != nil {
+		return fmt.Errorf("monitor: consuming %s: %w", stream, err)
+	}
+	m.stop = append(m.stop, cc.Stop)
+	return nil
+}
+
+// Stop stops taking what agents send. What is taken and not yet stored
+// stays unacknowledged in its stream, for the next start.
+func (m *Monitor) Stop() {
+	for _, stop := range m.stop {
+		stop()
+	}
+	m.stop = nil
+}
+
+// Run writes what changed and prunes the history until ctx ends, then
+// stops taking what agents send and writes what changed one last time.
+func (m *Monitor) Run(ctx context.Context) error {
 	m.prune()
 	tick := time.NewTicker(m.o.PersistEvery)
 	defer tick.Stop()
@@ -144,6 +187,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			m.Stop()
 			return m.persist()
 		case <-tick.C:
 			if err := m.persist(); err != nil {
@@ -164,31 +208,36 @@ func (m *Monitor) persist() error {
 	return errors.Join(append(errs, m.flush())...)
 }
 
-// flush writes the pending metrics points in one call. They stay pending
-// until it succeeds, so a failed flush is retried by the next.
+// flush writes the pending points in one call, then acknowledges their
+// samples to JetStream. They stay pending until the write succeeds, so a
+// failed flush is retried by the next, and a crash before the
+// acknowledgement has JetStream hand them out again (a point written
+// twice is stored once).
 func (m *Monitor) flush() error {
-	m.mu.Lock()
-	// Handlers only append to pending or cut its head, never change
-	// a point in it, so batch may share its array.
-	batch, seq, dropped := m.pending, m.pendingSeq, m.dropped
-	m.dropped = 0
-	m.mu.Unlock()
-	if dropped > 0 {
-		m.log.Warn("dropped metrics points the store could not take", "points", dropped, "max_pending", m.o.MaxPending)
-	}
+	m.mu.RLock()
+	// Handlers only append to pending, so batch may share its array.
+	batch := m.pending
+	m.mu.RUnlock()
 	if len(batch) == 0 {
 		return nil
 	}
-	if err := m.o.Store.AppendMetrics(batch); err != nil {
+	points := make([]fleet.InstancePoint, 0, len(batch))
+	for _, s := range batch {
+		if s.point != nil {
+			points = append(points, *s.point)
+		}
+	}
+	if err := m.o.Store.AppendMetrics(points); err != nil {
 		return err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if end := seq + uint64(len(batch)); end > m.pendingSeq {
-		n := min(end-m.pendingSeq, uint64(len(m.pending)))
-		m.pending = m.pending[n:]
-		m.pendingSeq += n
+	for _, s := range batch {
+		if err := s.msg.Ack(); err != nil {
+			m.log.Warn("acknowledging a stored sample", "err", err) // JetStream hands it out again; stored once
+		}
 	}
+	m.mu.Lock()
+	m.pending = m.pending[len(batch):]
+	m.mu.Unlock()
 	return nil
 }
 
@@ -204,35 +253,20 @@ func (m *Monitor) prune() {
 	}
 }
 
-func (m *Monitor) subscribe() ([]*nats.Subscription, error) {
-	var subs []*nats.Subscription
-	for subject, handler := range map[string]nats.MsgHandler{
-		protocol.AgentWildcard(protocol.KindHeartbeat): m.handleHeartbeat,
-		protocol.AgentWildcard(protocol.KindMetrics):   m.handleMetrics,
-	} {
-		sub, err := m.o.Conn.Subscribe(subject, handler)
-		if err != nil {
-			return subs, fmt.Errorf("monitor: subscribing to %s: %w", subject, err)
-		}
-		subs = append(subs, sub)
-	}
-	return subs, nil
-}
-
 // decode reads an agent message whose instance id must match its subject:
 // the broker lets an agent publish only on its own subjects, so the
 // subject, not the payload, says who sent it.
-func (m *Monitor) decode(msg *nats.Msg, v any, payloadID func() string) (string, bool) {
-	id, ok := protocol.InstanceFromSubject(msg.Subject)
+func (m *Monitor) decode(subject string, data []byte, v any, payloadID func() string) (string, bool) {
+	id, ok := protocol.InstanceFromSubject(subject)
 	if !ok {
 		return "", false
 	}
-	if err := json.Unmarshal(msg.Data, v); err != nil {
-		m.log.Warn("malformed agent message", "subject", msg.Subject, "err", err)
+	if err := json.Unmarshal(data, v); err != nil {
+		m.log.Warn("malformed agent message", "subject", subject, "err", err)
 		return "", false
 	}
 	if got := payloadID(); got != id {
-		m.log.Warn("agent message names another instance", "subject", msg.Subject, "instance_id", got)
+		m.log.Warn("agent message names another instance", "subject", subject, "instance_id", got)
 		return "", false
 	}
 	return id, true
@@ -240,7 +274,7 @@ func (m *Monitor) decode(msg *nats.Msg, v any, payloadID func() string) (string,
 
 func (m *Monitor) handleHeartbeat(msg *nats.Msg) {
 	var hb protocol.Heartbeat
-	if _, ok := m.decode(msg, &hb, func() string { return hb.InstanceID }); !ok {
+	if _, ok := m.decode(msg.Subject, msg.Data, &hb, func() string { return hb.InstanceID }); !ok {
 		return
 	}
 	m.heartbeats.Add(1)
@@ -249,10 +283,13 @@ func (m *Monitor) handleHeartbeat(msg *nats.Msg) {
 	}
 }
 
-func (m *Monitor) handleMetrics(msg *nats.Msg) {
+// handleMetrics takes one sample from the metrics stream; it is
+// acknowledged by the flush that stores it. A malformed one is dropped.
+func (m *Monitor) handleMetrics(msg jetstream.Msg) {
 	var mt protocol.Metrics
-	id, ok := m.decode(msg, &mt, func() string { return mt.InstanceID })
+	id, ok := m.decode(msg.Subject(), msg.Data(), &mt, func() string { return mt.InstanceID })
 	if !ok {
+		_ = msg.Term() // JetStream drops it; decode said why
 		return
 	}
 	now := time.Now()
@@ -264,7 +301,8 @@ func (m *Monitor) handleMetrics(msg *nats.Msg) {
 	var prev *protocol.Metrics
 	if p, ok := m.metrics[id]; ok {
 		if p.At.Equal(mt.At) {
-			return // the same sample again
+			m.pending = append(m.pending, sample{msg: msg}) // the same sample again
+			return
 		}
 		prev = &p
 	}
@@ -274,12 +312,7 @@ func (m *Monitor) handleMetrics(msg *nats.Msg) {
 	}
 	pt := fleet.PointFrom(prev, mt)
 	pt.At = pt.At.Truncate(time.Second).UTC() // as the store keeps it
-	m.pending = append(m.pending, fleet.InstancePoint{InstanceID: id, Point: pt})
-	if over := len(m.pending) - m.o.MaxPending; over > 0 {
-		m.pending = m.pending[over:]
-		m.pendingSeq += uint64(over)
-		m.dropped += uint64(over)
-	}
+	m.pending = append(m.pending, sample{msg: msg, point: &fleet.InstancePoint{InstanceID: id, Point: pt}})
 }
 
 // Heartbeats is how many heartbeats the monitor has taken since it started.
@@ -319,8 +352,8 @@ func (m *Monitor) MetricsHistory(id string, from, to time.Time) (fleet.MetricsHi
 func (m *Monitor) withPending(id string, from, to time.Time, stored []fleet.MetricsPoint) []fleet.MetricsPoint {
 	m.mu.RLock()
 	var extra []fleet.MetricsPoint
-	for _, ip := range m.pending {
-		if ip.InstanceID == id && !ip.Point.At.Before(from) && !ip.Point.At.After(to) {
+	for _, s := range m.pending {
+		if ip := s.point; ip != nil && ip.InstanceID == id && !ip.Point.At.Before(from) && !ip.Point.At.After(to) {
 			extra = append(extra, ip.Point)
 		}
 	}

@@ -1,7 +1,6 @@
 package monitor_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -48,7 +46,7 @@ type rig struct {
 // Messages are published with the control plane's own connection, standing
 // in for agents (the broker's permissions, tested in package broker, are
 // what tie a subject to its agent).
-func setup(t *testing.T, opts ...func(*monitor.Options)) rig {
+func setup(t testing.TB, opts ...func(*monitor.Options)) rig {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := store.Open(filepath.Join(dir, "stackpro.db"), time.Second)
@@ -79,6 +77,9 @@ func setup(t *testing.T, opts ...func(*monitor.Options)) rig {
 	}
 	mon := monitor.New(o)
 	ctx, cancel := context.WithCancel(context.Background())
+	if err := mon.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan error, 1)
 	go func() { done <- mon.Run(ctx) }()
 	stop := func() {
@@ -124,8 +125,10 @@ func TestHeartbeats(t *testing.T) {
 	if inst.Status != fleet.StatusDegraded || !inst.Connected {
 		t.Errorf("a = %+v, want degraded and connected", inst)
 	}
-	if other, _ := tracker.Get(b, time.Now()); other.AgentVersion != "" {
-		t.Errorf("b took a spoofed heartbeat: %+v", other)
+	// The spoof went before each of a's heartbeats on the same connection:
+	// once one of those is taken, so was a spoof.
+	if other, err := tracker.Get(b, time.Now()); err != nil || other.AgentVersion != "" {
+		t.Errorf("b = %+v (%v): took a spoofed heartbeat", other, err)
 	}
 	if n := r.mon.Heartbeats(); n == 0 {
 		t.Error("Heartbeats() = 0 after a heartbeat was taken")
@@ -160,20 +163,38 @@ func TestEventsAreStoredOnce(t *testing.T) {
 			t.Fatalf("publish %d: %v", i, err)
 		}
 	}
-	// An event naming another instance than its subject is not stored.
+	// An event naming another instance than its subject is not stored. The
+	// monitor takes the stream in order: once e4, sent after the spoof, is
+	// stored, the spoof was handled.
 	spoof, _ := json.Marshal(protocol.Event{V: 1, ID: "s1", InstanceID: b, Type: "test"})
 	if _, err := js.Publish(ctx, protocol.AgentSubject(a, protocol.KindEvent), spoof); err != nil {
 		t.Fatal(err)
 	}
-	var got []protocol.Event
-	poll.Until(t, "3 stored events", func() bool {
-		got, _ = st.Events(a, 10)
-		return len(got) >= 3
-	})
-	if len(got) != 3 || got[0].ID != "e1" || got[1].ID != "e2" || got[2].ID != "e3" {
-		t.Errorf("stored events = %+v, want e1, e2, e3 once each", got)
+	marker, _ := json.Marshal(protocol.Event{V: 1, ID: "e4", InstanceID: a, At: time.Now().UTC(), Type: "test",
+		Severity: protocol.SeverityInfo, Message: "e4"})
+	if _, err := js.Publish(ctx, protocol.AgentSubject(a, protocol.KindEvent), marker); err != nil {
+		t.Fatal(err)
 	}
-	if spoofed, _ := st.Events(b, 10); len(spoofed) != 0 {
+	var got []protocol.Event
+	poll.Until(t, "4 stored events", func() bool {
+		var err error
+		if got, err = st.Events(a, 10); err != nil {
+			t.Fatalf("Events(a): %v", err)
+		}
+		return len(got) >= 4
+	})
+	var ids []string
+	for _, ev := range got {
+		ids = append(ids, ev.ID)
+	}
+	if !slices.Equal(ids, []string{"e1", "e2", "e3", "e4"}) {
+		t.Errorf("stored events %v, want e1, e2, e3, e4 once each", ids)
+	}
+	spoofed, err := st.Events(b, 10)
+	if err != nil {
+		t.Fatalf("Events(b): %v", err)
+	}
+	if len(spoofed) != 0 {
 		t.Errorf("a spoofed event was stored for b: %+v", spoofed)
 	}
 }
@@ -187,13 +208,13 @@ func metrics(id string, at time.Time, cpu float64, rx, tx uint64) protocol.Metri
 		Network: protocol.Network{RxBytes: rx, TxBytes: tx}, UptimeSeconds: 3600}
 }
 
-// sendFirst publishes mt until the monitor has taken it, as core NATS
-// keeps nothing for a subscriber that is not there yet. Samples sent after
-// it on the same connection arrive after it.
+// sendFirst publishes mt, which the metrics stream keeps for the monitor,
+// and waits until the monitor has taken it. Samples sent after it on the
+// same connection arrive after it.
 func sendFirst(t *testing.T, r rig, mt protocol.Metrics) {
 	t.Helper()
+	publish(t, r.nc, protocol.AgentSubject(mt.InstanceID, protocol.KindMetrics), mt)
 	poll.Until(t, "the first sample", func() bool {
-		publish(t, r.nc, protocol.AgentSubject(mt.InstanceID, protocol.KindMetrics), mt)
 		got, ok := r.mon.LatestMetrics(mt.InstanceID)
 		return ok && got.At.Equal(mt.At)
 	})
@@ -311,59 +332,62 @@ func (f *flakyStore) AppendMetrics(points []fleet.InstancePoint) error {
 	return f.Store.AppendMetrics(points)
 }
 
-// syncBuffer is a log sink for several goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
-
-func TestMetricsFlushIsRetriedAndBounded(t *testing.T) {
-	flaky, logs := &flakyStore{}, &syncBuffer{}
+// While the store fails, at most MaxPending samples wait in the monitor
+// and the rest in JetStream, unacknowledged; once the store works again,
+// every sample is stored: none is dropped.
+func TestMetricsWaitForTheStore(t *testing.T) {
+	flaky := &flakyStore{}
 	flaky.fail.Store(true)
 	r := setup(t, func(o *monitor.Options) {
 		flaky.Store, o.Store = o.Store, flaky
 		o.PersistEvery, o.MaxPending = 20*time.Millisecond, 3
-		o.Log = slog.New(slog.NewTextHandler(logs, nil))
 	})
 	base := time.Now().Add(-10 * time.Minute).Truncate(time.Second).UTC()
-	sendFirst(t, r, metrics(a, base, 0, 0, 0))
-	for i := 1; i < 6; i++ {
+	for i := range 6 {
 		publish(t, r.nc, protocol.AgentSubject(a, protocol.KindMetrics), metrics(a, base.Add(time.Duration(i)*30*time.Second), float64(i), 0, 0))
 	}
-	poll.Until(t, "six samples", func() bool { return r.mon.Samples() == 6 })
+	poll.Until(t, "three samples taken", func() bool { return r.mon.Samples() == 3 })
 	poll.Until(t, "a failed flush", func() bool { return flaky.failures.Load() > 0 })
-	poll.Until(t, "the dropped points in the log", func() bool { return strings.Contains(logs.String(), "dropped metrics points") })
+	ctx := context.Background()
+	js, err := jetstream.New(r.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.Stream(ctx, protocol.MetricsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, "JetStream to hold three samples out and three back", func() bool {
+		for info := range stream.ListConsumers(ctx).Info() {
+			if info.NumAckPending == 3 && info.NumPending == 3 {
+				return true
+			}
+		}
+		return false
+	})
 
-	// The newest three wait for the store, and show meanwhile.
+	// The three taken wait for the store, and show meanwhile.
 	h, err := r.mon.MetricsHistory(a, base.Add(-time.Minute), time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := cpus(h.Points); !slices.Equal(got, []float64{3, 4, 5}) {
-		t.Errorf("history while the store fails = %v, want the newest three, 3 4 5", got)
+	if got := cpus(h.Points); !slices.Equal(got, []float64{0, 1, 2}) {
+		t.Errorf("history while the store fails = %v, want the first three, 0 1 2", got)
 	}
 
 	flaky.fail.Store(false)
 	var stored []fleet.MetricsPoint
-	poll.Until(t, "the retried flush", func() bool {
+	poll.Until(t, "every sample stored", func() bool {
 		stored, err = r.st.MetricsHistory(a, base.Add(-time.Minute), time.Now(), fleet.ResolutionRaw)
-		return err == nil && len(stored) > 0
+		return err == nil && len(stored) == 6
 	})
-	if got := cpus(stored); !slices.Equal(got, []float64{3, 4, 5}) {
-		t.Errorf("stored after the retry = %v, want 3 4 5", got)
+	if got := cpus(stored); !slices.Equal(got, []float64{0, 1, 2, 3, 4, 5}) {
+		t.Errorf("stored after the store came back = %v, want 0 to 5", got)
 	}
+	poll.Until(t, "the stream emptied: every sample acknowledged", func() bool {
+		info, err := stream.Info(ctx)
+		return err == nil && info.State.Msgs == 0
+	})
 }
 
 func TestRunPrunesHistory(t *testing.T) {

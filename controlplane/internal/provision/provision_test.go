@@ -19,6 +19,7 @@ import (
 	"github.com/stackpro/stackpro/controlplane/internal/provision"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
 	"github.com/stackpro/stackpro/controlplane/internal/targets"
+	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -176,14 +177,24 @@ type env struct {
 // testCommandKey is the key the service's launches pin in each bootstrap.
 var testCommandKey = ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize)).Public().(ed25519.PublicKey)
 
-func start(t *testing.T, dir string, faults provision.Faults, c *cloud) *env {
+// openStore opens the store in dir and a tracker of its instances, as the
+// control plane does at start.
+func openStore(t *testing.T, dir string) (*store.Store, *fleet.Tracker) {
 	t.Helper()
 	st, err := store.Open(filepath.Join(dir, "stackpro.db"), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	insts, _ := st.Instances()
-	tracker := fleet.NewTracker(fleet.Thresholds{StaleAfter: time.Hour, OfflineAfter: 2 * time.Hour}, insts)
+	insts, err := st.Instances()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, fleet.NewTracker(fleet.Thresholds{StaleAfter: time.Hour, OfflineAfter: 2 * time.Hour}, insts)
+}
+
+func start(t *testing.T, dir string, faults provision.Faults, c *cloud) *env {
+	t.Helper()
+	st, tracker := openStore(t, dir)
 	if c == nil {
 		c = &cloud{machines: map[string]bool{}, dns: map[string]string{}, targets: map[string]protocol.Target{}}
 	}
@@ -218,17 +229,79 @@ func start(t *testing.T, dir string, faults provision.Faults, c *cloud) *env {
 
 func (e *env) wait(t *testing.T, id string) fleet.Job {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		job, err := e.st.Job(id)
-		if err == nil && job.State.Finished() {
-			return job
+	var job fleet.Job
+	poll.Within(t, 30*time.Second, "job "+id+" to finish", func() bool {
+		var err error
+		if job, err = e.st.Job(id); err != nil {
+			t.Fatalf("job %s: %v", id, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("job %s not finished after 30s: %+v", id, job)
-		}
-		time.Sleep(5 * time.Millisecond)
+		return job.State.Finished()
+	})
+	return job
+}
+
+// job reads job id from the store.
+func (e *env) job(t *testing.T, id string) fleet.Job {
+	t.Helper()
+	job, err := e.st.Job(id)
+	if err != nil {
+		t.Fatalf("job %s: %v", id, err)
 	}
+	return job
+}
+
+// instance is instance id as the tracker has it.
+func (e *env) instance(t *testing.T, id string) fleet.Instance {
+	t.Helper()
+	inst, err := e.tracker.Get(id, time.Now())
+	if err != nil {
+		t.Fatalf("instance %s: %v", id, err)
+	}
+	return inst
+}
+
+// left fails t if the store still holds an instance, instance id's tokens
+// or credentials, or an owner of subdomain acme: what a terminated or
+// compensated instance must not leave behind.
+func (e *env) left(t *testing.T, id string) {
+	t.Helper()
+	insts, err := e.st.Instances()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(insts) != 0 {
+		t.Errorf("instances left: %+v", insts)
+	}
+	tokens, creds, err := e.st.Access(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tokens+creds != 0 {
+		t.Errorf("%d tokens and %d credentials left", tokens, creds)
+	}
+	if owner := e.subdomainOwner(t, "acme"); owner != "" {
+		t.Errorf("subdomain still held by %s", owner)
+	}
+}
+
+// subdomainOwner is the instance holding subdomain name, "" for none.
+func (e *env) subdomainOwner(t *testing.T, name string) string {
+	t.Helper()
+	owner, err := e.st.SubdomainOwner(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return owner
+}
+
+// jobs reads every job from the store.
+func (e *env) jobs(t *testing.T) []fleet.Job {
+	t.Helper()
+	jobs, err := e.st.Jobs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return jobs
 }
 
 func TestProvision(t *testing.T) {
@@ -241,11 +314,14 @@ func TestProvision(t *testing.T) {
 	if job.State != fleet.JobSucceeded || job.Done != len(job.Steps) {
 		t.Fatalf("job = %+v", job)
 	}
-	got, _ := e.tracker.Get(inst.ID, time.Now())
+	got := e.instance(t, inst.ID)
 	if got.Lifecycle != fleet.LifecycleActive || got.Job != "" || got.ProviderID != "m-"+inst.ID || got.Address != "10.0.0.7" {
 		t.Errorf("instance = %+v", got)
 	}
-	stored, _ := e.st.Instances()
+	stored, err := e.st.Instances()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(stored) != 1 || stored[0].Lifecycle != fleet.LifecycleActive {
 		t.Errorf("stored = %+v, want the active instance", stored)
 	}
@@ -255,7 +331,7 @@ func TestProvision(t *testing.T) {
 	if got, want := e.cloud.commandKeys[inst.ID], protocol.FormatCommandKey(testCommandKey); got != want {
 		t.Errorf("launch pinned command key %q, want %q", got, want)
 	}
-	if owner, _ := e.st.SubdomainOwner("acme"); owner != inst.ID {
+	if owner := e.subdomainOwner(t, "acme"); owner != inst.ID {
 		t.Errorf("subdomain owner = %q", owner)
 	}
 	steps := map[string]bool{}
@@ -278,7 +354,7 @@ func TestProvision(t *testing.T) {
 	if job2 = e.wait(t, job2.ID); job2.State != fleet.JobFailed {
 		t.Errorf("second provision of acme: %+v, want failed", job2)
 	}
-	if owner, _ := e.st.SubdomainOwner("acme"); owner != inst.ID {
+	if owner := e.subdomainOwner(t, "acme"); owner != inst.ID {
 		t.Errorf("compensation released the first instance's subdomain: owner %q", owner)
 	}
 }
@@ -305,7 +381,7 @@ func TestProvisionOnce(t *testing.T) {
 	if err != nil || other.ID == first.ID {
 		t.Fatalf("another key: %+v, %v", other, err)
 	}
-	if jobs, _ := e.st.Jobs(); len(jobs) != 2 {
+	if jobs := e.jobs(t); len(jobs) != 2 {
 		t.Errorf("%d jobs for two keys", len(jobs))
 	}
 }
@@ -319,7 +395,7 @@ func TestProvisionRejectsBadRequests(t *testing.T) {
 			t.Errorf("Provision(%q, %q, %q) = %v, want ErrBadRequest", tt.customer, tt.plan, tt.sub, err)
 		}
 	}
-	if jobs, _ := e.st.Jobs(); len(jobs) != 0 {
+	if jobs := e.jobs(t); len(jobs) != 0 {
 		t.Errorf("bad requests made jobs: %+v", jobs)
 	}
 }
@@ -340,15 +416,7 @@ func TestFailureCompensates(t *testing.T) {
 			if job.State != fleet.JobFailed || job.Done != 0 || job.Error == "" {
 				t.Fatalf("job = %+v, want failed and fully undone", job)
 			}
-			if insts, _ := e.st.Instances(); len(insts) != 0 {
-				t.Errorf("instances left: %+v", insts)
-			}
-			if tokens, creds, _ := e.st.Access(inst.ID); tokens+creds != 0 {
-				t.Errorf("%d tokens and %d credentials left", tokens, creds)
-			}
-			if owner, _ := e.st.SubdomainOwner("acme"); owner != "" {
-				t.Errorf("subdomain still held by %s", owner)
-			}
+			e.left(t, inst.ID)
 			if len(e.cloud.machines)+len(e.cloud.dns)+len(e.cloud.targets) != 0 {
 				t.Errorf("left behind: machines %v, dns %v, targets %v", e.cloud.machines, e.cloud.dns, e.cloud.targets)
 			}
@@ -413,22 +481,15 @@ func TestWaitsHoldNoWorker(t *testing.T) {
 		jobs = append(jobs, job)
 	}
 	waitEnrollment := slices.Index(jobs[0].Steps, "wait_enrollment")
-	deadline := time.Now().Add(30 * time.Second)
-	for i := 0; i < n; {
-		job, err := e.st.Job(jobs[i].ID)
-		switch {
-		case err == nil && job.Done == waitEnrollment:
-			i++
-		case time.Now().After(deadline):
-			t.Fatalf("job %d of %d not waiting for enrollment after 30s: %+v", i+1, n, job)
-		default:
-			time.Sleep(5 * time.Millisecond)
-		}
+	for i, job := range jobs {
+		poll.Within(t, 30*time.Second, fmt.Sprintf("job %d of %d to wait for enrollment", i+1, n), func() bool {
+			return e.job(t, job.ID).Done == waitEnrollment
+		})
 	}
 	// Had the waits held the 4 workers, the other jobs would have reached
 	// wait_enrollment only when the first timed out and backed off.
 	for _, job := range jobs {
-		job, _ = e.st.Job(job.ID)
+		job = e.job(t, job.ID)
 		for _, l := range job.Log {
 			if l.Outcome == "retry" {
 				t.Errorf("job %s: %s was retried (%s) before every job got to wait", job.ID, l.Step, l.Detail)
@@ -462,10 +523,15 @@ func TestResumeAfterRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	job, _ = st.Job(job.ID)
+	if job, err = st.Job(job.ID); err != nil {
+		t.Fatal(err)
+	}
 	job.State, job.Done = fleet.JobRunning, 4
 	job.Steps = slices.DeleteFunc(job.Steps, func(name string) bool { return name == "dns_record" })
-	insts, _ := st.Instances()
+	insts, err := st.Instances()
+	if err != nil || len(insts) != 1 {
+		t.Fatalf("instances %+v (%v), want the one", insts, err)
+	}
 	insts[0].Lifecycle, insts[0].Job = fleet.LifecycleProvisioning, job.ID
 	if err := st.SaveJob(job, insts[0]); err != nil {
 		t.Fatal(err)
@@ -490,10 +556,7 @@ func TestLifecycleJobs(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.wait(t, job.ID)
-	lifecycle := func() fleet.Lifecycle {
-		got, _ := e.tracker.Get(inst.ID, time.Now())
-		return got.Lifecycle
-	}
+	lifecycle := func() fleet.Lifecycle { return e.instance(t, inst.ID).Lifecycle }
 	for _, tt := range []struct {
 		start func() (fleet.Job, error)
 		want  fleet.Lifecycle
@@ -511,7 +574,7 @@ func TestLifecycleJobs(t *testing.T) {
 		}
 	}
 	// The resize moved the machine to 10.0.0.8: the instance and its name follow.
-	if got, _ := e.tracker.Get(inst.ID, time.Now()); got.Plan != "business" || got.InstanceType != "t3.medium" ||
+	if got := e.instance(t, inst.ID); got.Plan != "business" || got.InstanceType != "t3.medium" ||
 		got.Address != "10.0.0.8" || e.cloud.dns["acme.example.test"] != "10.0.0.8" {
 		t.Errorf("after resize: plan %s, type %s, address %s, dns %v; want business, t3.medium, 10.0.0.8 in both",
 			got.Plan, got.InstanceType, got.Address, e.cloud.dns)
@@ -530,12 +593,9 @@ func TestLifecycleJobs(t *testing.T) {
 	if job = e.wait(t, job.ID); job.State != fleet.JobSucceeded {
 		t.Fatalf("terminate: %+v", job)
 	}
-	if insts, _ := e.st.Instances(); len(insts) != 0 {
-		t.Errorf("instances left: %+v", insts)
-	}
-	if tokens, creds, _ := e.st.Access(inst.ID); tokens+creds != 0 || len(e.cloud.machines)+len(e.cloud.dns)+len(e.cloud.targets) != 0 {
-		t.Errorf("left behind: %d tokens, %d creds, machines %v, dns %v, targets %v", tokens, creds,
-			e.cloud.machines, e.cloud.dns, e.cloud.targets)
+	e.left(t, inst.ID)
+	if len(e.cloud.machines)+len(e.cloud.dns)+len(e.cloud.targets) != 0 {
+		t.Errorf("left behind: machines %v, dns %v, targets %v", e.cloud.machines, e.cloud.dns, e.cloud.targets)
 	}
 	if _, err := e.svc.Terminate(inst.ID); !errors.Is(err, provision.ErrNotFound) {
 		t.Errorf("terminate of a gone instance: %v, want ErrNotFound", err)

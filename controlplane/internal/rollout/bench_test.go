@@ -25,7 +25,10 @@ import (
 //
 //	go test -run '^$' -bench Fleet10k -benchtime 1x -timeout 30m ./controlplane/internal/rollout
 func BenchmarkFleet10k(b *testing.B) {
-	const n = 10000
+	n, settle, measure := 10000, 20*time.Second, 60*time.Second
+	if testing.Short() { // make test's smoke run: the same path, small
+		n, settle, measure = 200, time.Second, 2*time.Second
+	}
 	data := b.TempDir()
 	agentsFile := seed(b, data, n)
 	httpAddr, natsAddr := proctest.FreeAddr(b), proctest.FreeAddr(b)
@@ -46,9 +49,9 @@ func BenchmarkFleet10k(b *testing.B) {
 	for b.Loop() {
 		// Let enrollment's writes and the first heartbeats settle, then
 		// measure a minute of steady heartbeats.
-		time.Sleep(20 * time.Second)
+		time.Sleep(settle)
 		cpu0, at0 := cpuSeconds(b, pid), time.Now()
-		time.Sleep(60 * time.Second)
+		time.Sleep(measure)
 		cores := (cpuSeconds(b, pid) - cpu0) / time.Since(at0).Seconds()
 		b.ReportMetric(cores, "cp-cores")
 		b.ReportMetric(float64(rssBytes(b, pid))/(1<<20), "cp-rss-MiB")

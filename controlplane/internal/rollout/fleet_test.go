@@ -275,13 +275,23 @@ func TestFleetCommandsEndToEnd(t *testing.T) {
 		if code != 0 || report.Run.State != fleet.RunCompleted || c[fleet.TargetSucceeded] != n {
 			t.Errorf("exit %d, resumed run %s %v: want 0, completed, every target succeeded", code, report.Run.State, c)
 		}
-		// Every agent ran this run's command once: none ran it twice. The
-		// simulator adds up its processes' counts every second: wait for
-		// all of them, then a little longer for any extra.
-		poll.Within(t, time.Minute, "the simulator to count every command run", func() bool { return sim.Stats().Ran-before >= n })
-		time.Sleep(2 * time.Second)
-		if ran := sim.Stats().Ran - before; ran != n {
-			t.Errorf("the agents ran the command %d times, want %d", ran, n)
+		// Every agent ran this run's command once: none ran it twice. A
+		// second run, of ping to every agent, is the marker: an agent takes
+		// the control plane's commands in the order sent, so once all have
+		// answered the ping, any second copy of facts ran before it. The
+		// simulator's counts once it has stopped are final.
+		out, code = stackctl(t, url, token, "run", "ping", "--select", "all", "--max-concurrency", "100%", "--max-errors", "100%", "--json")
+		if err := json.Unmarshal([]byte(out), &report); err != nil {
+			t.Fatalf("stackctl run --json: %v\n%s", err, out)
+		}
+		if c := report.Run.Counts; code != 0 || c[fleet.TargetSucceeded] != n {
+			t.Fatalf("marker run: exit %d, counts %v; want every agent to answer", code, c)
+		}
+		if err := sim.Stop(); err != nil {
+			t.Errorf("stopping the simulator: %v", err)
+		}
+		if ran := sim.Stats().Ran - before; ran != 2*n {
+			t.Errorf("the agents ran %d commands (facts, then ping), want %d: each once", ran, 2*n)
 		}
 	})
 }

@@ -88,6 +88,7 @@ func startFleet(t testing.TB, n int, fail float64) *testFleet {
 		t.Fatal(err)
 	}
 	t.Cleanup(f.brk.Shutdown)
+	f.brk.Open()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	if f.sim, err = fleetsim.Start(ctx, fleetsim.Options{URL: f.brk.ClientURL(), Agents: creds, Fail: fail, Heartbeat: time.Minute}); err != nil {
@@ -136,20 +137,15 @@ func spec(command string, sel fleet.Selection, concurrency, maxErrors string) fl
 // waitDone polls run id until it is final.
 func waitDone(t testing.TB, e *rollout.Engine, id string) fleet.Run {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		run, err := e.Get(id)
-		if err != nil {
+	var run fleet.Run
+	poll.Within(t, 2*time.Minute, "run "+id+" to be done", func() bool {
+		var err error
+		if run, err = e.Get(id); err != nil {
 			t.Fatal(err)
 		}
-		if run.Done() {
-			return run
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("run %s not done after 2 minutes: %+v", id, run)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return run.Done()
+	})
+	return run
 }
 
 func sum(c map[fleet.TargetState]int) int {
@@ -409,9 +405,19 @@ func TestResumeWithoutDuplicates(t *testing.T) {
 	if run.State != fleet.RunCompleted || run.Counts[fleet.TargetSucceeded] != 300 {
 		t.Fatalf("resumed run %s %v, want all 300 succeeded", run.State, run.Counts)
 	}
+	// A second run to every agent is the marker: an agent takes the
+	// commands in the order sent, so once each has answered it, any second
+	// copy of the first run's was run or refused before.
+	marker, err := e.Start(context.Background(), spec(protocol.CommandPing, fleet.Selection{All: true}, "30", "0"), "ops")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := waitDone(t, e, marker.ID); m.State != fleet.RunCompleted || m.Counts[fleet.TargetSucceeded] != 300 {
+		t.Fatalf("marker run %s %v, want all 300 succeeded", m.State, m.Counts)
+	}
 	st := f.sim.Stats()
-	if st.Ran != 300 || st.Refused[protocol.RefusedReplayed] != 0 {
-		t.Errorf("agents ran the command %d times (want 300, once each) and refused %d replays",
+	if st.Ran != 600 || st.Refused[protocol.RefusedReplayed] != 0 {
+		t.Errorf("agents ran %d commands (want 600: each run's once) and refused %d replays",
 			st.Ran, st.Refused[protocol.RefusedReplayed])
 	}
 }

@@ -56,7 +56,10 @@ func TestLogin(t *testing.T) {
 	}
 	t.Setenv(envToken, "")
 
-	before, _ := os.ReadFile(e.config)
+	before, err := os.ReadFile(e.config)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tt := range []struct {
 		name, token string
 		want        string
@@ -69,8 +72,8 @@ func TestLogin(t *testing.T) {
 		if !strings.Contains(res.stderr, tt.want) {
 			t.Errorf("login with a %s token: stderr %q, want %q", tt.name, res.stderr, tt.want)
 		}
-		if after, _ := os.ReadFile(e.config); string(after) != string(before) {
-			t.Errorf("login with a %s token changed the saved login", tt.name)
+		if after, err := os.ReadFile(e.config); err != nil || string(after) != string(before) {
+			t.Errorf("login with a %s token changed the saved login: %q (%v), was %q", tt.name, after, err, before)
 		}
 	}
 

@@ -57,17 +57,20 @@ func TestBillingEventsQueueOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if q2, _ := s.QueuedBillingEvents(100); len(q2) != 19 {
-		t.Errorf("%d queued after applying one", len(q2))
+	if q2, err := s.QueuedBillingEvents(100); err != nil || len(q2) != 19 {
+		t.Errorf("%d queued after applying one (%v), want 19", len(q2), err)
 	}
-	if rec, _ := s.BillingEventRecord(first.ID); rec.Outcome != "applied" || rec.CustomerID != "c1" {
-		t.Errorf("event record %+v", rec)
+	if rec, err := s.BillingEventRecord(first.ID); err != nil || rec.Outcome != "applied" || rec.CustomerID != "c1" {
+		t.Errorf("event record %+v (%v)", rec, err)
 	}
 	if c, err := s.CustomerByStripe("cus_1"); err != nil || c != "c1" {
 		t.Errorf("CustomerByStripe = %q, %v", c, err)
 	}
-	due, _ := s.BillingDue()
-	mails, _ := s.BillingMails()
+	due := billingDue(t, s)
+	mails, err := s.BillingMails()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !due["c1"].Equal(now) || len(mails) != 1 {
 		t.Errorf("due %v, mails %v", due, mails)
 	}
@@ -80,16 +83,25 @@ func TestBillingEventsQueueOnce(t *testing.T) {
 	if err := s.ClearBillingDue("c1", now); err != nil {
 		t.Fatal(err)
 	}
-	if due, _ := s.BillingDue(); !due["c1"].Equal(later) {
+	if due := billingDue(t, s); !due["c1"].Equal(later) {
 		t.Errorf("a newer look was cleared: %v", due)
 	}
 	if err := s.ClearBillingDue("c1", later); err != nil {
 		t.Fatal(err)
 	}
-	if due, _ := s.BillingDue(); len(due) != 0 {
+	if due := billingDue(t, s); len(due) != 0 {
 		t.Errorf("due after clearing: %v", due)
 	}
 	if _, err := s.Subscription("nobody"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("Subscription(nobody): %v", err)
 	}
+}
+
+func billingDue(t *testing.T, s *store.Store) map[string]time.Time {
+	t.Helper()
+	due, err := s.BillingDue()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return due
 }

@@ -301,18 +301,28 @@ func (s *Store) MintToken(instanceID string, ttl time.Duration, now time.Time) (
 }
 
 // RecordToken stores the hash of a one-time enrollment token for instance
-// id, valid for ttl from now. Recording the same token again changes
-// nothing, so a retried step neither renews nor revives it.
+// id, valid for ttl from now. Recording the same token again, as a retried
+// step does, keeps its one record, with its instance and its use, and
+// makes it good for ttl from now if that is later: a step resumed after a
+// long outage hands the machine a token that works, and a used token stays
+// used.
 func (s *Store) RecordToken(instanceID, token string, ttl time.Duration, now time.Time) error {
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		if tx.Bucket(bucketInstances).Get([]byte(instanceID)) == nil {
 			return fmt.Errorf("instance %s: %w", instanceID, ErrNotFound)
 		}
 		b, key := tx.Bucket(bucketTokens), hashKey(token)
-		if b.Get(key) != nil {
+		tok := enrollToken{InstanceID: instanceID}
+		if raw := b.Get(key); raw != nil {
+			if err := json.Unmarshal(raw, &tok); err != nil {
+				return fmt.Errorf("token record: %w", err)
+			}
+		}
+		if !tok.ExpiresAt.Before(now.Add(ttl)) {
 			return nil
 		}
-		return putJSON(b, string(key), enrollToken{InstanceID: instanceID, ExpiresAt: now.Add(ttl)})
+		tok.ExpiresAt = now.Add(ttl)
+		return putJSON(b, string(key), tok)
 	})
 	if err != nil {
 		return fmt.Errorf("store: recording token: %w", err)

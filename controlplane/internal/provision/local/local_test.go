@@ -15,6 +15,7 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/internal/provision"
 	"github.com/stackpro/stackpro/controlplane/internal/provision/local"
+	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -45,22 +46,18 @@ func TestLaunchFromRelativeDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = p.Terminate(context.Background(), "i-aaaa", "") })
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	var pid int
+	poll.Within(t, 10*time.Second, "the stand-in agent to run and read its bootstrap file", func() bool {
 		_, err := os.Stat(filepath.Join(p.InstanceDir("i-aaaa"), "bootstrap.yaml.read"))
-		if pid, ok := p.Running("i-aaaa"); ok && err == nil {
-			if err := p.Terminate(context.Background(), "i-aaaa", ""); err != nil {
-				t.Fatal(err)
-			}
-			if _, still := p.Running("i-aaaa"); still || processAlive(pid) {
-				t.Errorf("agent %d still runs after Terminate", pid)
-			}
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the stand-in agent is not running: it could not read its bootstrap file")
-		}
-		time.Sleep(20 * time.Millisecond)
+		var running bool
+		pid, running = p.Running("i-aaaa")
+		return running && err == nil
+	})
+	if err := p.Terminate(context.Background(), "i-aaaa", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, still := p.Running("i-aaaa"); still || processAlive(pid) {
+		t.Errorf("agent %d still runs after Terminate", pid)
 	}
 }
 
