@@ -24,6 +24,7 @@ build: ## build static binaries into bin/
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/stackpro-controlplane ./controlplane/cmd/stackpro-controlplane
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/stackpro-agent ./agent/cmd/stackpro-agent
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/stackctl ./controlplane/cmd/stackctl
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/stackpro-sim ./controlplane/cmd/stackpro-sim
 
 images: ## build the starter stack's image FROM scratch (no registry needed), when Docker is here
 	@if docker version >/dev/null 2>&1; then deploy/stacks/build-images.sh stackpro/demo:dev; \

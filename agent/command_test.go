@@ -17,7 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stackpro/stackpro/agent/internal/link"
-	"github.com/stackpro/stackpro/internal/poll"
+	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -108,7 +108,7 @@ func (r *rig) start() (stop func()) {
 			r.t.Errorf("Run = %v, want nil after a cancel", err)
 		}
 	}
-	poll.Until(r.t, "the agent to answer on its command subject", func() bool {
+	proctest.Until(r.t, "the agent to answer on its command subject", func() bool {
 		select {
 		case err := <-done:
 			r.t.Fatalf("Run returned early: %v", err)
@@ -161,7 +161,7 @@ func (r *rig) sendFor(t testing.TB, data []byte) protocol.CommandReply {
 func (r *rig) waitEvent(typ string, reason protocol.Refusal, nonce string) protocol.Event {
 	r.t.Helper()
 	var found protocol.Event
-	poll.Until(r.t, "a "+typ+" event ("+string(reason)+")", func() bool {
+	proctest.Until(r.t, "a "+typ+" event ("+string(reason)+")", func() bool {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		for _, ev := range r.events {

@@ -15,7 +15,7 @@ import (
 
 	"github.com/stackpro/stackpro/agent/internal/link"
 	"github.com/stackpro/stackpro/agent/internal/outbox"
-	"github.com/stackpro/stackpro/internal/poll"
+	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -103,10 +103,10 @@ func TestFullDiskDegradesHeartbeat(t *testing.T) {
 }
 
 // heartbeatWhere reads heartbeats from sub until one satisfies cond, and
-// fails t if none does within poll.Timeout.
+// fails t if none does within proctest.Timeout.
 func heartbeatWhere(t *testing.T, sub *nats.Subscription, what string, cond func(protocol.Heartbeat) bool) protocol.Heartbeat {
 	t.Helper()
-	deadline := time.Now().Add(poll.Timeout)
+	deadline := time.Now().Add(proctest.Timeout)
 	for {
 		m, err := sub.NextMsg(time.Until(deadline))
 		if err != nil {

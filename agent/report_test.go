@@ -22,7 +22,7 @@ import (
 	"github.com/stackpro/stackpro/agent/internal/link"
 	"github.com/stackpro/stackpro/agent/internal/nonces"
 	"github.com/stackpro/stackpro/agent/internal/outbox"
-	"github.com/stackpro/stackpro/internal/poll"
+	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/buildinfo"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
@@ -95,13 +95,13 @@ func TestOutboxSurvivesBrokerOutage(t *testing.T) {
 		}
 	}
 	emit(0, 10)
-	poll.Until(t, "10 events and 10 samples stored", func() bool {
+	proctest.Until(t, "10 events and 10 samples stored", func() bool {
 		return streamMsgs(ctx, stream) == 10 && streamMsgs(ctx, samples) == 10
 	})
 
 	ns.Shutdown()
 	ns.WaitForShutdown()
-	poll.Until(t, "the agent to see the link down", func() bool { return !nc.IsConnected() })
+	proctest.Until(t, "the agent to see the link down", func() bool { return !nc.IsConnected() })
 	emit(10, 60) // produced while the broker is down
 	if st := box.Stats(); st.Pending != 100 {
 		t.Errorf("spooled %d entries during the outage, want 50 events and 50 samples", st.Pending)
@@ -110,7 +110,7 @@ func TestOutboxSurvivesBrokerOutage(t *testing.T) {
 	ns = runBroker(t, port, storeDir, id.PublicKey())
 	defer ns.Shutdown()
 	emit(60, 70)
-	poll.Until(t, "70 events and 70 samples stored", func() bool {
+	proctest.Until(t, "70 events and 70 samples stored", func() bool {
 		return streamMsgs(ctx, stream) >= 70 && streamMsgs(ctx, samples) >= 70
 	})
 
@@ -164,7 +164,7 @@ func TestDroppedEventsReported(t *testing.T) {
 	done := make(chan error)
 	go func() { done <- rep.Run(runCtx) }()
 	defer func() { stop(); <-done }()
-	poll.Until(t, "9 events stored", func() bool { return streamMsgs(ctx, stream) >= 9 })
+	proctest.Until(t, "9 events stored", func() bool { return streamMsgs(ctx, stream) >= 9 })
 	got := readAll(ctx, t, stream, func(ev protocol.Event) string { return ev.Type + " " + ev.Data["dropped"] })
 	want := []string{"test.tick ", "test.tick ", "test.tick ", "test.tick ", "test.tick ", "test.tick ", "test.tick ", "test.tick ",
 		protocol.EventEventsDropped + " 2"}

@@ -1,6 +1,7 @@
-// Package proctest runs the project's own programs in tests: it builds
-// the binaries once per test process, finds free loopback addresses for
-// them to listen on, and keeps what they print while they run.
+// Package proctest is where the tests' shared helpers live: it builds the
+// project's binaries once per test process, finds free loopback addresses
+// for them to listen on, keeps what they print while they run, and waits
+// for a condition to hold (Until, Within) instead of sleeping.
 package proctest
 
 import (
@@ -21,8 +22,8 @@ var (
 	buildErr  error
 )
 
-// Binaries builds stackpro-controlplane, stackpro-agent and stackctl
-// (static, CGO off) once per test process and returns their directory.
+// Binaries builds stackpro-controlplane, stackpro-agent, stackctl and
+// stackpro-sim (static, CGO off) once per test process and returns their directory.
 // TestMain calls Cleanup after the tests.
 func Binaries(t testing.TB) string {
 	t.Helper()
@@ -32,7 +33,7 @@ func Binaries(t testing.TB) string {
 		}
 		_, file, _, _ := runtime.Caller(0)
 		cmd := exec.Command("go", "build", "-o", binDir, "./controlplane/cmd/stackpro-controlplane",
-			"./agent/cmd/stackpro-agent", "./controlplane/cmd/stackctl")
+			"./agent/cmd/stackpro-agent", "./controlplane/cmd/stackctl", "./controlplane/cmd/stackpro-sim")
 		cmd.Dir, cmd.Env = filepath.Join(filepath.Dir(file), "..", ".."), append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/stackpro/stackpro/internal/dockertest"
-	"github.com/stackpro/stackpro/internal/poll"
+	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -85,7 +85,7 @@ func TestCommandDuringRollout(t *testing.T) {
 	go func() {
 		applied <- r.Apply(ctx, protocol.Target{V: 1, InstanceID: project, Version: 1, Compose: composeFor(img, false)})
 	}()
-	poll.Until(t, "the rollout of version 1 to write its files", func() bool {
+	proctest.Until(t, "the rollout of version 1 to write its files", func() bool {
 		_, err := os.Stat(filepath.Join(dir, "v1"))
 		return err == nil
 	})
@@ -95,7 +95,7 @@ func TestCommandDuringRollout(t *testing.T) {
 	case <-waits.seen:
 	case err := <-stopped:
 		t.Fatalf("Stop during the rollout returned at once (%v): want it to wait for the rollout", err)
-	case <-time.After(poll.Timeout):
+	case <-time.After(proctest.Timeout):
 		t.Fatal("Stop during the rollout neither returned nor waited")
 	}
 	release()

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/stackpro/stackpro/internal/dockertest"
-	"github.com/stackpro/stackpro/internal/poll"
+	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -179,7 +179,7 @@ func TestStackLifecycle(t *testing.T) {
 	watcher := newReconciler(t, e, dir, project, watched)
 	go func() { _ = watcher.WatchContainers(ctx) }()
 	before := startTimes(t, r2)["crm"]
-	poll.Until(t, "the event stream to open", func() bool {
+	proctest.Until(t, "the event stream to open", func() bool {
 		// docker events only reports what happens after it started: poke
 		// until the watcher sees something.
 		return eventsStreamUp(t, project)
@@ -199,11 +199,11 @@ func TestStackLifecycle(t *testing.T) {
 	if out, err := exec.Command("kill", "-KILL", strings.TrimSpace(string(pid))).CombinedOutput(); err != nil {
 		t.Fatalf("kill: %v\n%s", err, out)
 	}
-	poll.Until(t, "crm to die and come back", func() bool {
+	proctest.Until(t, "crm to die and come back", func() bool {
 		got := strings.Join(watched.got(), ",")
 		return strings.Contains(got, EventDied) && strings.Contains(got, EventRestarted)
 	})
-	poll.Until(t, "crm running again", func() bool {
+	proctest.Until(t, "crm running again", func() bool {
 		after, ok := startTimes(t, r2)["crm"]
 		return ok && after.After(before)
 	})

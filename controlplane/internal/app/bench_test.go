@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/stackpro/stackpro/internal/dockertest"
-	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/internal/proctest"
 )
 
@@ -49,7 +48,7 @@ func BenchmarkAgentIdle(b *testing.B) {
 	}
 	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	var ids []string
-	poll.Until(b, "the demo instance to start", func() bool {
+	proctest.Until(b, "the demo instance to start", func() bool {
 		ids, _ = filepath.Glob(filepath.Join(data, "instances", "i-*", "state", "enrolled"))
 		return len(ids) == 1
 	})

@@ -19,7 +19,6 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/mail"
-	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/internal/stripemock"
 )
@@ -140,7 +139,7 @@ billing:
 		t.Fatalf("marker webhook: %d", code)
 	}
 	ignored := regexp.MustCompile(`stackpro_billing_events_applied_total\{outcome="ignored"\} (\d+)`)
-	poll.Until(t, "the marker event to be applied", func() bool {
+	proctest.Until(t, "the marker event to be applied", func() bool {
 		m := ignored.FindStringSubmatch(cp.get("/metrics"))
 		return m != nil && m[1] != "0"
 	})
@@ -155,7 +154,7 @@ billing:
 
 	// The checkout provisions the customer's instance, and only one.
 	var inst fleet.Instance
-	poll.Until(t, "the customer's instance to be active and healthy", func() bool {
+	proctest.Until(t, "the customer's instance to be active and healthy", func() bool {
 		var list struct{ Instances []fleet.Instance }
 		call(t, base, "GET", "/api/v1/instances", token, "", &list)
 		if len(list.Instances) > 1 {
@@ -181,7 +180,7 @@ billing:
 		}
 	}
 	send("evt_e2e_2", "customer.subscription.updated", "active", "price_e2e_business")
-	poll.Until(t, "the upgrade to resize the instance", func() bool {
+	proctest.Until(t, "the upgrade to resize the instance", func() bool {
 		var now fleet.Instance // omitempty fields must not linger from an earlier answer
 		call(t, base, "GET", "/api/v1/instances/"+inst.ID, token, "", &now)
 		return now.Plan == "business" && now.InstanceType == "t3.medium" && now.Job == ""
@@ -208,7 +207,7 @@ billing:
 	// Cancellation suspends at once and terminates after the grace period.
 	send("evt_e2e_3", "customer.subscription.deleted", "canceled", "price_e2e_business")
 	var lifecycles []fleet.Lifecycle
-	poll.Until(t, "the canceled subscription's instance to be terminated", func() bool {
+	proctest.Until(t, "the canceled subscription's instance to be terminated", func() bool {
 		var list struct{ Instances []fleet.Instance }
 		call(t, base, "GET", "/api/v1/instances", token, "", &list)
 		if len(list.Instances) == 0 {

@@ -23,7 +23,6 @@ import (
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/provision/local"
 	"github.com/stackpro/stackpro/internal/dockertest"
-	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
@@ -91,7 +90,7 @@ func startControlPlane(t testing.TB, data, httpAddr, natsAddr string, demo int, 
 
 func (cp *controlPlane) waitReady() {
 	cp.t.Helper()
-	poll.Until(cp.t, "the control plane to be ready", func() bool {
+	proctest.Until(cp.t, "the control plane to be ready", func() bool {
 		select {
 		case err := <-cp.exited:
 			cp.t.Fatalf("control plane exited: %v\n%s", err, cp.out)
@@ -171,7 +170,7 @@ func (cp *controlPlane) instances() []fleet.Instance {
 func (cp *controlPlane) waitJob(id string) fleet.Job {
 	cp.t.Helper()
 	var job fleet.Job
-	poll.Until(cp.t, "job "+id+" to finish", func() bool {
+	proctest.Until(cp.t, "job "+id+" to finish", func() bool {
 		return cp.api(http.MethodGet, "/api/v1/jobs/"+id, &job) == http.StatusOK && job.State.Finished()
 	})
 	return job
@@ -244,7 +243,7 @@ func TestFleetEndToEnd(t *testing.T) {
 	}
 
 	var insts []fleet.Instance
-	poll.Until(t, "3 instances online, each running its starter stack", func() bool {
+	proctest.Until(t, "3 instances online, each running its starter stack", func() bool {
 		insts = cp.instances()
 		for _, inst := range insts {
 			if !stackHealthy(inst, 1) {
@@ -272,7 +271,7 @@ func TestFleetEndToEnd(t *testing.T) {
 			}
 		}
 	}
-	poll.Until(t, "metrics of an instance", func() bool {
+	proctest.Until(t, "metrics of an instance", func() bool {
 		cp.api(http.MethodGet, "/api/v1/instances/"+insts[0].ID, &one)
 		return one.Metrics != nil && one.Metrics.Memory.TotalBytes > 0
 	})
@@ -300,8 +299,8 @@ func TestFleetEndToEnd(t *testing.T) {
 		cp.api(http.MethodGet, "/api/v1/instances/"+id, &inst)
 		return inst.Status
 	}
-	poll.Until(t, killed+" stale", func() bool { return status(killed) == fleet.StatusStale })
-	poll.Until(t, killed+" offline", func() bool { return status(killed) == fleet.StatusOffline })
+	proctest.Until(t, killed+" stale", func() bool { return status(killed) == fleet.StatusStale })
+	proctest.Until(t, killed+" offline", func() bool { return status(killed) == fleet.StatusOffline })
 
 	// Restart the control plane: the same three instances, two online,
 	// and no agent enrolls again.
@@ -310,7 +309,7 @@ func TestFleetEndToEnd(t *testing.T) {
 		t.Errorf("no clean shutdown in the log")
 	}
 	cp2 := startControlPlane(t, data, httpAddr, natsAddr, 3)
-	poll.Until(t, "2 instances online after the restart, the killed one's stack still reported", func() bool {
+	proctest.Until(t, "2 instances online after the restart, the killed one's stack still reported", func() bool {
 		insts = cp2.instances()
 		return countStatus(insts, fleet.StatusOnline) == 2
 	})
@@ -346,7 +345,7 @@ func TestFleetEndToEnd(t *testing.T) {
 
 	// Restart an agent: it comes back without enrolling and restarts nothing.
 	restartAgent(t, data, online[0])
-	poll.Until(t, "the restarted agent online", func() bool {
+	proctest.Until(t, "the restarted agent online", func() bool {
 		var inst fleet.Instance
 		cp2.api(http.MethodGet, "/api/v1/instances/"+online[0], &inst)
 		return inst.Status == fleet.StatusOnline && stackHealthy(inst, 1)
@@ -400,7 +399,7 @@ func stopAgent(t *testing.T, data, id string) {
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	poll.Until(t, "the agent to stop", func() bool { return !alive(pid) })
+	proctest.Until(t, "the agent to stop", func() bool { return !alive(pid) })
 }
 
 // startAgent starts instance id's agent the way the local provider does.
@@ -493,7 +492,7 @@ func testTargets(t *testing.T, cp *controlPlane, data, id string) {
 	if code := cp.api(http.MethodGet, path, &got); code != http.StatusOK || got.Version != 2 || got.Env["SUBDOMAIN"] != "acme" {
 		t.Errorf("GET target: %d %+v", code, got)
 	}
-	poll.Until(t, "the agent to roll version 2 back to 1", func() bool {
+	proctest.Until(t, "the agent to roll version 2 back to 1", func() bool {
 		var inst fleet.Instance
 		cp.api(http.MethodGet, "/api/v1/instances/"+id, &inst)
 		return inst.Stack != nil && inst.Stack.FailedVersion == 2 && stackHealthy(inst, 1)
@@ -526,7 +525,7 @@ func testTargets(t *testing.T, cp *controlPlane, data, id string) {
 	if code := cp.send(http.MethodPut, path, string(starter), &got); code != http.StatusOK || got.Version != 3 {
 		t.Fatalf("PUT version 3: %d %+v", code, got)
 	}
-	poll.Until(t, "version 3 applied", func() bool { return stackHealthy(instance(), 3) })
+	proctest.Until(t, "version 3 applied", func() bool { return stackHealthy(instance(), 3) })
 
 	// A target written while the agent is down is applied when it starts.
 	stopAgent(t, data, id)
@@ -534,7 +533,7 @@ func testTargets(t *testing.T, cp *controlPlane, data, id string) {
 		t.Fatalf("PUT version 4: %d %+v", code, got)
 	}
 	startAgent(t, data, id)
-	poll.Until(t, "version 4 applied after the agent's start", func() bool { return stackHealthy(instance(), 4) })
+	proctest.Until(t, "version 4 applied after the agent's start", func() bool { return stackHealthy(instance(), 4) })
 }
 
 // testProvision provisions an instance through the API and follows its job
@@ -666,7 +665,7 @@ func testCommands(t *testing.T, cp *controlPlane, id, offline string) {
 	if code := cp.send(http.MethodPost, "/api/v1/runs", `{"command":"facts","select":{"ids":["`+id+`","`+offline+`"]},"max_concurrency":"100%","max_errors":"100%","timeout":"10s"}`, &run); code != http.StatusCreated {
 		t.Fatalf("POST /api/v1/runs: %d", code)
 	}
-	poll.Until(t, "the fleet run to finish", func() bool {
+	proctest.Until(t, "the fleet run to finish", func() bool {
 		cp.api(http.MethodGet, "/api/v1/runs/"+run.ID, &run)
 		return run.Done()
 	})

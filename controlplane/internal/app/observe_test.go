@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
-	"github.com/stackpro/stackpro/internal/poll"
+	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/internal/testenv"
 )
 
@@ -41,7 +41,7 @@ func testObservability(t *testing.T, cp *controlPlane, insts []fleet.Instance) {
 			StorageUsed uint64 `json:"storage_used"`
 		} `json:"metrics"`
 	}
-	poll.Until(t, "the demo customer's status with metrics", func() bool {
+	proctest.Until(t, "the demo customer's status with metrics", func() bool {
 		return cp.api(http.MethodGet, "/api/v1/customers/demo/status", &status) == http.StatusOK && status.Metrics != nil
 	})
 	if status.Status != fleet.StatusOnline || len(status.Services) != 2 || status.Metrics.StorageUsed == 0 {
@@ -49,7 +49,7 @@ func testObservability(t *testing.T, cp *controlPlane, insts []fleet.Instance) {
 	}
 
 	var history fleet.MetricsHistory
-	poll.Until(t, "two points of metrics history", func() bool {
+	proctest.Until(t, "two points of metrics history", func() bool {
 		cp.api(http.MethodGet, "/api/v1/instances/"+insts[0].ID+"/metrics?window=1h", &history)
 		return len(history.Points) >= 2
 	})
@@ -66,7 +66,7 @@ func testObservability(t *testing.T, cp *controlPlane, insts []fleet.Instance) {
 		`stackpro_http_request_duration_seconds_bucket{code="200",method="GET",route="/api/v1/fleet",`,
 	}
 	var body string
-	poll.Until(t, "every series in /metrics", func() bool {
+	proctest.Until(t, "every series in /metrics", func() bool {
 		body = cp.get("/metrics")
 		for _, want := range wants {
 			if !strings.Contains(body, want) {

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
-	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/internal/proctest"
 )
 
@@ -31,7 +30,7 @@ func TestMetricsSurviveControlPlaneStops(t *testing.T) {
 		fleet.Instance
 		Metrics *struct{ At time.Time }
 	}
-	poll.Until(t, "the demo instance's first sample", func() bool {
+	proctest.Until(t, "the demo instance's first sample", func() bool {
 		insts := cp.instances()
 		if len(insts) == 1 {
 			cp.api(http.MethodGet, "/api/v1/instances/"+insts[0].ID, &inst)
@@ -70,7 +69,7 @@ func TestMetricsSurviveControlPlaneStops(t *testing.T) {
 			t.Logf("samples missing from the history: %v", gaps)
 		}
 	})
-	poll.Until(t, "every sample from "+from.Format(time.TimeOnly)+" to "+to.Format(time.TimeOnly)+" stored", func() bool {
+	proctest.Until(t, "every sample from "+from.Format(time.TimeOnly)+" to "+to.Format(time.TimeOnly)+" stored", func() bool {
 		var h fleet.MetricsHistory
 		q := url.Values{"from": {from.Format(time.RFC3339)}, "to": {time.Now().Format(time.RFC3339)}}
 		if cp.api(http.MethodGet, "/api/v1/instances/"+inst.ID+"/metrics?"+q.Encode(), &h) != http.StatusOK {

@@ -13,7 +13,6 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
-	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
@@ -45,7 +44,7 @@ func TestRunSurvivesCrashWithRealAgents(t *testing.T) {
 	t.Cleanup(func() { destroyInstances(t, data) })
 	cp := startControlPlane(t, data, httpAddr, natsAddr, n)
 	var ids []string
-	poll.Within(t, 3*time.Minute, "3 instances online, each running its starter stack", func() bool {
+	proctest.Within(t, 3*time.Minute, "3 instances online, each running its starter stack", func() bool {
 		ids = ids[:0]
 		for _, inst := range cp.instances() {
 			if inst.Status == fleet.StatusOnline && stackHealthy(inst, 1) {
@@ -67,7 +66,7 @@ func TestRunSurvivesCrashWithRealAgents(t *testing.T) {
 	if code := cp.send(http.MethodPost, "/api/v1/runs", body, &run); code != http.StatusCreated {
 		t.Fatalf("POST /api/v1/runs: %d", code)
 	}
-	poll.Until(t, "a target running and another waiting", func() bool {
+	proctest.Until(t, "a target running and another waiting", func() bool {
 		run = getRun(cp, run.ID)
 		if run.Done() {
 			t.Fatalf("the run finished before the kill: %+v", run)
@@ -83,11 +82,11 @@ func TestRunSurvivesCrashWithRealAgents(t *testing.T) {
 	if len(unanswered) == 0 || unsent == 0 {
 		t.Fatalf("at the kill the store held targets %v sent and unanswered and %d unsent, want some of each", unanswered, unsent)
 	}
-	poll.Until(t, "the commands running at the kill to restart their service", func() bool {
+	proctest.Until(t, "the commands running at the kill to restart their service", func() bool {
 		return !slices.ContainsFunc(unanswered, func(id string) bool { return crmStarted(t, id) == started[id] })
 	})
 	cp = startControlPlane(t, data, httpAddr, natsAddr, n)
-	poll.Within(t, 3*time.Minute, "the resumed run to finish", func() bool {
+	proctest.Within(t, 3*time.Minute, "the resumed run to finish", func() bool {
 		run = getRun(cp, run.ID)
 		return run.Done()
 	})

@@ -13,7 +13,6 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
-	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/internal/proctest"
 )
 
@@ -57,7 +56,7 @@ func provisionMany(t testing.TB, n, failing int) time.Duration {
 		t.FailNow()
 	}
 	var elapsed time.Duration
-	poll.Within(t, 10*time.Minute, fmt.Sprintf("%d provision jobs to finish", n), func() bool {
+	proctest.Within(t, 10*time.Minute, fmt.Sprintf("%d provision jobs to finish", n), func() bool {
 		for i, job := range jobs {
 			if !job.State.Finished() && cp.api(http.MethodGet, "/api/v1/jobs/"+job.ID, &jobs[i]) != http.StatusOK {
 				return false

@@ -11,7 +11,7 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
-	"github.com/stackpro/stackpro/internal/poll"
+	"github.com/stackpro/stackpro/internal/proctest"
 )
 
 // restart stops h's control plane and starts another over the same store
@@ -54,7 +54,7 @@ func (h *harness) run(t *testing.T) (stop func()) {
 // says that applying it brings about.
 func (h *harness) applied(t *testing.T, id string, cond func() bool) {
 	t.Helper()
-	poll.Until(t, id+" applied", func() bool {
+	proctest.Until(t, id+" applied", func() bool {
 		rec, err := h.st.BillingEventRecord(id)
 		return err == nil && rec.Outcome == "applied" && cond()
 	})

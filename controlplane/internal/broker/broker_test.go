@@ -22,7 +22,7 @@ import (
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/broker"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
-	"github.com/stackpro/stackpro/internal/poll"
+	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -663,23 +663,23 @@ func TestPresenceCountsConnections(t *testing.T) {
 		t.Fatalf("enroll: %+v", r)
 	}
 	first := e.connect(t, a, kp, pub)
-	poll.Until(t, "a's first connection to be seen", func() bool { return len(e.presence.seen()) == 1 })
+	proctest.Until(t, "a's first connection to be seen", func() bool { return len(e.presence.seen()) == 1 })
 	second := e.connect(t, a, kp, pub)
 	cid, err := second.GetClientID()
 	if err != nil {
 		t.Fatal(err)
 	}
 	second.Close()
-	poll.Until(t, "the server to close a's second connection", func() bool { return e.b.Closed(cid) })
+	proctest.Until(t, "the server to close a's second connection", func() bool { return e.b.Closed(cid) })
 	// The disconnect event went out before the server listed the
 	// connection as closed, so c's connect event comes after it.
 	e.agent(t, c)
-	poll.Until(t, "c's connection to be seen", func() bool { return len(e.presence.seen()) >= 2 })
+	proctest.Until(t, "c's connection to be seen", func() bool { return len(e.presence.seen()) >= 2 })
 	if got, want := e.presence.seen(), []string{a + " up", c + " up"}; !slices.Equal(got, want) {
 		t.Fatalf("presence = %q, want %q: a's second connection closing disconnected it", got, want)
 	}
 	first.Close()
-	poll.Until(t, "a's last connection to close", func() bool { return len(e.presence.seen()) == 3 })
+	proctest.Until(t, "a's last connection to close", func() bool { return len(e.presence.seen()) == 3 })
 	if got, want := e.presence.seen()[2], a+" down"; got != want {
 		t.Errorf("after a's last connection closed: %q, want %q", got, want)
 	}

@@ -13,7 +13,6 @@ import (
 	"github.com/stackpro/stackpro/controlplane/internal/provision"
 	"github.com/stackpro/stackpro/controlplane/internal/provision/local"
 	"github.com/stackpro/stackpro/internal/commandtest"
-	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
@@ -106,6 +105,6 @@ func (e *env) agentProcess(t *testing.T, id string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	poll.Until(t, id+"'s agent to answer a ping", func() bool { return e.ping(t, id, time.Second) == nil })
+	proctest.Until(t, id+"'s agent to answer a ping", func() bool { return e.ping(t, id, time.Second) == nil })
 	return id
 }

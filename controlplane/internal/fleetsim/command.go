@@ -5,25 +5,21 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/exec"
-	"os/signal"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
-
-	"github.com/spf13/cobra"
 
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
-// flags are the simulate command's flags.
+// flags are stackpro-sim's flags.
 type flags struct {
 	url, agents, version  string
 	perProcess            int
@@ -39,7 +35,6 @@ type flags struct {
 type fraction float64
 
 func (f *fraction) String() string { return strconv.FormatFloat(float64(*f), 'g', -1, 64) }
-func (f *fraction) Type() string   { return "share" }
 func (f *fraction) Set(s string) error {
 	v, err := parseFraction(s)
 	*f = fraction(v)
@@ -67,50 +62,68 @@ const controlHelp = `Control lines read on stdin, forwarded to every process:
 A share replaces the previous share of that behaviour; the agents picked are
 spread over the file and the same for the same lines.`
 
-// Command is "simulate": a fleet of simulated agents from a credentials
-// file (JSON lines of instance_id and token), split across child processes
-// of the same executable, each simulating at most --per-process agents.
-// Every second it prints the fleet's Stats as one JSON line on stdout, and
-// a last one when it stops (on SIGINT or SIGTERM).
-func Command() *cobra.Command {
+const usage = `usage: stackpro-sim --nats URL --agents FILE [flags]
+
+stackpro-sim runs simulated agents against a control plane: each enrolls
+with its own token and NKey, keeps its own NATS connection, heartbeats and
+answers signed commands. The agents come from a credentials file (JSON lines
+of instance_id and token) and are split over child processes of at most
+--per-process agents. Every second it prints the fleet's stats as one JSON
+line on stdout, and a last one when it stops (on SIGINT or SIGTERM).
+
+` + controlHelp + `
+
+Flags:
+`
+
+// Main is the stackpro-sim program, run with args (without the program
+// name) until ctx ends: a fleet of simulated agents from a credentials
+// file, split across child processes of the same executable, each
+// simulating at most --per-process agents. controlplane/cmd/stackpro-sim
+// only turns signals into ctx.
+func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	f, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if f.child {
+		return runChild(ctx, f, stdin, stdout, stderr)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("fleetsim: %w", err)
+	}
+	return runParent(ctx, f, exe, stdin, stdout, stderr)
+}
+
+// parseFlags parses and validates args; for -help it shows the usage and
+// returns flag.ErrHelp.
+func parseFlags(args []string, stderr io.Writer) (flags, error) {
 	f := flags{perProcess: 5000, heartbeat: 10 * time.Second, version: "sim"}
-	cmd := &cobra.Command{
-		Use:   "simulate",
-		Short: "Run simulated agents against a control plane",
-		Long: "Run simulated agents against a control plane: each enrolls with its own token and NKey, " +
-			"keeps its own NATS connection, heartbeats and answers signed commands.\n\n" + controlHelp,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			if f.child {
-				return runChild(ctx, f, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr())
-			}
-			exe, err := os.Executable()
-			if err != nil {
-				return fmt.Errorf("fleetsim: %w", err)
-			}
-			// The children run this same command: its path below the root.
-			path := strings.Fields(cmd.CommandPath())[1:]
-			return runParent(ctx, f, exe, path, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr())
-		},
+	fs := flag.NewFlagSet("stackpro-sim", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
+	fs.StringVar(&f.url, "nats", "", "the control plane's NATS `URL` (required)")
+	fs.StringVar(&f.agents, "agents", "", "credentials `file`: JSON lines of instance_id and token (required)")
+	fs.IntVar(&f.perProcess, "per-process", f.perProcess, "agents per child process (one file descriptor each)")
+	fs.Var(&f.fail, "fail", "`share` of agents failing every command, as 10% or 0.1")
+	fs.Var(&f.silent, "silent", "`share` of agents answering nothing")
+	fs.Var(&f.offline, "offline", "`share` of agents starting offline")
+	fs.DurationVar(&f.heartbeat, "heartbeat", f.heartbeat, "heartbeat interval")
+	fs.StringVar(&f.version, "version", f.version, "agent version the agents report")
+	fs.BoolVar(&f.child, "child", false, "internal: run as one child process of the fleet")
+	fs.IntVar(&f.from, "from", 0, "internal, with --child: first agent of the file")
+	fs.IntVar(&f.count, "count", 0, "internal, with --child: number of agents")
+	if err := fs.Parse(args); err != nil {
+		return f, err
 	}
-	fl := cmd.Flags()
-	fl.StringVar(&f.url, "nats", "", "the control plane's NATS URL (required)")
-	fl.StringVar(&f.agents, "agents", "", "credentials file: JSON lines of instance_id and token (required)")
-	fl.IntVar(&f.perProcess, "per-process", f.perProcess, "agents per child process (one file descriptor each)")
-	fl.Var(&f.fail, "fail", "share of agents failing every command, as 10% or 0.1")
-	fl.Var(&f.silent, "silent", "share of agents answering nothing")
-	fl.Var(&f.offline, "offline", "share of agents starting offline")
-	fl.DurationVar(&f.heartbeat, "heartbeat", f.heartbeat, "heartbeat interval")
-	fl.StringVar(&f.version, "version", f.version, "agent version the agents report")
-	fl.BoolVar(&f.child, "child", false, "run as a child process of simulate")
-	fl.IntVar(&f.from, "from", 0, "child: first agent of the file")
-	fl.IntVar(&f.count, "count", 0, "child: number of agents")
-	for _, name := range []string{"child", "from", "count"} {
-		_ = fl.MarkHidden(name) // the flags exist
+	if fs.NArg() > 0 {
+		return f, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
-	return cmd
+	return f, f.validate()
 }
 
 func (f flags) validate() error {
@@ -134,11 +147,11 @@ func (f flags) validate() error {
 }
 
 // childArgs are the arguments of the child simulating count agents from from.
-func (f flags) childArgs(path []string, from, count int) []string {
-	return append(path, "--child", "--nats", f.url, "--agents", f.agents,
+func (f flags) childArgs(from, count int) []string {
+	return []string{"--child", "--nats", f.url, "--agents", f.agents,
 		"--from", strconv.Itoa(from), "--count", strconv.Itoa(count),
 		"--fail", f.fail.String(), "--silent", f.silent.String(), "--offline", f.offline.String(),
-		"--heartbeat", f.heartbeat.String(), "--version", f.version)
+		"--heartbeat", f.heartbeat.String(), "--version", f.version}
 }
 
 // control is one control line: a behaviour for a share of the agents, or
@@ -196,9 +209,6 @@ func (c control) apply(s *Sim) error {
 // closes (so it never outlives its parent), applies the control lines it
 // reads, and prints its Stats once a second and once at the end.
 func runChild(ctx context.Context, f flags, stdin io.Reader, stdout, stderr io.Writer) error {
-	if err := f.validate(); err != nil {
-		return err
-	}
 	creds, err := LoadCredentials(f.agents)
 	if err != nil {
 		return err
@@ -286,14 +296,12 @@ type report struct {
 	stats Stats
 }
 
-// runParent starts ceil(agents/per-process) children, forwards the
-// control lines on stdin to them, and prints their added-up Stats once a
-// second and once at the end. It stops them when ctx ends; a child that
-// stops by itself stops the whole fleet with an error.
-func runParent(ctx context.Context, f flags, exe string, path []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	if err := f.validate(); err != nil {
-		return err
-	}
+// runParent starts ceil(agents/per-process) children, each exe with
+// --child, forwards the control lines on stdin to them, and prints their
+// added-up Stats once a second and once at the end. It stops them when
+// ctx ends; a child that stops by itself stops the whole fleet with an
+// error.
+func runParent(ctx context.Context, f flags, exe string, stdin io.Reader, stdout, stderr io.Writer) error {
 	creds, err := LoadCredentials(f.agents)
 	if err != nil {
 		return err
@@ -307,7 +315,7 @@ func runParent(ctx context.Context, f flags, exe string, path []string, stdin io
 		}
 	}()
 	for from := 0; from < len(creds); from += f.perProcess {
-		c := &child{n: len(children), cmd: exec.Command(exe, f.childArgs(slices.Clone(path), from, min(f.perProcess, len(creds)-from))...)}
+		c := &child{n: len(children), cmd: exec.Command(exe, f.childArgs(from, min(f.perProcess, len(creds)-from))...)}
 		c.cmd.Stderr = stderr
 		if c.stdin, err = c.cmd.StdinPipe(); err != nil {
 			return fmt.Errorf("fleetsim: %w", err)

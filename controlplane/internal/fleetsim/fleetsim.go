@@ -6,8 +6,8 @@
 // to fail, to stay silent or to go offline, at start and while running.
 //
 // One process holds at most a few thousand agents (one file descriptor
-// each); Command splits a larger fleet across child processes and
-// StartProcesses drives such a fleet from Go.
+// each); Main, the stackpro-sim program, splits a larger fleet across
+// child processes, and StartProcesses drives such a fleet from Go.
 package fleetsim
 
 import (

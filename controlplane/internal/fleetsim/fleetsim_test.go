@@ -11,36 +11,39 @@ import (
 	"log/slog"
 	"maps"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
-	"github.com/spf13/cobra"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/broker"
 	"github.com/stackpro/stackpro/controlplane/internal/fleetsim"
-	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
-// simulateEnv makes the test binary run the simulate command instead of
-// the tests, so the process tests re-execute it as parent and children.
+// simulateEnv makes the test binary run stackpro-sim (Main) instead of
+// the tests, so the process tests re-execute it, with the race detector
+// when the tests have it, as parent and children.
 const simulateEnv = "FLEETSIM_TEST_SIMULATE"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(simulateEnv) == "1" {
-		root := &cobra.Command{Use: "fleetsim.test", SilenceUsage: true}
-		root.AddCommand(fleetsim.Command())
-		if err := root.Execute(); err != nil {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		err := fleetsim.Main(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+		stop()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "stackpro-sim: %v\n", err)
 			os.Exit(1)
 		}
 		os.Exit(0)
@@ -219,7 +222,7 @@ func TestAgentsEnrollAndHeartbeat(t *testing.T) {
 	if got := e.enr.count(); got != 200 {
 		t.Errorf("%d tokens redeemed, want 200", got)
 	}
-	poll.Until(t, "a heartbeat from each of 200 agents", func() bool {
+	proctest.Until(t, "a heartbeat from each of 200 agents", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(beats) == 200
@@ -470,7 +473,7 @@ func TestOfflineAndBack(t *testing.T) {
 	// The server drops a closed connection's interest a moment later: a
 	// request sent meanwhile goes unanswered, so poll with short waits.
 	for _, id := range now {
-		poll.Until(t, id+" unreachable", func() bool { return errors.Is(ping(id, 100*time.Millisecond), broker.ErrNoAgent) })
+		proctest.Until(t, id+" unreachable", func() bool { return errors.Is(ping(id, 100*time.Millisecond), broker.ErrNoAgent) })
 	}
 	for _, id := range was {
 		if !slices.Contains(now, id) {

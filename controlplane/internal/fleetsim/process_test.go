@@ -16,7 +16,7 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/internal/broker"
 	"github.com/stackpro/stackpro/controlplane/internal/fleetsim"
-	"github.com/stackpro/stackpro/internal/poll"
+	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -58,8 +58,8 @@ func TestProcessSplit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv(simulateEnv, "1") // the fleet's processes run the command, not the tests
-	p, err := fleetsim.StartProcesses(context.Background(), exe, []string{"simulate", "--nats", e.b.ClientURL(),
+	t.Setenv(simulateEnv, "1") // the fleet's processes run Main, not the tests
+	p, err := fleetsim.StartProcesses(context.Background(), exe, []string{"--nats", e.b.ClientURL(),
 		"--agents", e.credentialsFile(t), "--per-process", "100", "--heartbeat", "500ms", "--fail", "10%"}, logWriter{t})
 	if err != nil {
 		t.Fatal(err)
@@ -124,7 +124,7 @@ func TestProcessSplit(t *testing.T) {
 	// No child outlives the fleet: no agent is left to answer (once the
 	// server has seen the connections close).
 	for _, c := range e.creds {
-		poll.Until(t, c.InstanceID+" gone", func() bool {
+		proctest.Until(t, c.InstanceID+" gone", func() bool {
 			_, err := ping(c.InstanceID, 100*time.Millisecond)
 			return errors.Is(err, broker.ErrNoAgent)
 		})
@@ -137,7 +137,7 @@ func TestChildStopsWhenStdinCloses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(exe, "simulate", "--child", "--nats", e.b.ClientURL(), "--agents", e.credentialsFile(t),
+	cmd := exec.Command(exe, "--child", "--nats", e.b.ClientURL(), "--agents", e.credentialsFile(t),
 		"--from", "5", "--count", "5")
 	cmd.Env = append(os.Environ(), simulateEnv+"=1")
 	cmd.Stderr = logWriter{t}
@@ -191,7 +191,7 @@ func TestChildStopsWhenStdinCloses(t *testing.T) {
 	}
 }
 
-func TestCommandRefusesBadFlags(t *testing.T) {
+func TestMainRefusesBadFlags(t *testing.T) {
 	tests := []struct {
 		name string
 		args []string
@@ -201,17 +201,27 @@ func TestCommandRefusesBadFlags(t *testing.T) {
 		{"bad share", []string{"--nats", "nats://h", "--agents", "x", "--fail", "150%"}, "not a share"},
 		{"shares over 100%", []string{"--nats", "nats://h", "--agents", "x", "--fail", "60%", "--silent", "0.5"}, "more than 100%"},
 		{"no file", []string{"--nats", "nats://h", "--agents", filepath.Join(t.TempDir(), "none")}, "no such file"},
-		{"arguments", []string{"--nats", "nats://h", "--agents", "x", "extra"}, "unknown command"},
+		{"unknown flag", []string{"--nats", "nats://h", "--agents", "x", "--agnets", "y"}, "not defined: -agnets"},
+		{"arguments", []string{"--nats", "nats://h", "--agents", "x", "extra"}, "unexpected arguments"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cmd := fleetsim.Command()
-			cmd.SetArgs(tt.args)
-			cmd.SetOut(io.Discard)
-			cmd.SetErr(io.Discard)
-			if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("simulate %v: %v, want an error saying %q", tt.args, err, tt.want)
+			err := fleetsim.Main(context.Background(), tt.args, strings.NewReader(""), io.Discard, io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("stackpro-sim %v: %v, want an error saying %q", tt.args, err, tt.want)
 			}
 		})
+	}
+}
+
+func TestMainHelp(t *testing.T) {
+	var out strings.Builder
+	if err := fleetsim.Main(context.Background(), []string{"--help"}, strings.NewReader(""), io.Discard, &out); err != nil {
+		t.Fatalf("stackpro-sim --help: %v", err)
+	}
+	for _, want := range []string{"usage: stackpro-sim --nats URL --agents FILE", "offline 10%", "-per-process int"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("stackpro-sim --help lacks %q:\n%s", want, out.String())
+		}
 	}
 }

@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-// Processes is a simulate command run as a process of its own and driven
+// Processes is a stackpro-sim fleet run as a process of its own and driven
 // from Go, for tests and benchmarks of fleets larger than one process
 // holds: it reads the aggregated Stats lines and writes control lines.
 type Processes struct {
@@ -28,10 +28,10 @@ type Processes struct {
 // stopWait is how long a stopping fleet may take before it is killed.
 const stopWait = 30 * time.Second
 
-// StartProcesses runs exe with args, which must run the simulate command
-// (for a binary mounting Command under its root: "simulate", "--nats", …),
-// its log lines going to stderr (nil discards them). The fleet stops when
-// ctx ends or on Stop.
+// StartProcesses runs exe, the stackpro-sim binary (or another whose main
+// runs Main, whose children are exe again), with args, its flags
+// ("--nats", …), its log lines going to stderr (nil discards them). The
+// fleet stops when ctx ends or on Stop.
 func StartProcesses(ctx context.Context, exe string, args []string, stderr io.Writer) (*Processes, error) {
 	cmd := exec.CommandContext(ctx, exe, args...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }

@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stackpro/stackpro/controlplane/internal/monitor"
-	"github.com/stackpro/stackpro/internal/poll"
+	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -52,7 +52,7 @@ func BenchmarkMetricsIngest(b *testing.B) {
 		}
 		<-js.PublishAsyncComplete()
 		round++
-		poll.Until(b, "every sample stored and acknowledged", func() bool {
+		proctest.Until(b, "every sample stored and acknowledged", func() bool {
 			info, err := stream.Info(context.Background())
 			return err == nil && info.State.Msgs == 0 && r.mon.Samples() == uint64(round*n)
 		})

@@ -20,7 +20,7 @@ import (
 	"github.com/stackpro/stackpro/controlplane/internal/broker"
 	"github.com/stackpro/stackpro/controlplane/internal/monitor"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
-	"github.com/stackpro/stackpro/internal/poll"
+	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -111,7 +111,7 @@ func TestHeartbeats(t *testing.T) {
 	tracker, st, nc, stop := r.tracker, r.st, r.nc, r.stop
 	// Core NATS keeps nothing for a subscriber that is not there yet, so
 	// the heartbeats are sent until the monitor has taken one, as an agent would.
-	poll.Until(t, "a's heartbeat", func() bool {
+	proctest.Until(t, "a's heartbeat", func() bool {
 		// A heartbeat naming another instance than its subject is ignored.
 		publish(t, nc, protocol.AgentSubject(a, protocol.KindHeartbeat),
 			protocol.Heartbeat{V: 1, InstanceID: b, AgentVersion: "spoofed", Health: protocol.HealthOK})
@@ -176,7 +176,7 @@ func TestEventsAreStoredOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got []protocol.Event
-	poll.Until(t, "4 stored events", func() bool {
+	proctest.Until(t, "4 stored events", func() bool {
 		var err error
 		if got, err = st.Events(a, 10); err != nil {
 			t.Fatalf("Events(a): %v", err)
@@ -214,7 +214,7 @@ func metrics(id string, at time.Time, cpu float64, rx, tx uint64) protocol.Metri
 func sendFirst(t *testing.T, r rig, mt protocol.Metrics) {
 	t.Helper()
 	publish(t, r.nc, protocol.AgentSubject(mt.InstanceID, protocol.KindMetrics), mt)
-	poll.Until(t, "the first sample", func() bool {
+	proctest.Until(t, "the first sample", func() bool {
 		got, ok := r.mon.LatestMetrics(mt.InstanceID)
 		return ok && got.At.Equal(mt.At)
 	})
@@ -245,7 +245,7 @@ func TestMetricsHistory(t *testing.T) {
 	publish(t, r.nc, subject, "garbage")
 	publish(t, r.nc, subject, metrics(a, base, 10, 1000, 2000)) // the same sample again
 	publish(t, r.nc, subject, metrics(a, base.Add(30*time.Second), 30, 4000, 8000))
-	poll.Until(t, "a's second sample", func() bool { return r.mon.Samples() >= 2 })
+	proctest.Until(t, "a's second sample", func() bool { return r.mon.Samples() >= 2 })
 	if n := r.mon.Samples(); n != 2 {
 		t.Errorf("Samples() = %d, want 2: a spoofed, malformed or repeated sample was taken", n)
 	}
@@ -346,8 +346,8 @@ func TestMetricsWaitForTheStore(t *testing.T) {
 	for i := range 6 {
 		publish(t, r.nc, protocol.AgentSubject(a, protocol.KindMetrics), metrics(a, base.Add(time.Duration(i)*30*time.Second), float64(i), 0, 0))
 	}
-	poll.Until(t, "three samples taken", func() bool { return r.mon.Samples() == 3 })
-	poll.Until(t, "a failed flush", func() bool { return flaky.failures.Load() > 0 })
+	proctest.Until(t, "three samples taken", func() bool { return r.mon.Samples() == 3 })
+	proctest.Until(t, "a failed flush", func() bool { return flaky.failures.Load() > 0 })
 	ctx := context.Background()
 	js, err := jetstream.New(r.nc)
 	if err != nil {
@@ -357,7 +357,7 @@ func TestMetricsWaitForTheStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	poll.Until(t, "JetStream to hold three samples out and three back", func() bool {
+	proctest.Until(t, "JetStream to hold three samples out and three back", func() bool {
 		for info := range stream.ListConsumers(ctx).Info() {
 			if info.NumAckPending == 3 && info.NumPending == 3 {
 				return true
@@ -377,14 +377,14 @@ func TestMetricsWaitForTheStore(t *testing.T) {
 
 	flaky.fail.Store(false)
 	var stored []fleet.MetricsPoint
-	poll.Until(t, "every sample stored", func() bool {
+	proctest.Until(t, "every sample stored", func() bool {
 		stored, err = r.st.MetricsHistory(a, base.Add(-time.Minute), time.Now(), fleet.ResolutionRaw)
 		return err == nil && len(stored) == 6
 	})
 	if got := cpus(stored); !slices.Equal(got, []float64{0, 1, 2, 3, 4, 5}) {
 		t.Errorf("stored after the store came back = %v, want 0 to 5", got)
 	}
-	poll.Until(t, "the stream emptied: every sample acknowledged", func() bool {
+	proctest.Until(t, "the stream emptied: every sample acknowledged", func() bool {
 		info, err := stream.Info(ctx)
 		return err == nil && info.State.Msgs == 0
 	})
@@ -398,7 +398,7 @@ func TestRunPrunesHistory(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	poll.Until(t, "the old raw point pruned", func() bool {
+	proctest.Until(t, "the old raw point pruned", func() bool {
 		pts, err := r.st.MetricsHistory(a, old.Add(-time.Minute), time.Now(), fleet.ResolutionRaw)
 		return err == nil && len(pts) == 0
 	})

@@ -10,7 +10,7 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/provision"
-	"github.com/stackpro/stackpro/internal/poll"
+	"github.com/stackpro/stackpro/internal/proctest"
 )
 
 // tokenLost is a store whose first RecordToken takes effect, as if at
@@ -71,7 +71,7 @@ func TestMintTokenRetried(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tt.crashes {
-				poll.Until(t, "the crash after mint_token ran", func() bool { return ctx.Err() != nil })
+				proctest.Until(t, "the crash after mint_token ran", func() bool { return ctx.Err() != nil })
 				e.cancel()
 				e, m = startEnrolling(context.Background(), t, dir, c, setup)
 			}

@@ -19,7 +19,7 @@ import (
 	"github.com/stackpro/stackpro/controlplane/internal/provision"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
 	"github.com/stackpro/stackpro/controlplane/internal/targets"
-	"github.com/stackpro/stackpro/internal/poll"
+	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -230,7 +230,7 @@ func start(t *testing.T, dir string, faults provision.Faults, c *cloud) *env {
 func (e *env) wait(t *testing.T, id string) fleet.Job {
 	t.Helper()
 	var job fleet.Job
-	poll.Within(t, 30*time.Second, "job "+id+" to finish", func() bool {
+	proctest.Within(t, 30*time.Second, "job "+id+" to finish", func() bool {
 		var err error
 		if job, err = e.st.Job(id); err != nil {
 			t.Fatalf("job %s: %v", id, err)
@@ -482,7 +482,7 @@ func TestWaitsHoldNoWorker(t *testing.T) {
 	}
 	waitEnrollment := slices.Index(jobs[0].Steps, "wait_enrollment")
 	for i, job := range jobs {
-		poll.Within(t, 30*time.Second, fmt.Sprintf("job %d of %d to wait for enrollment", i+1, n), func() bool {
+		proctest.Within(t, 30*time.Second, fmt.Sprintf("job %d of %d to wait for enrollment", i+1, n), func() bool {
 			return e.job(t, job.ID).Done == waitEnrollment
 		})
 	}

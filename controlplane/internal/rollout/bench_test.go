@@ -13,7 +13,6 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/fleetsim"
-	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/internal/proctest"
 )
 
@@ -38,13 +37,13 @@ func BenchmarkFleet10k(b *testing.B) {
 		b.Fatal(err)
 	}
 	token, url := strings.TrimSpace(string(raw)), "http://"+httpAddr
-	sim, err := fleetsim.StartProcesses(context.Background(), filepath.Join(proctest.Binaries(b), "stackctl"), []string{"simulate",
+	sim, err := fleetsim.StartProcesses(context.Background(), filepath.Join(proctest.Binaries(b), "stackpro-sim"), []string{
 		"--nats", "nats://" + natsAddr, "--agents", agentsFile, "--per-process", "5000", "--heartbeat", "10s"}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = sim.Stop() })
-	poll.Within(b, 15*time.Minute, "10,000 simulated agents to connect", func() bool { return sim.Stats().Connected == n })
+	proctest.Within(b, 15*time.Minute, "10,000 simulated agents to connect", func() bool { return sim.Stats().Connected == n })
 	pid := cp.cmd.Process.Pid
 	for b.Loop() {
 		// Let enrollment's writes and the first heartbeats settle, then
@@ -62,7 +61,7 @@ func BenchmarkFleet10k(b *testing.B) {
 		if code != http.StatusCreated {
 			b.Fatalf("POST /api/v1/runs: %d", code)
 		}
-		poll.Within(b, 5*time.Minute, "the ping run to finish", func() bool {
+		proctest.Within(b, 5*time.Minute, "the ping run to finish", func() bool {
 			getJSON(b, url+"/api/v1/runs/"+run.ID, token, &run)
 			return run.Done()
 		})

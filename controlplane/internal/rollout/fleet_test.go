@@ -19,14 +19,12 @@ import (
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/fleetsim"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
-	"github.com/stackpro/stackpro/internal/poll"
 	"github.com/stackpro/stackpro/internal/proctest"
 )
 
 // The whole path with real processes: the control plane binary, the
-// simulator (stackctl simulate, its agents split over processes, each a
-// real NATS connection with its own key) and stackctl as an operator runs
-// it.
+// simulator (stackpro-sim, its agents split over processes, each a real
+// NATS connection with its own key) and stackctl as an operator runs it.
 
 func TestMain(m *testing.M) {
 	code := m.Run()
@@ -100,7 +98,7 @@ func start(t testing.TB, name string, args ...string) *process {
 func controlPlane(t testing.TB, data, httpAddr, natsAddr string) *process {
 	t.Helper()
 	cp := start(t, "stackpro-controlplane", "dev", "--data", data, "--http", httpAddr, "--nats", natsAddr, "--demo-instances", "0")
-	poll.Within(t, 2*time.Minute, "the control plane to be ready", func() bool {
+	proctest.Within(t, 2*time.Minute, "the control plane to be ready", func() bool {
 		select {
 		case err := <-cp.exited:
 			t.Fatalf("control plane exited: %v\n%s", err, cp.out)
@@ -189,7 +187,7 @@ func TestFleetCommandsEndToEnd(t *testing.T) {
 	}
 	token, url := strings.TrimSpace(string(raw)), "http://"+httpAddr
 	simLog := &proctest.Output{}
-	sim, err := fleetsim.StartProcesses(context.Background(), filepath.Join(proctest.Binaries(t), "stackctl"), []string{"simulate",
+	sim, err := fleetsim.StartProcesses(context.Background(), filepath.Join(proctest.Binaries(t), "stackpro-sim"), []string{
 		"--nats", "nats://" + natsAddr, "--agents", agentsFile, "--per-process", "500", "--fail", "10%", "--heartbeat", "5s"}, simLog)
 	if err != nil {
 		t.Fatal(err)
@@ -200,7 +198,7 @@ func TestFleetCommandsEndToEnd(t *testing.T) {
 			t.Logf("simulator output:\n%s", simLog)
 		}
 	})
-	poll.Within(t, 3*time.Minute, "1,000 simulated agents to connect", func() bool {
+	proctest.Within(t, 3*time.Minute, "1,000 simulated agents to connect", func() bool {
 		st := sim.Stats()
 		return st.Processes == 2 && st.Connected == n
 	})
@@ -230,7 +228,7 @@ func TestFleetCommandsEndToEnd(t *testing.T) {
 		if err := sim.Send("offline 5%"); err != nil {
 			t.Fatal(err)
 		}
-		poll.Within(t, time.Minute, "50 agents to go offline", func() bool { return sim.Stats().Connected == n-50 })
+		proctest.Within(t, time.Minute, "50 agents to go offline", func() bool { return sim.Stats().Connected == n-50 })
 		var report report
 		out, code := stackctl(t, url, token, "run", "agent.version", "--select", "all", "--max-concurrency", "100%", "--max-errors", "100%",
 			"--timeout", "5s", "--json")
@@ -244,7 +242,7 @@ func TestFleetCommandsEndToEnd(t *testing.T) {
 		if err := sim.Send("normal"); err != nil {
 			t.Fatal(err)
 		}
-		poll.Within(t, time.Minute, "every agent back online", func() bool { return sim.Stats().Connected == n })
+		proctest.Within(t, time.Minute, "every agent back online", func() bool { return sim.Stats().Connected == n })
 	})
 	t.Run("control plane killed mid-run", func(t *testing.T) {
 		before := sim.Stats().Ran
@@ -254,7 +252,7 @@ func TestFleetCommandsEndToEnd(t *testing.T) {
 			t.Fatalf("stackctl run --detach: %d %q", code, out)
 		}
 		var run fleet.Run
-		poll.Within(t, time.Minute, "the run to be under way", func() bool {
+		proctest.Within(t, time.Minute, "the run to be under way", func() bool {
 			getJSON(t, url+"/api/v1/runs/"+id, token, &run)
 			return run.Sent >= 100
 		})

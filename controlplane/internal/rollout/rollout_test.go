@@ -20,7 +20,7 @@ import (
 	"github.com/stackpro/stackpro/controlplane/internal/fleetsim"
 	"github.com/stackpro/stackpro/controlplane/internal/rollout"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
-	"github.com/stackpro/stackpro/internal/poll"
+	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -138,7 +138,7 @@ func spec(command string, sel fleet.Selection, concurrency, maxErrors string) fl
 func waitDone(t testing.TB, e *rollout.Engine, id string) fleet.Run {
 	t.Helper()
 	var run fleet.Run
-	poll.Within(t, 2*time.Minute, "run "+id+" to be done", func() bool {
+	proctest.Within(t, 2*time.Minute, "run "+id+" to be done", func() bool {
 		var err error
 		if run, err = e.Get(id); err != nil {
 			t.Fatal(err)
@@ -181,7 +181,7 @@ func TestErrorBudgetStopsRun(t *testing.T) {
 	}
 	// What the engine reports is what the store holds once written, and
 	// the agents saw exactly the targets sent.
-	poll.Within(t, time.Minute, "the finished run to be written", func() bool {
+	proctest.Within(t, time.Minute, "the finished run to be written", func() bool {
 		r, err := f.st.Run(run.ID)
 		return err == nil && r.Done()
 	})
@@ -435,7 +435,7 @@ func TestCancel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	poll.Within(t, time.Minute, "the online agents to answer and the offline ones to wait", func() bool {
+	proctest.Within(t, time.Minute, "the online agents to answer and the offline ones to wait", func() bool {
 		r, err := e.Get(run.ID)
 		return err == nil && r.Counts[fleet.TargetSucceeded] == 40 && r.Counts[fleet.TargetPending] == 10
 	})

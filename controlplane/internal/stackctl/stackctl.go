@@ -15,7 +15,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/stackpro/stackpro/controlplane/internal/fleetsim"
 	"github.com/stackpro/stackpro/shared/buildinfo"
 )
 
@@ -160,7 +159,6 @@ status=, tag.<key>=<value>.
 		c.instancesCommand(),
 		c.runCommand(),
 		c.runsCommand(),
-		fleetsim.Command(),
 	)
 	ownErrors(root)
 	return root

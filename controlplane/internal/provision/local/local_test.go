@@ -15,7 +15,7 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/internal/provision"
 	"github.com/stackpro/stackpro/controlplane/internal/provision/local"
-	"github.com/stackpro/stackpro/internal/poll"
+	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -47,7 +47,7 @@ func TestLaunchFromRelativeDir(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = p.Terminate(context.Background(), "i-aaaa", "") })
 	var pid int
-	poll.Within(t, 10*time.Second, "the stand-in agent to run and read its bootstrap file", func() bool {
+	proctest.Within(t, 10*time.Second, "the stand-in agent to run and read its bootstrap file", func() bool {
 		_, err := os.Stat(filepath.Join(p.InstanceDir("i-aaaa"), "bootstrap.yaml.read"))
 		var running bool
 		pid, running = p.Running("i-aaaa")

@@ -1,7 +1,4 @@
-// Package poll is how tests wait for something to happen: they check a
-// condition now and then until it holds or a generous deadline passes.
-// Nothing sleeps for a fixed time, and nothing asserts on speed.
-package poll
+package proctest
 
 import (
 	"testing"
