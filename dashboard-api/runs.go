@@ -15,7 +15,7 @@ import (
 	"github.com/stackpro/stackpro/controlplane/fleet"
 )
 
-// Runs starts and follows fleet command runs (controlplane/internal/rollout
+// Runs starts and follows fleet command runs (controlplane/rollout
 // behind an adapter). A run outlives the request that started it: ctx
 // bounds each call, not the run.
 type Runs interface {

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/stackpro/stackpro/controlplane/internal/fleetsim"
-	"github.com/stackpro/stackpro/controlplane/internal/provision"
-	"github.com/stackpro/stackpro/controlplane/internal/provision/local"
+	"github.com/stackpro/stackpro/controlplane/provision"
+	"github.com/stackpro/stackpro/controlplane/provision/local"
 	"github.com/stackpro/stackpro/internal/commandtest"
 	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
