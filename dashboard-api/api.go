@@ -23,6 +23,7 @@ import (
 	"github.com/go-json-experiment/json/jsontext"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
@@ -48,8 +49,9 @@ type Events interface {
 	InstanceEvents(id string, limit int) ([]protocol.Event, error)
 }
 
-// Jobs starts provisioning jobs and reports on them. Errors wrap
-// ErrInvalid, ErrNotFound or ErrConflict where those apply.
+// Jobs starts provisioning jobs and reports on them. Its errors are
+// fault errors (Invalid, NotFound, Busy) where those apply; so are every
+// interface's here, and the API answers them by kind (see errors.go).
 type Jobs interface {
 	Provision(customer, plan, subdomain string) (fleet.Instance, fleet.Job, error)
 	// Start starts a job of kind (terminate, suspend, resume, resize) on
@@ -68,31 +70,18 @@ type TargetSpec struct {
 }
 
 // Targets reads and sets the stack each instance should run. SetTarget's
-// error wraps ErrInvalid when the spec is at fault; Target's wraps
-// ErrNotFound when the instance has no target yet.
+// error is Invalid when the spec is at fault; Target's is NotFound when
+// the instance has no target yet.
 type Targets interface {
 	SetTarget(ctx context.Context, id string, spec TargetSpec) (protocol.Target, error)
 	Target(ctx context.Context, id string) (protocol.Target, error)
 }
 
-// Errors the wired implementations wrap.
-var (
-	ErrInvalid  = errors.New("invalid")
-	ErrNotFound = errors.New("not found")
-	ErrConflict = errors.New("conflict")
-	// ErrForbidden is an account refused what it asked (an unverified
-	// address logging in, a user ending another's session).
-	ErrForbidden = errors.New("forbidden")
-)
-
 // Commander sends a command to an instance's agent and waits for its
-// answer. Its error wraps ErrUnreachable when no agent is connected.
+// answer. Its error is Unavailable when no agent is connected.
 type Commander interface {
 	Command(ctx context.Context, id string, req protocol.CommandRequest) (protocol.CommandReply, error)
 }
-
-// ErrUnreachable is what Commander's errors wrap when the agent is not connected.
-var ErrUnreachable = errors.New("unreachable")
 
 // Principal is who a bearer token belongs to: an operator's API token, or
 // a user's access token.
@@ -104,10 +93,8 @@ type Principal struct {
 	CustomerID string `json:"customer_id,omitempty"`
 }
 
-// ErrUnauthorized is what Tokens returns for a token it does not know.
-var ErrUnauthorized = errors.New("unauthorized")
-
-// Tokens resolves a bearer token to its principal, or ErrUnauthorized.
+// Tokens resolves a bearer token to its principal, or an Unauthorized
+// error.
 type Tokens interface {
 	Principal(token string) (Principal, error)
 }
@@ -265,7 +252,7 @@ func (a *API) authenticate(next http.Handler) http.Handler {
 		p, err := a.o.Tokens.Principal(token)
 		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="stackpro", error="invalid_token"`)
-			if !errors.Is(err, ErrUnauthorized) {
+			if !errors.Is(err, fault.ErrUnauthorized) {
 				a.answer(w, r, err)
 				return
 			}
@@ -329,9 +316,6 @@ func (a *API) target(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	t, err := a.o.Targets.Target(r.Context(), id)
-	if errors.Is(err, ErrNotFound) {
-		return httpError{Code: http.StatusNotFound, Msg: "instance has no target yet", Err: err}
-	}
 	if err != nil {
 		return err
 	}
@@ -353,7 +337,7 @@ func (a *API) setTarget(w http.ResponseWriter, r *http.Request) error {
 	}
 	t, err := a.o.Targets.SetTarget(r.Context(), id, spec)
 	if err != nil {
-		return expected(err)
+		return err
 	}
 	a.audit(r, "target set", "instance", id, "version", t.Version)
 	return writeJSON(w, http.StatusOK, t)
@@ -395,8 +379,6 @@ func (a *API) command(w http.ResponseWriter, r *http.Request) error {
 	defer cancel()
 	reply, err := a.o.Commander.Command(ctx, id, protocol.CommandRequest{V: protocol.Version, ID: reqID, Name: body.Name, Args: body.Args})
 	switch {
-	case errors.Is(err, ErrUnreachable):
-		return httpError{Code: http.StatusServiceUnavailable, Msg: "the instance's agent is not connected", Err: err}
 	case errors.Is(err, context.DeadlineExceeded):
 		return httpError{Code: http.StatusGatewayTimeout, Msg: "the agent did not answer in time", Err: err}
 	case err != nil:
@@ -499,15 +481,6 @@ func uniqueKeys(body []byte) error {
 	return httpError{Code: http.StatusBadRequest, Msg: msg, Err: err}
 }
 
-// instanceError answers the expected failures of changing an instance
-// (starting a job on it, setting its tags).
-func instanceError(err error) error {
-	if errors.Is(err, ErrNotFound) {
-		return httpError{Code: http.StatusNotFound, Msg: "instance not found", Err: err}
-	}
-	return expected(err)
-}
-
 // provisionRequest is the body of POST /api/v1/instances.
 type provisionRequest struct {
 	Customer  string `json:"customer"`
@@ -522,7 +495,7 @@ func (a *API) provision(w http.ResponseWriter, r *http.Request) error {
 	}
 	inst, job, err := a.o.Jobs.Provision(body.Customer, body.Plan, body.Subdomain)
 	if err != nil {
-		return instanceError(err)
+		return err
 	}
 	a.audit(r, "provision job started", "instance", inst.ID, "job", job.ID, "customer", body.Customer, "plan", body.Plan)
 	w.Header().Set("Location", "/api/v1/jobs/"+job.ID)
@@ -548,7 +521,7 @@ func (a *API) startJob(kind string) func(http.ResponseWriter, *http.Request) err
 		}
 		job, err := a.o.Jobs.Start(kind, id, params)
 		if err != nil {
-			return instanceError(err)
+			return err
 		}
 		a.audit(r, kind+" job started", "instance", id, "job", job.ID)
 		w.Header().Set("Location", "/api/v1/jobs/"+job.ID)
@@ -558,7 +531,7 @@ func (a *API) startJob(kind string) func(http.ResponseWriter, *http.Request) err
 
 func (a *API) job(w http.ResponseWriter, r *http.Request) error {
 	job, err := a.o.Jobs.Job(chi.URLParam(r, "id"))
-	if errors.Is(err, ErrNotFound) || err == nil && !a.seesJob(principal(r), job) {
+	if errors.Is(err, fault.ErrNotFound) || err == nil && !a.seesJob(principal(r), job) {
 		return httpError{Code: http.StatusNotFound, Msg: "job not found", Err: err}
 	}
 	if err != nil {

@@ -23,6 +23,8 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/shared/protocol"
+
+	"github.com/stackpro/stackpro/controlplane/fault"
 )
 
 const goodToken = "sp_good"
@@ -43,7 +45,7 @@ func (fakeTokens) Principal(token string) (Principal, error) {
 	case "sp_broken":
 		return Principal{}, errors.New("token store: bucket missing")
 	}
-	return Principal{}, ErrUnauthorized
+	return Principal{}, fault.ErrUnauthorized
 }
 
 type fakeMetrics map[string]protocol.Metrics
@@ -117,7 +119,7 @@ func (f *fakeJobs) Job(id string) (fleet.Job, error) {
 		return fleet.Job{}, f.err
 	}
 	if id != fakeJob.ID {
-		return fleet.Job{}, ErrNotFound
+		return fleet.Job{}, fault.New(fault.NotFound, "job not found")
 	}
 	return fakeJob, nil
 }
@@ -177,7 +179,7 @@ func (f *fakeRuns) add(run fleet.Run, targets []fleet.Target) {
 	f.runs[run.ID], f.targets[run.ID] = run, targets
 }
 
-func (f *fakeRuns) StartRun(_ context.Context, spec fleet.RunSpec, by string) (fleet.Run, error) {
+func (f *fakeRuns) Start(_ context.Context, spec fleet.RunSpec, by string) (fleet.Run, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.started = append(f.started, startedRun{spec, by})
@@ -187,7 +189,7 @@ func (f *fakeRuns) StartRun(_ context.Context, spec fleet.RunSpec, by string) (f
 		ids = slices.DeleteFunc(slices.Clone(spec.Select.IDs), func(id string) bool { return !slices.Contains(known, id) })
 	}
 	if len(ids) == 0 {
-		return fleet.Run{}, fmt.Errorf("%w: rollout: the selection matches no instance", ErrInvalid)
+		return fleet.Run{}, fault.New(fault.Invalid, "rollout: the selection matches no instance")
 	}
 	n := len(f.runs)
 	run := fleet.Run{ID: fmt.Sprintf("run-%03d", n), Spec: spec, CreatedBy: by, CreatedAt: created.Add(time.Duration(n) * time.Hour),
@@ -200,41 +202,41 @@ func (f *fakeRuns) StartRun(_ context.Context, spec fleet.RunSpec, by string) (f
 	return run, nil
 }
 
-func (f *fakeRuns) Run(_ context.Context, id string) (fleet.Run, error) {
+func (f *fakeRuns) Get(id string) (fleet.Run, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	run, ok := f.runs[id]
 	if !ok {
-		return run, fmt.Errorf("%w: rollout: no run %s", ErrNotFound, id)
+		return run, fault.New(fault.NotFound, "run not found")
 	}
 	return run, nil
 }
 
-func (f *fakeRuns) Runs(context.Context) ([]fleet.Run, error) {
+func (f *fakeRuns) List() ([]fleet.Run, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.SortedFunc(maps.Values(f.runs), func(x, y fleet.Run) int { return y.CreatedAt.Compare(x.CreatedAt) }), nil
 }
 
-func (f *fakeRuns) RunTargets(_ context.Context, id string) ([]fleet.Target, error) {
+func (f *fakeRuns) Targets(id string) ([]fleet.Target, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	targets, ok := f.targets[id]
 	if !ok {
-		return nil, fmt.Errorf("%w: rollout: no run %s", ErrNotFound, id)
+		return nil, fault.New(fault.NotFound, "run not found")
 	}
 	return targets, nil
 }
 
-func (f *fakeRuns) CancelRun(_ context.Context, id, by string) (fleet.Run, error) {
+func (f *fakeRuns) Cancel(id, by string) (fleet.Run, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	run, ok := f.runs[id]
 	switch {
 	case !ok:
-		return run, fmt.Errorf("%w: rollout: no run %s", ErrNotFound, id)
+		return run, fault.New(fault.NotFound, "run not found")
 	case run.Done():
-		return run, fmt.Errorf("%w: rollout: run %s already %s", ErrConflict, id, run.State)
+		return run, fault.New(fault.Conflict, "rollout: run %s already %s", id, run.State)
 	}
 	run.State, run.Reason, run.FinishedAt = fleet.RunCancelled, "cancelled by "+by, created.Add(2*time.Hour)
 	run.Counts = map[fleet.TargetState]int{fleet.TargetSkipped: run.Total}
@@ -254,7 +256,7 @@ type trackerTags struct{ tr *fleet.Tracker }
 
 func (t trackerTags) SetTags(_ context.Context, id string, tags map[string]string) (fleet.Instance, error) {
 	if _, ok := t.tr.Update(id, func(inst *fleet.Instance) { inst.Tags = maps.Clone(tags) }); !ok {
-		return fleet.Instance{}, fmt.Errorf("%w: fleet: no instance %s", ErrNotFound, id)
+		return fleet.Instance{}, fault.New(fault.NotFound, "fleet: no instance %s", id)
 	}
 	return t.tr.Get(id, time.Now())
 }
@@ -653,10 +655,10 @@ func wantAudit(t *testing.T, log, msg, instance, job string, res response) {
 // Errors as the wired Jobs returns them: a dashboard-api sentinel wrapping
 // provisioning's own error.
 var (
-	errUnknownPlan = fmt.Errorf("%w: %w", ErrInvalid, errors.New(`provision: bad request: provision: unknown plan "gold"`))
-	errNoPlan      = fmt.Errorf("%w: %w", ErrInvalid, errors.New(`provision: bad request: provision: unknown plan ""`))
-	errBusy        = fmt.Errorf("%w: %w", ErrConflict, errors.New("provision: another job is working on this instance: terminate job job-9"))
-	errGone        = fmt.Errorf("%w: %w", ErrNotFound, errors.New("provision: no such instance"))
+	errUnknownPlan = fault.New(fault.Invalid, `provision: bad request: provision: unknown plan "gold"`)
+	errNoPlan      = fault.New(fault.Invalid, `provision: bad request: provision: unknown plan ""`)
+	errBusy        = fault.New(fault.Conflict, "provision: another job is working on this instance: terminate job job-9")
+	errGone        = fault.New(fault.NotFound, "instance not found")
 	errStore       = errors.New("store: writing job: disk full")
 )
 

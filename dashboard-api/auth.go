@@ -12,6 +12,8 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
+
+	"github.com/stackpro/stackpro/controlplane/fault"
 )
 
 // Roles a principal may have.
@@ -74,11 +76,11 @@ type Session struct {
 	User         Profile `json:"user"`
 }
 
-// Auth is the accounts service as the API uses it. Its errors wrap
-// ErrInvalid when the input is at fault, ErrUnauthorized when credentials
-// or a token are refused and ErrForbidden when the account may not do it
-// (yet); what follows the sentinel in the message is shown to the client.
-// Whether an account exists is never told apart.
+// Auth is the accounts service as the API uses it. Its errors are
+// Invalid when the input is at fault, Unauthorized when credentials or a
+// token are refused and Forbidden when the account may not do it (yet);
+// their client message is shown. Whether an account exists is never told
+// apart.
 type Auth interface {
 	Signup(ctx context.Context, req SignupRequest, m Meta) error
 	VerifyEmail(ctx context.Context, token string, m Meta) error
@@ -86,7 +88,7 @@ type Auth interface {
 	Login(ctx context.Context, email, password string, m Meta) (Session, error)
 	Refresh(ctx context.Context, refreshToken string, m Meta) (Session, error)
 	// Logout ends the session the refresh token belongs to if p is its
-	// user or an admin; for anyone else, its error wraps ErrForbidden.
+	// user or an admin; for anyone else, its error is Forbidden.
 	Logout(ctx context.Context, p Principal, refreshToken string, m Meta) error
 	RequestPasswordReset(ctx context.Context, email string, m Meta) error
 	ResetPassword(ctx context.Context, token, password string, m Meta) error
@@ -105,7 +107,7 @@ type Auth interface {
 	// Operators' API tokens: a new one is shown once, then only listed.
 	CreateAPIToken(ctx context.Context, name, role string, m Meta) (token string, info APIToken, err error)
 	ListAPITokens(ctx context.Context) ([]APIToken, error)
-	// RevokeAPIToken's error wraps ErrNotFound for an unknown id.
+	// RevokeAPIToken's error is NotFound for an unknown id.
 	RevokeAPIToken(ctx context.Context, id string, m Meta) error
 }
 
@@ -211,7 +213,7 @@ func (a *API) signup(w http.ResponseWriter, r *http.Request, body []byte) error 
 		return err
 	}
 	if err := a.o.Auth.Signup(r.Context(), req, meta(r)); err != nil {
-		return expected(err)
+		return err
 	}
 	return accepted(w, "check your email to confirm your address")
 }
@@ -243,7 +245,7 @@ func (a *API) token(w http.ResponseWriter, r *http.Request, body []byte) error {
 		return httpError{Code: http.StatusBadRequest, Msg: `grant_type must be "password" or "refresh_token"`}
 	}
 	if err != nil {
-		return expected(err)
+		return err
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	return writeJSON(w, http.StatusOK, s)
@@ -257,7 +259,7 @@ func (a *API) verify(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if err := a.o.Auth.VerifyEmail(r.Context(), req.Token, meta(r)); err != nil {
-		return expected(err)
+		return err
 	}
 	return writeJSON(w, http.StatusOK, map[string]string{"status": "email confirmed"})
 }
@@ -268,7 +270,7 @@ func (a *API) resend(w http.ResponseWriter, r *http.Request, body []byte) error 
 		return err
 	}
 	if err := a.o.Auth.ResendVerification(r.Context(), req.Email, meta(r)); err != nil {
-		return expected(err)
+		return err
 	}
 	return accepted(w, "if the address needs confirming, an email is on its way")
 }
@@ -279,7 +281,7 @@ func (a *API) recover(w http.ResponseWriter, r *http.Request, body []byte) error
 		return err
 	}
 	if err := a.o.Auth.RequestPasswordReset(r.Context(), req.Email, meta(r)); err != nil {
-		return expected(err)
+		return err
 	}
 	return accepted(w, "if the address has an account, a reset link is on its way")
 }
@@ -293,7 +295,7 @@ func (a *API) reset(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if err := a.o.Auth.ResetPassword(r.Context(), req.Token, req.Password, meta(r)); err != nil {
-		return expected(err)
+		return err
 	}
 	return writeJSON(w, http.StatusOK, map[string]string{"status": "password changed; log in again"})
 }
@@ -306,7 +308,7 @@ func (a *API) logout(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if err := a.o.Auth.Logout(r.Context(), principal(r), req.RefreshToken, meta(r)); err != nil {
-		return expected(err)
+		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
@@ -322,7 +324,7 @@ func (a *API) changePassword(w http.ResponseWriter, r *http.Request) error {
 	}
 	s, err := a.o.Auth.ChangePassword(r.Context(), principal(r), req.OldPassword, req.NewPassword, meta(r))
 	if err != nil {
-		return expected(err)
+		return err
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	return writeJSON(w, http.StatusOK, s)
@@ -337,7 +339,7 @@ func (a *API) me(w http.ResponseWriter, r *http.Request) error {
 	}
 	p, err := a.o.Auth.Me(r.Context(), who)
 	if err != nil {
-		return expected(err)
+		return err
 	}
 	return writeJSON(w, http.StatusOK, p)
 }
@@ -349,7 +351,7 @@ func (a *API) updateMe(w http.ResponseWriter, r *http.Request) error {
 	}
 	p, err := a.o.Auth.UpdateMe(r.Context(), principal(r), patch)
 	if err != nil {
-		return expected(err)
+		return err
 	}
 	return writeJSON(w, http.StatusOK, p)
 }
@@ -361,7 +363,7 @@ func (a *API) createOperator(w http.ResponseWriter, r *http.Request) error {
 	}
 	p, err := a.o.Auth.CreateOperator(r.Context(), req, meta(r))
 	if err != nil {
-		return expected(err)
+		return err
 	}
 	a.audit(r, "operator created", "user", p.ID, "role", p.Role)
 	return writeJSON(w, http.StatusCreated, p)
@@ -377,7 +379,7 @@ func (a *API) createAPIToken(w http.ResponseWriter, r *http.Request) error {
 	}
 	token, info, err := a.o.Auth.CreateAPIToken(r.Context(), req.Name, req.Role, meta(r))
 	if err != nil {
-		return expected(err)
+		return err
 	}
 	a.audit(r, "api token created", "token_id", info.ID, "name", info.Name, "role", info.Role)
 	w.Header().Set("Cache-Control", "no-store")
@@ -394,7 +396,7 @@ func (a *API) apiTokens(w http.ResponseWriter, r *http.Request) error {
 
 func (a *API) revokeAPIToken(w http.ResponseWriter, r *http.Request) error {
 	id := chi.URLParam(r, "id")
-	if err := a.o.Auth.RevokeAPIToken(r.Context(), id, meta(r)); errors.Is(err, ErrNotFound) {
+	if err := a.o.Auth.RevokeAPIToken(r.Context(), id, meta(r)); errors.Is(err, fault.ErrNotFound) {
 		return httpError{Code: http.StatusNotFound, Msg: "api token not found", Err: err}
 	} else if err != nil {
 		return err

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+
+	"github.com/stackpro/stackpro/controlplane/fault"
 )
 
 // Bearer tokens of two customers and an operator (fakeTokens knows them).
@@ -52,7 +54,7 @@ var testSession = Session{AccessToken: "eyJ.access", TokenType: "bearer", Expire
 func (f *fakeAuth) Signup(_ context.Context, req SignupRequest, m Meta) error {
 	f.record("signup %s %s from %s", req.Email, req.Plan, m.IP)
 	if !strings.Contains(req.Email, "@") {
-		return fmt.Errorf("%w: email: want an address like name@example.com", ErrInvalid)
+		return fault.New(fault.Invalid, "email: want an address like name@example.com")
 	}
 	return nil
 }
@@ -60,7 +62,7 @@ func (f *fakeAuth) Signup(_ context.Context, req SignupRequest, m Meta) error {
 func (f *fakeAuth) VerifyEmail(_ context.Context, token string, _ Meta) error {
 	f.record("verify %s", token)
 	if token != "verify-1" {
-		return fmt.Errorf("%w: invalid or expired token", ErrUnauthorized)
+		return fault.New(fault.Unauthorized, "invalid or expired token")
 	}
 	return nil
 }
@@ -73,10 +75,10 @@ func (f *fakeAuth) ResendVerification(_ context.Context, email string, _ Meta) e
 func (f *fakeAuth) Login(_ context.Context, email, password string, _ Meta) (Session, error) {
 	f.record("login %s", email)
 	if email == "new@a.example" {
-		return Session{}, fmt.Errorf("%w: email address not verified", ErrForbidden)
+		return Session{}, fault.New(fault.Forbidden, "email address not verified")
 	}
 	if password != rightPassword {
-		return Session{}, fmt.Errorf("%w: invalid email or password", ErrUnauthorized)
+		return Session{}, fault.New(fault.Unauthorized, "invalid email or password")
 	}
 	return testSession, nil
 }
@@ -84,7 +86,7 @@ func (f *fakeAuth) Login(_ context.Context, email, password string, _ Meta) (Ses
 func (f *fakeAuth) Refresh(_ context.Context, token string, _ Meta) (Session, error) {
 	f.record("refresh %s", token)
 	if token != "refresh-1" {
-		return Session{}, fmt.Errorf("%w: refresh token already used; session revoked", ErrUnauthorized)
+		return Session{}, fault.New(fault.Unauthorized, "refresh token already used; session revoked")
 	}
 	return testSession, nil
 }
@@ -94,9 +96,9 @@ func (f *fakeAuth) Logout(_ context.Context, p Principal, refreshToken string, _
 	f.record("logout %s by %s", refreshToken, p.Name)
 	switch {
 	case refreshToken != "refresh-1":
-		return fmt.Errorf("%w: invalid or expired token", ErrUnauthorized)
+		return fault.New(fault.Unauthorized, "invalid or expired token")
 	case p.UserID != "u-a" && p.Role != RoleAdmin:
-		return fmt.Errorf("%w: the session is another user's: only its user or an admin may end it", ErrForbidden)
+		return fault.New(fault.Forbidden, "the session is another user's: only its user or an admin may end it")
 	}
 	return nil
 }
@@ -114,7 +116,7 @@ func (f *fakeAuth) ResetPassword(_ context.Context, token, _ string, _ Meta) err
 func (f *fakeAuth) ChangePassword(_ context.Context, p Principal, old, _ string, _ Meta) (Session, error) {
 	f.record("password %s", p.UserID)
 	if old != rightPassword {
-		return Session{}, fmt.Errorf("%w: invalid email or password", ErrUnauthorized)
+		return Session{}, fault.New(fault.Unauthorized, "invalid email or password")
 	}
 	return testSession, nil
 }
@@ -155,7 +157,7 @@ func (f *fakeAuth) ListAPITokens(context.Context) ([]APIToken, error) {
 func (f *fakeAuth) RevokeAPIToken(_ context.Context, id string, _ Meta) error {
 	f.record("revoke token %s", id)
 	if id != testAPIToken.ID {
-		return ErrNotFound
+		return fault.New(fault.NotFound, "no such token")
 	}
 	return nil
 }

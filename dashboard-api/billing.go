@@ -2,27 +2,27 @@ package dashboardapi
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"time"
 
 	"github.com/go-chi/chi/v5/middleware"
 
+	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 )
 
-// Billing is the customers' subscriptions and Stripe's webhooks. Errors
-// wrap ErrInvalid, ErrNotFound or ErrConflict where those apply.
+// Billing is the customers' subscriptions and Stripe's webhooks. Its
+// errors are Invalid, NotFound or Conflict where those apply.
 type Billing interface {
 	// Checkout starts a subscription to plan for a customer and returns
 	// the URL to send them to.
 	Checkout(ctx context.Context, customerID, plan string) (url string, err error)
 	// Portal returns the URL of the customer's billing portal.
 	Portal(ctx context.Context, customerID string) (url string, err error)
-	// Subscription is the customer's subscription; ErrNotFound if none.
+	// Subscription is the customer's subscription; NotFound if none.
 	Subscription(customerID string) (fleet.Subscription, error)
 	// Webhook verifies a Stripe event on its raw body and queues it. Its
-	// error wraps ErrInvalid when the signature or the event is refused;
+	// error is Invalid when the signature or the event is refused;
 	// an event seen before is no error.
 	Webhook(payload []byte, signature string) error
 	Metrics(now time.Time) (fleet.BillingMetrics, error)
@@ -66,7 +66,7 @@ func (a *API) requireCustomer(next http.Handler) http.Handler {
 // sendTo answers the URL Billing sends the customer to, or its error.
 func sendTo(w http.ResponseWriter, url string, err error) error {
 	if err != nil {
-		return expected(err)
+		return err
 	}
 	return writeJSON(w, http.StatusOK, map[string]string{"url": url})
 }
@@ -93,7 +93,7 @@ func (a *API) portal(w http.ResponseWriter, r *http.Request) error {
 func (a *API) subscription(w http.ResponseWriter, r *http.Request) error {
 	sub, err := a.o.Billing.Subscription(principal(r).CustomerID)
 	if err != nil {
-		return expected(err)
+		return err
 	}
 	return writeJSON(w, http.StatusOK, sub)
 }
@@ -118,14 +118,12 @@ func (a *API) stripeWebhook(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	err = a.o.Billing.Webhook(payload, r.Header.Get("Stripe-Signature"))
-	if errors.Is(err, ErrInvalid) {
+	if f, ok := fault.As(err); ok && f.Kind == fault.Invalid {
 		a.log.Warn("stripe webhook refused", "err", err, "request_id", middleware.GetReqID(r.Context()))
-		he := expected(err).(httpError) // the reason, as expected words it
-		he.Code = http.StatusBadRequest
-		return he
+		return httpError{Code: http.StatusBadRequest, Msg: f.Public(), Err: err}
 	}
 	if err != nil {
-		return expected(err)
+		return err
 	}
 	return writeJSON(w, http.StatusOK, map[string]bool{"received": true})
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
+
+	"github.com/stackpro/stackpro/controlplane/fault"
 )
 
 // fakeBilling records what it is asked, as "checkout cus_a starter", and
@@ -44,7 +46,7 @@ func (f *fakeBilling) Checkout(_ context.Context, customerID, plan string) (stri
 		return "", f.err
 	}
 	if plan != "starter" && plan != "pro" {
-		return "", fmt.Errorf("%w: plan: unknown plan %q", ErrInvalid, plan)
+		return "", fault.New(fault.Invalid, "plan: unknown plan %q", plan)
 	}
 	return "https://checkout.stripe.test/" + customerID + "/" + plan, nil
 }
@@ -67,7 +69,7 @@ func (f *fakeBilling) sub(customerID string) (fleet.Subscription, error) {
 		return fleet.Subscription{}, f.err
 	}
 	if customerID != testSubscription.CustomerID {
-		return fleet.Subscription{}, fmt.Errorf("%w: billing: no subscription for %s", ErrNotFound, customerID)
+		return fleet.Subscription{}, fault.New(fault.NotFound, "billing: no subscription for %s", customerID)
 	}
 	return testSubscription, nil
 }
@@ -78,7 +80,7 @@ func (f *fakeBilling) Webhook(payload []byte, signature string) error {
 		return f.err
 	}
 	if signature != goodSignature {
-		return fmt.Errorf("%w: stripe: no signatures found matching the expected signature for payload", ErrInvalid)
+		return fault.New(fault.Invalid, "stripe: no signatures found matching the expected signature for payload")
 	}
 	return nil
 }
@@ -212,7 +214,7 @@ func TestStripeWebhook(t *testing.T) {
 			"stripe: no signatures found matching the expected signature for payload", true},
 		{"no signature", event, "", nil, http.StatusBadRequest,
 			"stripe: no signatures found matching the expected signature for payload", true},
-		{"webhooks not enabled", event, goodSignature, fmt.Errorf("%w: billing: no webhook secret", ErrNotFound),
+		{"webhooks not enabled", event, goodSignature, fault.New(fault.NotFound, "billing: no webhook secret"),
 			http.StatusNotFound, "billing: no webhook secret", true},
 		{"billing failing", event, goodSignature, errStore, http.StatusInternalServerError, "internal error", true},
 		{"too large", strings.Repeat(" ", maxWebhookBody+1), goodSignature, nil, http.StatusRequestEntityTooLarge,

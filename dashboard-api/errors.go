@@ -4,9 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"strings"
 
 	"github.com/go-chi/chi/v5/middleware"
+
+	"github.com/stackpro/stackpro/controlplane/fault"
 )
 
 // httpError is an error with the answer the client gets. Msg is safe to
@@ -35,28 +36,30 @@ type problem struct {
 	RequestID string `json:"request_id,omitempty"`
 }
 
-// answers are the codes of the sentinels the wired implementations wrap.
-var answers = []struct {
-	kind error
-	code int
-}{
-	{ErrInvalid, http.StatusUnprocessableEntity},
-	{ErrNotFound, http.StatusNotFound},
-	{ErrUnauthorized, http.StatusUnauthorized},
-	{ErrForbidden, http.StatusForbidden},
-	{ErrConflict, http.StatusConflict},
+// codes answer each kind of expected failure (see package fault), the one
+// place where the services' errors meet HTTP.
+var codes = map[fault.Kind]int{
+	fault.Invalid:      http.StatusUnprocessableEntity,
+	fault.NotFound:     http.StatusNotFound,
+	fault.Unauthorized: http.StatusUnauthorized,
+	fault.Forbidden:    http.StatusForbidden,
+	fault.Conflict:     http.StatusConflict,
+	fault.Busy:         http.StatusConflict,
+	fault.Unavailable:  http.StatusServiceUnavailable,
 }
 
-// expected answers an error that wraps one of those sentinels with its
-// code and the message that follows the sentinel ("invalid: plan: ..."
-// shows "plan: ..."); any other error is left for the 500.
-func expected(err error) error {
-	for _, a := range answers {
-		if errors.Is(err, a.kind) {
-			return httpError{Code: a.code, Msg: strings.TrimPrefix(err.Error(), a.kind.Error()+": "), Err: err}
-		}
+// clientError is the answer to err: an httpError as it is, an expected
+// failure with its kind's code and its client message, anything else 500
+// "internal error" (false: its detail is for the log only).
+func clientError(err error) (httpError, bool) {
+	var he httpError
+	if errors.As(err, &he) {
+		return he, true
 	}
-	return err
+	if f, ok := fault.As(err); ok && codes[f.Kind] != 0 {
+		return httpError{Code: codes[f.Kind], Msg: f.Public(), Err: err}, true
+	}
+	return httpError{Code: http.StatusInternalServerError, Msg: "internal error", Err: err}, false
 }
 
 // handle turns a handler that returns an error into an http.HandlerFunc.
@@ -68,11 +71,11 @@ func (a *API) handle(h func(http.ResponseWriter, *http.Request) error) http.Hand
 	}
 }
 
-// answer writes err as a problem document: its safe message for an
-// httpError, "internal error" for anything else, whose detail is logged.
+// answer writes err as a problem document (see clientError); what a
+// client is not told is logged.
 func (a *API) answer(w http.ResponseWriter, r *http.Request, err error) {
-	he := httpError{Code: http.StatusInternalServerError, Msg: "internal error", Err: err}
-	if !errors.As(err, &he) {
+	he, expected := clientError(err)
+	if !expected {
 		a.log.Error("request failed", "method", r.Method, "path", r.URL.Path,
 			"request_id", middleware.GetReqID(r.Context()), "err", err)
 	}

@@ -27,6 +27,8 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/shared/protocol"
+
+	"github.com/stackpro/stackpro/controlplane/fault"
 )
 
 // loadOpenAPI loads the embedded document and checks it is valid OpenAPI 3.1.
@@ -383,8 +385,8 @@ func openapiFakes(o *Options) {
 type submittedJobs struct{ *fakeJobs }
 
 var (
-	errTestBusy = fmt.Errorf("%w: provision: another job is working on this instance", ErrConflict)
-	errTestPlan = fmt.Errorf("%w: provision: unknown plan %q", ErrInvalid, "gold")
+	errTestBusy = fault.New(fault.Busy, "provision: another job is working on this instance")
+	errTestPlan = fault.New(fault.Invalid, "provision: unknown plan %q", "gold")
 )
 
 // asSubmitted is job as the provisioning service submits it.
@@ -428,7 +430,7 @@ type memTargets struct {
 
 func (f *memTargets) SetTarget(_ context.Context, id string, spec TargetSpec) (protocol.Target, error) {
 	if spec.Compose == "" {
-		return protocol.Target{}, fmt.Errorf("%w: targets: compose is empty", ErrInvalid)
+		return protocol.Target{}, fault.New(fault.Invalid, "targets: compose is empty")
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -445,7 +447,7 @@ func (f *memTargets) Target(_ context.Context, id string) (protocol.Target, erro
 	defer f.mu.Unlock()
 	t, ok := f.m[id]
 	if !ok {
-		return t, fmt.Errorf("%w: targets: no target for %s", ErrNotFound, id)
+		return t, fault.New(fault.NotFound, "targets: no target for %s", id)
 	}
 	return t, nil
 }
@@ -455,7 +457,7 @@ type pongCommander struct{}
 
 func (pongCommander) Command(_ context.Context, id string, req protocol.CommandRequest) (protocol.CommandReply, error) {
 	if id != "i-a" {
-		return protocol.CommandReply{}, fmt.Errorf("%w: broker: no agent", ErrUnreachable)
+		return protocol.CommandReply{}, fault.New(fault.Unavailable, "broker: no agent")
 	}
 	return protocol.CommandReply{V: protocol.Version, ID: req.ID, InstanceID: id, OK: true, Result: json.RawMessage(`{"pong":true}`)}, nil
 }

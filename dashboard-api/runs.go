@@ -15,27 +15,27 @@ import (
 	"github.com/stackpro/stackpro/controlplane/fleet"
 )
 
-// Runs starts and follows fleet command runs (controlplane/rollout
-// behind an adapter). A run outlives the request that started it: ctx
-// bounds each call, not the run.
+// Runs starts and follows fleet command runs (controlplane/rollout's
+// engine). A run outlives the request that started it: ctx bounds the
+// start, not the run.
 type Runs interface {
-	// StartRun starts spec for by; the error wraps ErrInvalid for a spec
-	// the engine refuses (a selection that matches no instance).
-	StartRun(ctx context.Context, spec fleet.RunSpec, by string) (fleet.Run, error)
-	// Run is run id, or an error that wraps ErrNotFound.
-	Run(ctx context.Context, id string) (fleet.Run, error)
-	// Runs is every run, newest first.
-	Runs(ctx context.Context) ([]fleet.Run, error)
-	// RunTargets is run id's targets, ordered by instance id, or an error
-	// that wraps ErrNotFound.
-	RunTargets(ctx context.Context, id string) ([]fleet.Target, error)
-	// CancelRun cancels run id for by: its error wraps ErrNotFound, or
-	// ErrConflict when the run has already finished.
-	CancelRun(ctx context.Context, id, by string) (fleet.Run, error)
+	// Start starts spec for by; the error is Invalid for a spec the
+	// engine refuses (a selection that matches no instance).
+	Start(ctx context.Context, spec fleet.RunSpec, by string) (fleet.Run, error)
+	// Get is run id, or an error that is NotFound.
+	Get(id string) (fleet.Run, error)
+	// List is every run, newest first.
+	List() ([]fleet.Run, error)
+	// Targets is run id's targets, ordered by instance id, or an error
+	// that is NotFound.
+	Targets(id string) ([]fleet.Target, error)
+	// Cancel cancels run id for by: its error is NotFound, or Conflict
+	// when the run has already finished.
+	Cancel(id, by string) (fleet.Run, error)
 }
 
-// Tags sets an instance's tags (replacing them all). Its error wraps
-// ErrNotFound for an unknown instance and ErrInvalid for tags it refuses.
+// Tags sets an instance's tags (replacing them all). Its error is
+// NotFound for an unknown instance and Invalid for tags it refuses.
 type Tags interface {
 	SetTags(ctx context.Context, id string, tags map[string]string) (fleet.Instance, error)
 }
@@ -89,14 +89,6 @@ func refused(err error) error {
 	return httpError{Code: http.StatusUnprocessableEntity, Msg: strings.ReplaceAll(err.Error(), "\n", "; "), Err: err}
 }
 
-// runError answers the expected failures of a run's routes.
-func runError(err error) error {
-	if errors.Is(err, ErrNotFound) {
-		return httpError{Code: http.StatusNotFound, Msg: "run not found", Err: err}
-	}
-	return expected(err)
-}
-
 func (a *API) startRun(w http.ResponseWriter, r *http.Request) error {
 	// Decoding over the defaults keeps them for absent limits only: an
 	// explicit "0" stays 0.
@@ -108,9 +100,9 @@ func (a *API) startRun(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return refused(err)
 	}
-	run, err := a.o.Runs.StartRun(r.Context(), spec, principal(r).Name)
+	run, err := a.o.Runs.Start(r.Context(), spec, principal(r).Name)
 	if err != nil {
-		return expected(err)
+		return err
 	}
 	a.audit(r, "run started", "run", run.ID, "command", spec.Command, "select", spec.Select.String(), "targets", run.Total,
 		"max_concurrency", spec.MaxConcurrency.String(), "max_errors", spec.MaxErrors.String())
@@ -132,7 +124,7 @@ func (a *API) listRuns(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	runs, err := a.o.Runs.Runs(r.Context())
+	runs, err := a.o.Runs.List()
 	if err != nil {
 		return err
 	}
@@ -144,9 +136,9 @@ func (a *API) listRuns(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (a *API) getRun(w http.ResponseWriter, r *http.Request) error {
-	run, err := a.o.Runs.Run(r.Context(), chi.URLParam(r, "id"))
+	run, err := a.o.Runs.Get(chi.URLParam(r, "id"))
 	if err != nil {
-		return runError(err)
+		return err
 	}
 	return writeJSON(w, http.StatusOK, run)
 }
@@ -168,9 +160,9 @@ func (a *API) runTargets(w http.ResponseWriter, r *http.Request) error {
 	if state != "" && !slices.Contains(fleet.TargetStates, state) {
 		return httpError{Code: http.StatusBadRequest, Msg: fmt.Sprintf("state: want one of %s", joinStates(fleet.TargetStates))}
 	}
-	targets, err := a.o.Runs.RunTargets(r.Context(), chi.URLParam(r, "id"))
+	targets, err := a.o.Runs.Targets(chi.URLParam(r, "id"))
 	if err != nil {
-		return runError(err)
+		return err
 	}
 	targets = slices.DeleteFunc(slices.Clone(targets), func(t fleet.Target) bool { return state != "" && t.State != state })
 	key := func(t fleet.Target) string { return t.Instance }
@@ -190,9 +182,9 @@ func joinStates(states []fleet.TargetState) string {
 
 func (a *API) cancelRun(w http.ResponseWriter, r *http.Request) error {
 	id := chi.URLParam(r, "id")
-	run, err := a.o.Runs.CancelRun(r.Context(), id, principal(r).Name)
+	run, err := a.o.Runs.Cancel(id, principal(r).Name)
 	if err != nil {
-		return runError(err)
+		return err
 	}
 	a.audit(r, "run cancelled", "run", id)
 	return writeJSON(w, http.StatusOK, run)
@@ -220,7 +212,7 @@ func (a *API) setTags(w http.ResponseWriter, r *http.Request) error {
 	}
 	inst, err := a.o.Tags.SetTags(r.Context(), id, body.Tags)
 	if err != nil {
-		return instanceError(err)
+		return err
 	}
 	a.audit(r, "tags set", "instance", id, "tags", body.Tags)
 	return writeJSON(w, http.StatusOK, inst)

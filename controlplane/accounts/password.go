@@ -11,6 +11,8 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/crypto/argon2"
+
+	"github.com/stackpro/stackpro/controlplane/fault"
 )
 
 // Hasher hashes passwords with argon2id (RFC 9106). Verifying reads the
@@ -101,7 +103,7 @@ const (
 
 // ErrWeakPassword wraps every reason CheckPassword refuses a password. Its
 // messages are safe to show the user.
-var ErrWeakPassword = errors.New("weak password")
+var ErrWeakPassword = fault.New(fault.Invalid, "weak password")
 
 //go:embed common_passwords.txt
 var commonPasswordsText string
@@ -143,7 +145,7 @@ func CheckPassword(password, email string) error {
 	default:
 		return nil
 	}
-	return fmt.Errorf("%w: the password %s", ErrWeakPassword, reason)
+	return ErrWeakPassword.With(fmt.Errorf("the password %s", reason))
 }
 
 func distinctRunes(s string) int {

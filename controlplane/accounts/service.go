@@ -44,6 +44,8 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/stackpro/stackpro/controlplane/audit"
+	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
 )
 
@@ -71,7 +73,7 @@ type Store interface {
 	ListAPITokens() ([]store.APITokenInfo, error)
 	RevokeAPIToken(id string) error
 
-	AppendAudit(rec store.AuditRecord) error
+	AppendAudit(rec audit.Record) error
 }
 
 var _ Store = (*store.Store)(nil)
@@ -81,24 +83,33 @@ type Mailer interface {
 	Send(ctx context.Context, to, subject, text string) error
 }
 
-// Errors callers test for. Their messages are safe to show a client.
+// Errors callers test for (fault errors: their messages are written for
+// a client).
 var (
-	ErrInvalidCredentials = errors.New("invalid email or password")
-	ErrEmailNotVerified   = errors.New("email address not verified")
-	// ErrInvalidToken wraps every refusal of a token: unknown, expired,
+	ErrInvalidCredentials = fault.New(fault.Unauthorized, "invalid email or password")
+	ErrEmailNotVerified   = fault.New(fault.Forbidden, "email address not verified")
+	// ErrInvalidToken is every refusal of a token: unknown, expired,
 	// used, badly signed.
-	ErrInvalidToken = errors.New("invalid or expired token")
+	ErrInvalidToken = fault.New(fault.Unauthorized, "invalid or expired token")
 	// ErrTokenReused is a rotated refresh token presented again; its
 	// session is revoked. It is an ErrInvalidToken too.
-	ErrTokenReused = fmt.Errorf("%w: refresh token already used; session revoked", ErrInvalidToken)
-	// ErrInvalidInput wraps every reason an input is refused.
-	ErrInvalidInput = errors.New("invalid input")
+	ErrTokenReused = fault.Wrap(fault.Unauthorized, ErrInvalidToken, "refresh token already used; session revoked")
+	// ErrInvalidInput is every refusal of an input; its problems say why.
+	ErrInvalidInput = fault.New(fault.Invalid, "invalid input")
 	// ErrNotFound is an unknown user or API token.
-	ErrNotFound = errors.New("not found")
+	ErrNotFound = fault.New(fault.NotFound, "not found")
 	// ErrNotSessionOwner is a logout of a session that is neither the
 	// caller's own nor asked by an admin.
-	ErrNotSessionOwner = errors.New("the session is another user's: only its user or an admin may end it")
+	ErrNotSessionOwner = fault.New(fault.Forbidden, "the session is another user's: only its user or an admin may end it")
 )
+
+// invalid is ErrInvalidInput with problems, nil when there are none.
+func invalid(problems ...error) error {
+	if err := errors.Join(problems...); err != nil {
+		return ErrInvalidInput.With(err)
+	}
+	return nil
+}
 
 // Audit events.
 const (
@@ -250,9 +261,9 @@ func (s *Service) Signup(ctx context.Context, meta Meta, in SignupInput) (store.
 	errs := []error{checkEmail(in.Email), checkName("first_name", in.FirstName), checkName("last_name", in.LastName),
 		checkName("company", in.Company)}
 	if !slices.Contains(s.o.Plans, in.Plan) {
-		errs = append(errs, fmt.Errorf("%w: unknown plan %q", ErrInvalidInput, in.Plan))
+		errs = append(errs, fmt.Errorf("unknown plan %q", in.Plan))
 	}
-	if err := errors.Join(errs...); err != nil {
+	if err := invalid(errs...); err != nil {
 		return store.User{}, err
 	}
 	if err := CheckPassword(in.Password, in.Email); err != nil {
@@ -612,7 +623,7 @@ func (s *Service) Me(ctx context.Context, userID string) (Profile, error) {
 // customer, and returns the profile.
 func (s *Service) UpdateMe(ctx context.Context, meta Meta, userID string, p ProfilePatch) (Profile, error) {
 	p = ProfilePatch{FirstName: trimmed(p.FirstName), LastName: trimmed(p.LastName), Company: trimmed(p.Company)}
-	err := errors.Join(checkName("first_name", deref(p.FirstName)), checkName("last_name", deref(p.LastName)),
+	err := invalid(checkName("first_name", deref(p.FirstName)), checkName("last_name", deref(p.LastName)),
 		checkName("company", deref(p.Company)))
 	if err != nil {
 		return Profile{}, err
@@ -671,9 +682,9 @@ func (s *Service) CreateOperator(ctx context.Context, meta Meta, email, password
 	email = normalizeEmail(email)
 	errs := []error{checkEmail(email), checkName("first_name", firstName), checkName("last_name", lastName)}
 	if role != store.RoleOperator && role != store.RoleAdmin {
-		errs = append(errs, fmt.Errorf("%w: role must be %s or %s", ErrInvalidInput, store.RoleOperator, store.RoleAdmin))
+		errs = append(errs, fmt.Errorf("role must be %s or %s", store.RoleOperator, store.RoleAdmin))
 	}
-	if err := errors.Join(errs...); err != nil {
+	if err := invalid(errs...); err != nil {
 		return store.User{}, err
 	}
 	if err := CheckPassword(password, email); err != nil {
@@ -684,7 +695,7 @@ func (s *Service) CreateOperator(ctx context.Context, meta Meta, email, password
 		LastName: strings.TrimSpace(lastName), EmailVerifiedAt: now, CreatedAt: now, UpdatedAt: now}
 	err := s.st.CreateUser(u, s.o.Hasher.Hash(password), store.Customer{})
 	if errors.Is(err, store.ErrEmailTaken) {
-		return store.User{}, fmt.Errorf("%w: %s already has an account", ErrInvalidInput, email)
+		return store.User{}, invalid(fmt.Errorf("%s already has an account", email))
 	}
 	if err != nil {
 		return store.User{}, fmt.Errorf("accounts: creating an operator: %w", err)
@@ -699,13 +710,13 @@ func (s *Service) CreateAPIToken(ctx context.Context, meta Meta, name string, ro
 	name = strings.TrimSpace(name)
 	var errs []error
 	if name == "" {
-		errs = append(errs, fmt.Errorf("%w: name is required", ErrInvalidInput))
+		errs = append(errs, errors.New("name is required"))
 	}
 	errs = append(errs, checkName("name", name))
 	if role != store.RoleOperator && role != store.RoleAdmin {
-		errs = append(errs, fmt.Errorf("%w: role must be %s or %s", ErrInvalidInput, store.RoleOperator, store.RoleAdmin))
+		errs = append(errs, fmt.Errorf("role must be %s or %s", store.RoleOperator, store.RoleAdmin))
 	}
-	if err := errors.Join(errs...); err != nil {
+	if err := invalid(errs...); err != nil {
 		return "", store.APITokenInfo{}, err
 	}
 	now := s.o.Now()
@@ -743,7 +754,7 @@ func (s *Service) RevokeAPIToken(ctx context.Context, meta Meta, id string) erro
 // audit appends an event to the audit log. A failure is logged and does
 // not fail the flow: the store failing will fail the next write anyway.
 func (s *Service) audit(meta Meta, event, userID, email, detail string) {
-	rec := store.AuditRecord{Time: s.o.Now(), Event: event, UserID: userID, Email: email,
+	rec := audit.Record{Time: s.o.Now(), Event: event, UserID: userID, Email: email,
 		Actor: meta.Actor, IP: meta.IP, UserAgent: meta.UserAgent, Detail: detail}
 	if err := s.st.AppendAudit(rec); err != nil {
 		s.o.Log.Error("appending auth audit record", "event", event, "user", userID, "err", err)
@@ -752,18 +763,19 @@ func (s *Service) audit(meta Meta, event, userID, email, detail string) {
 
 func normalizeEmail(email string) string { return strings.ToLower(strings.TrimSpace(email)) }
 
-// checkEmail accepts a bare address (no display name) of sane length.
+// checkEmail accepts a bare address (no display name) of sane length; its
+// error is a problem for invalid.
 func checkEmail(email string) error {
 	a, err := mail.ParseAddress(email)
 	if err != nil || a.Address != email || len(email) > maxEmailLen || !strings.Contains(email[strings.LastIndex(email, "@"):], ".") {
-		return fmt.Errorf("%w: email is not a valid address", ErrInvalidInput)
+		return errors.New("email is not a valid address")
 	}
 	return nil
 }
 
 func checkName(field, v string) error {
 	if utf8.RuneCountInString(v) > maxNameLen || !utf8.ValidString(v) || strings.ContainsFunc(v, isControl) {
-		return fmt.Errorf("%w: %s must be at most %d printable characters", ErrInvalidInput, field, maxNameLen)
+		return fmt.Errorf("%s must be at most %d printable characters", field, maxNameLen)
 	}
 	return nil
 }

@@ -18,7 +18,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"maps"
 	"time"
@@ -27,21 +26,16 @@ import (
 	"github.com/stripe/stripe-go/v76/client"
 	"github.com/stripe/stripe-go/v76/webhook"
 
+	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/mail"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
 )
 
-// Errors callers test for; their messages are safe to show a client.
-var (
-	// ErrInvalid wraps every refusal of a request or a webhook.
-	ErrInvalid = errors.New("invalid")
-	// ErrConflict is a checkout for a customer who already subscribes.
-	ErrConflict = errors.New("conflict")
-	// ErrNotFound is a customer with no subscription, or webhooks asked of
-	// local billing.
-	ErrNotFound = errors.New("not found")
-)
+// Billing's expected failures are fault errors: Invalid for a refused
+// request or webhook, Conflict for a checkout by a customer who already
+// subscribes, NotFound for a customer with no subscription or webhooks
+// asked of local billing.
 
 // WebhookTolerance is how old a webhook's signature may be.
 const WebhookTolerance = 5 * time.Minute
@@ -56,22 +50,24 @@ type Plan struct {
 }
 
 // Instances runs the jobs that make a customer's instance what the
-// subscription says. Suspend, Resume, Resize and Terminate start a job;
-// their error wraps ErrBusy while the instance has a job running.
+// subscription says (provisioning does). Suspend, Resume, Resize and
+// Terminate start a job; their error is Busy (package fault) while the
+// instance has a job running.
 type Instances interface {
 	// ProvisionOnce starts the provisioning of a customer's instance, once
 	// per key: asked again, it returns the first job.
 	ProvisionOnce(key, customer, plan string) (fleet.Job, error)
-	// Get returns the instance, or false once it is gone.
-	Get(id string) (fleet.Instance, bool)
-	Suspend(id string) error
-	Resume(id string) error
-	Resize(id, plan string) error
-	Terminate(id string) error
+	Suspend(id string) (fleet.Job, error)
+	Resume(id string) (fleet.Job, error)
+	Resize(id, plan string) (fleet.Job, error)
+	Terminate(id string) (fleet.Job, error)
 }
 
-// ErrBusy is what Instances' errors wrap while a job runs on the instance.
-var ErrBusy = errors.New("instance busy")
+// Fleet is the instances as they are now (the fleet tracker); an
+// instance gone is NotFound.
+type Fleet interface {
+	Get(id string, now time.Time) (fleet.Instance, error)
+}
 
 // Options configure a Service.
 type Options struct {
@@ -89,6 +85,7 @@ type Options struct {
 	// suspended before it is terminated.
 	GracePeriod time.Duration
 	Instances   Instances
+	Fleet       Fleet
 	Mail        mail.Sender
 	// BaseURL starts the links in emails.
 	BaseURL string
@@ -132,14 +129,14 @@ func (s *Service) now() time.Time { return s.o.Now().UTC() }
 // to send the customer to.
 func (s *Service) Checkout(ctx context.Context, customerID, plan string) (string, error) {
 	if _, ok := s.o.Plans[plan]; !ok {
-		return "", fmt.Errorf("%w: unknown plan %q", ErrInvalid, plan)
+		return "", fault.New(fault.Invalid, "unknown plan %q", plan)
 	}
 	sub, err := s.o.Store.Subscription(customerID)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return "", err
 	}
 	if sub.Status.Paying() {
-		return "", fmt.Errorf("%w: already subscribed (%s, plan %s): change plans in the billing portal", ErrConflict, sub.Status, sub.Plan)
+		return "", fault.New(fault.Conflict, "already subscribed (%s, plan %s): change plans in the billing portal", sub.Status, sub.Plan)
 	}
 	c, err := s.o.Store.Customer(customerID)
 	if err != nil {
@@ -180,7 +177,7 @@ func (s *Service) Checkout(ctx context.Context, customerID, plan string) (string
 func (s *Service) Portal(ctx context.Context, customerID string) (string, error) {
 	sub, err := s.o.Store.Subscription(customerID)
 	if errors.Is(err, store.ErrNotFound) || err == nil && sub.StripeCustomer == "" {
-		return "", fmt.Errorf("%w: no billing account yet: subscribe first", ErrNotFound)
+		return "", fault.New(fault.NotFound, "no billing account yet: subscribe first")
 	}
 	if err != nil {
 		return "", err
@@ -192,7 +189,7 @@ func (s *Service) Portal(ctx context.Context, customerID string) (string, error)
 func (s *Service) Subscription(customerID string) (fleet.Subscription, error) {
 	sub, err := s.o.Store.Subscription(customerID)
 	if errors.Is(err, store.ErrNotFound) {
-		return sub, fmt.Errorf("%w: no subscription yet", ErrNotFound)
+		return sub, fault.New(fault.NotFound, "no subscription yet")
 	}
 	return sub, err
 }
@@ -202,23 +199,23 @@ func (s *Service) Subscription(customerID string) (fleet.Subscription, error) {
 // API version than stripe-go's, which it could misread.
 func (s *Service) Webhook(payload []byte, signature string) error {
 	if s.o.WebhookSecret == "" {
-		return fmt.Errorf("%w: Stripe webhooks are off: billing.provider is local", ErrNotFound)
+		return fault.New(fault.NotFound, "Stripe webhooks are off: billing.provider is local")
 	}
 	if err := webhook.ValidatePayloadWithTolerance(payload, signature, s.o.WebhookSecret, WebhookTolerance); err != nil {
 		s.counters.webhooks.WithLabelValues("refused").Inc()
-		return fmt.Errorf("%w: signature: %w", ErrInvalid, err)
+		return fault.Wrap(fault.Invalid, err, "signature: %v", err) // about Stripe's own header: safe to show
 	}
 	var ev stripe.Event
 	if err := json.Unmarshal(payload, &ev); err != nil || ev.ID == "" || ev.Type == "" || ev.Data == nil {
 		s.counters.webhooks.WithLabelValues("refused").Inc()
-		return fmt.Errorf("%w: not a Stripe event", ErrInvalid)
+		return fault.New(fault.Invalid, "not a Stripe event")
 	}
 	if ev.APIVersion != stripe.APIVersion {
 		s.counters.webhooks.WithLabelValues("refused").Inc()
 		s.log.Error("Stripe webhook refused: API version mismatch; recreate the webhook endpoint with api_version "+stripe.APIVersion,
 			"event", ev.ID, "type", ev.Type, "event_api_version", ev.APIVersion, "want", stripe.APIVersion)
-		return fmt.Errorf("%w: event API version %s: StackPro reads Stripe API version %s (stripe-go v76); create the webhook endpoint with that version",
-			ErrInvalid, ev.APIVersion, stripe.APIVersion)
+		return fault.New(fault.Invalid, "event API version %s: StackPro reads Stripe API version %s (stripe-go v76); create the webhook endpoint with that version",
+			ev.APIVersion, stripe.APIVersion)
 	}
 	return s.ingest(ev, payload)
 }

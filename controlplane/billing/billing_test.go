@@ -21,6 +21,7 @@ import (
 	"github.com/stripe/stripe-go/v76"
 	"github.com/stripe/stripe-go/v76/webhook"
 
+	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/mail"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
@@ -62,7 +63,8 @@ func (f *instances) ProvisionOnce(key, customer, plan string) (fleet.Job, error)
 	return job, nil
 }
 
-func (f *instances) Get(id string) (fleet.Instance, bool) {
+// lookup is instance id, or false once it is gone.
+func (f *instances) lookup(id string) (fleet.Instance, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	inst, ok := f.insts[id]
@@ -72,36 +74,43 @@ func (f *instances) Get(id string) (fleet.Instance, bool) {
 	return *inst, true
 }
 
-func (f *instances) act(what, id string, fn func(*fleet.Instance)) error {
+func (f *instances) Get(id string, _ time.Time) (fleet.Instance, error) {
+	if inst, ok := f.lookup(id); ok {
+		return inst, nil
+	}
+	return fleet.Instance{}, fault.New(fault.NotFound, "instance not found")
+}
+
+func (f *instances) act(what, id string, fn func(*fleet.Instance)) (fleet.Job, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	inst, ok := f.insts[id]
 	if !ok {
-		return fmt.Errorf("no instance %s", id)
+		return fleet.Job{}, fmt.Errorf("no instance %s", id)
 	}
 	f.calls = append(f.calls, what+" "+inst.Customer)
 	fn(inst)
-	return nil
+	return fleet.Job{ID: "job-" + what + "-" + id, Kind: what, InstanceID: id, State: fleet.JobSucceeded}, nil
 }
 
-func (f *instances) Suspend(id string) error {
+func (f *instances) Suspend(id string) (fleet.Job, error) {
 	return f.act("suspend", id, func(i *fleet.Instance) { i.Lifecycle = fleet.LifecycleSuspended })
 }
 
-func (f *instances) Resume(id string) error {
+func (f *instances) Resume(id string) (fleet.Job, error) {
 	return f.act("resume", id, func(i *fleet.Instance) { i.Lifecycle = fleet.LifecycleActive })
 }
 
-func (f *instances) Resize(id, plan string) error {
+func (f *instances) Resize(id, plan string) (fleet.Job, error) {
 	return f.act("resize", id, func(i *fleet.Instance) { i.Plan = plan })
 }
 
-func (f *instances) Terminate(id string) error {
-	err := f.act("terminate", id, func(*fleet.Instance) {})
+func (f *instances) Terminate(id string) (fleet.Job, error) {
+	job, err := f.act("terminate", id, func(*fleet.Instance) {})
 	f.mu.Lock()
 	delete(f.insts, id)
 	f.mu.Unlock()
-	return err
+	return job, err
 }
 
 func (f *instances) ofCustomer(customer string) []fleet.Instance {
@@ -199,7 +208,7 @@ func newHarness(t testing.TB, local bool) *harness {
 	h := &harness{st: st, path: path, insts: newInstances(), outbox: outbox, now: time.Now().UTC()}
 	o := Options{Store: st, Plans: testPlans, Currency: "usd", SuccessURL: "https://app.test/billing/success",
 		CancelURL: "https://app.test/billing/canceled", PortalReturnURL: "https://app.test/billing",
-		GracePeriod: 14 * 24 * time.Hour, Instances: h.insts, Mail: outbox, BaseURL: "https://app.test", Now: h.clock,
+		GracePeriod: 14 * 24 * time.Hour, Instances: h.insts, Fleet: h.insts, Mail: outbox, BaseURL: "https://app.test", Now: h.clock,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if local {
 		// As in the default configuration: no Stripe prices.
@@ -334,8 +343,8 @@ func TestCheckoutThroughStripe(t *testing.T) {
 		}
 	}
 
-	if _, err := h.s.Checkout(context.Background(), "c1", "gold"); !errors.Is(err, ErrInvalid) {
-		t.Errorf("unknown plan: %v, want ErrInvalid", err)
+	if _, err := h.s.Checkout(context.Background(), "c1", "gold"); !errors.Is(err, fault.ErrInvalid) {
+		t.Errorf("unknown plan: %v, want Invalid", err)
 	}
 	portal, err := h.s.Portal(context.Background(), "c1")
 	if err != nil || !strings.HasPrefix(portal, "https://") {
@@ -373,8 +382,8 @@ func TestWebhookRefusesBadSignatures(t *testing.T) {
 		"tampered body": {tampered, sign(payload, time.Now())},
 		"garbage":       {payload, "t=1,v1=zz"},
 	} {
-		if err := h.s.Webhook(tc.payload, tc.sig); !errors.Is(err, ErrInvalid) {
-			t.Errorf("%s: %v, want ErrInvalid", name, err)
+		if err := h.s.Webhook(tc.payload, tc.sig); !errors.Is(err, fault.ErrInvalid) {
+			t.Errorf("%s: %v, want Invalid", name, err)
 		}
 	}
 	if _, err := h.st.BillingEventRecord("evt_1"); !errors.Is(err, store.ErrNotFound) {
@@ -386,7 +395,7 @@ func TestWebhookRefusesBadSignatures(t *testing.T) {
 
 	old := bytes.Replace(payload, []byte(stripe.APIVersion), []byte("2020-08-27"), 1)
 	err := h.s.Webhook(old, sign(old, time.Now()))
-	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "2020-08-27") || !strings.Contains(err.Error(), stripe.APIVersion) {
+	if !errors.Is(err, fault.ErrInvalid) || !strings.Contains(err.Error(), "2020-08-27") || !strings.Contains(err.Error(), stripe.APIVersion) {
 		t.Errorf("API version mismatch: %v", err)
 	}
 
@@ -399,7 +408,7 @@ func TestWebhookRefusesBadSignatures(t *testing.T) {
 
 func TestWebhooksOffWithLocalBilling(t *testing.T) {
 	h := newHarness(t, true)
-	if err := h.s.Webhook([]byte("{}"), "t=1,v1=00"); !errors.Is(err, ErrNotFound) {
+	if err := h.s.Webhook([]byte("{}"), "t=1,v1=00"); !errors.Is(err, fault.ErrNotFound) {
 		t.Errorf("local billing took a webhook: %v", err)
 	}
 }
@@ -438,24 +447,24 @@ func TestLifecycle(t *testing.T) {
 	h.deliver(t, event("evt_4", "customer.subscription.updated", tick(), subscriptionObj("c1", "sub_1", "active", "price_business", 7900, time.Time{})))
 	h.settle(t)
 	sub = h.subscription(t, "c1")
-	inst, _ := h.insts.Get(sub.InstanceID)
+	inst, _ := h.insts.lookup(sub.InstanceID)
 	if sub.Status != fleet.SubscriptionActive || sub.Plan != "business" || inst.Plan != "business" || sub.MonthlyAmount != 7900 {
 		t.Fatalf("after an upgrade: %+v, instance plan %s", sub, inst.Plan)
 	}
 
 	h.deliver(t, event("evt_5", "customer.subscription.deleted", tick(), subscriptionObj("c1", "sub_1", "canceled", "price_business", 7900, time.Time{})))
 	h.settle(t)
-	if inst, _ := h.insts.Get(sub.InstanceID); inst.Lifecycle != fleet.LifecycleSuspended {
+	if inst, _ := h.insts.lookup(sub.InstanceID); inst.Lifecycle != fleet.LifecycleSuspended {
 		t.Fatalf("after cancellation the instance is %s, want suspended", inst.Lifecycle)
 	}
 	h.advance(13 * 24 * time.Hour)
 	h.settle(t)
-	if _, ok := h.insts.Get(sub.InstanceID); !ok {
+	if _, ok := h.insts.lookup(sub.InstanceID); !ok {
 		t.Fatal("terminated within the grace period")
 	}
 	h.advance(2 * 24 * time.Hour)
 	h.settle(t)
-	if _, ok := h.insts.Get(sub.InstanceID); ok {
+	if _, ok := h.insts.lookup(sub.InstanceID); ok {
 		t.Fatal("not terminated after the grace period")
 	}
 	want := []string{"provision c1 starter", "resize c1", "suspend c1", "terminate c1"}
@@ -512,10 +521,10 @@ func TestLocalCheckoutProvisions(t *testing.T) {
 			t.Errorf("%s after local checkout: %+v, instances %+v", c, sub, insts)
 		}
 	}
-	if _, err := h.s.Checkout(context.Background(), "c2", "starter"); !errors.Is(err, ErrConflict) {
-		t.Errorf("second checkout of a paying customer: %v, want ErrConflict", err)
+	if _, err := h.s.Checkout(context.Background(), "c2", "starter"); !errors.Is(err, fault.ErrConflict) {
+		t.Errorf("second checkout of a paying customer: %v, want Conflict", err)
 	}
-	if _, err := h.s.Portal(context.Background(), "c2"); !errors.Is(err, ErrNotFound) {
+	if _, err := h.s.Portal(context.Background(), "c2"); !errors.Is(err, fault.ErrNotFound) {
 		t.Errorf("local portal: %v, want ErrNotFound", err)
 	}
 	m, err := h.s.Metrics(h.clock())

@@ -11,6 +11,7 @@ import (
 	"github.com/stripe/stripe-go/v76"
 	"github.com/stripe/stripe-go/v76/client"
 
+	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
 )
@@ -172,7 +173,7 @@ func unix(t time.Time) int64 {
 }
 
 func (p localPayments) portal(context.Context, string) (string, error) {
-	return "", fmt.Errorf("%w: local billing has no billing portal; set billing.provider: stripe", ErrNotFound)
+	return "", fault.New(fault.NotFound, "local billing has no billing portal; set billing.provider: stripe")
 }
 
 func (p localPayments) subscription(context.Context, string) (*stripe.Subscription, error) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/mail"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
@@ -71,29 +72,32 @@ func (s *Service) reconcile(customer string) (time.Time, error) {
 	case sub.InstanceID == "":
 		return time.Time{}, nil
 	}
-	inst, ok := s.o.Instances.Get(sub.InstanceID)
-	if !ok {
+	inst, err := s.o.Fleet.Get(sub.InstanceID, now)
+	if errors.Is(err, fault.ErrNotFound) {
 		return time.Time{}, nil // terminated
+	}
+	if err != nil {
+		return time.Time{}, err
 	}
 	if inst.Job != "" {
 		return now.Add(busyRetry), nil
 	}
-	var act func() error
+	var act func() (fleet.Job, error)
 	switch {
 	case sub.Status.Paying() && inst.Lifecycle == fleet.LifecycleSuspended:
-		act = func() error { return s.o.Instances.Resume(inst.ID) }
+		act = func() (fleet.Job, error) { return s.o.Instances.Resume(inst.ID) }
 	case sub.Status.Paying() && sub.Plan != "" && inst.Plan != sub.Plan:
-		act = func() error { return s.o.Instances.Resize(inst.ID, sub.Plan) }
+		act = func() (fleet.Job, error) { return s.o.Instances.Resize(inst.ID, sub.Plan) }
 	case sub.Status == fleet.SubscriptionCanceled && !now.Before(sub.TerminateAt):
-		act = func() error { return s.o.Instances.Terminate(inst.ID) }
+		act = func() (fleet.Job, error) { return s.o.Instances.Terminate(inst.ID) }
 	case sub.Status == fleet.SubscriptionCanceled && inst.Lifecycle != fleet.LifecycleSuspended:
-		act = func() error { return s.o.Instances.Suspend(inst.ID) }
+		act = func() (fleet.Job, error) { return s.o.Instances.Suspend(inst.ID) }
 	case sub.Status == fleet.SubscriptionCanceled:
 		return sub.TerminateAt, nil
 	default:
 		return time.Time{}, nil
 	}
-	if err := act(); err != nil && !errors.Is(err, ErrBusy) {
+	if _, err := act(); err != nil && !errors.Is(err, fault.ErrBusy) {
 		return time.Time{}, err
 	}
 	// Look again once the job is done: something else may be due.

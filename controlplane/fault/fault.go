@@ -52,15 +52,30 @@ type Error struct {
 	Err      error
 }
 
+// Error is the client's message, its problems, and the cause (which With
+// makes the Error it extends, said once).
 func (e *Error) Error() string {
-	msg := e.Msg
-	if len(e.Problems) > 0 {
-		msg += ": " + strings.Join(e.Problems, "; ")
-	}
-	if e.Err != nil {
+	msg := e.Public()
+	if e.Err != nil && e.Err != e.base() {
 		msg += ": " + e.Err.Error()
 	}
 	return msg
+}
+
+// Public is what a client may read: the message and the problems.
+func (e *Error) Public() string {
+	if len(e.Problems) == 0 {
+		return e.Msg
+	}
+	return e.Msg + ": " + strings.Join(e.Problems, "; ")
+}
+
+// base is the Error that With extended, if e was made by With.
+func (e *Error) base() error {
+	if b, ok := e.Err.(*Error); ok && b.Kind == e.Kind && b.Msg == e.Msg {
+		return b
+	}
+	return nil
 }
 
 func (e *Error) Unwrap() error { return e.Err }
@@ -97,19 +112,30 @@ func Wrap(kind Kind, cause error, format string, args ...any) *Error {
 	return e
 }
 
-// InvalidInput is an Invalid error saying msg and each of problems
-// (errors.Join's each), which are about the client's input and so are
-// shown to it.
-func InvalidInput(msg string, problems ...error) *Error {
-	e := &Error{Kind: Invalid, Msg: msg}
+// With is e with problems, each of errors.Join's apart, which are about
+// the client's input and so are shown to it; e stays the cause, so
+// errors.Is(err, e) holds.
+func (e *Error) With(problems ...error) *Error {
+	w := &Error{Kind: e.Kind, Msg: e.Msg, Err: e}
 	for _, p := range problems {
-		if joined, ok := p.(interface{ Unwrap() []error }); ok {
-			e.Problems = append(e.Problems, InvalidInput("", joined.Unwrap()...).Problems...)
-		} else if p != nil {
-			e.Problems = append(e.Problems, p.Error())
-		}
+		w.Problems = append(w.Problems, flatten(p)...)
 	}
-	return e
+	return w
+}
+
+// flatten is the messages of err, one for each error errors.Join joined.
+func flatten(err error) []string {
+	if joined, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []string
+		for _, e := range joined.Unwrap() {
+			out = append(out, flatten(e)...)
+		}
+		return out
+	}
+	if err == nil {
+		return nil
+	}
+	return []string{err.Error()}
 }
 
 // As is the Error err carries, if any.

@@ -33,11 +33,15 @@ func TestKindsMatchTheirSentinelOnly(t *testing.T) {
 	}
 }
 
-func TestInvalidInputListsEachProblem(t *testing.T) {
-	err := fault.InvalidInput("invalid run", errors.Join(errors.New("no command"), errors.New("timeout: too long")), errors.New("tags: empty"))
+func TestWithListsEachProblem(t *testing.T) {
+	errInvalidRun := fault.New(fault.Invalid, "invalid run")
+	err := errInvalidRun.With(errors.Join(errors.New("no command"), errors.New("timeout: too long")), errors.New("tags: empty"))
 	want := []string{"no command", "timeout: too long", "tags: empty"}
 	if !slices.Equal(err.Problems, want) || err.Kind != fault.Invalid {
-		t.Errorf("InvalidInput = %+v, want problems %q", err, want)
+		t.Errorf("With = %+v, want problems %q", err, want)
+	}
+	if !errors.Is(err, errInvalidRun) || !errors.Is(err, fault.ErrInvalid) {
+		t.Error("an error With made is not its base's, or not Invalid")
 	}
 	if got := err.Error(); got != "invalid run: no command; timeout: too long; tags: empty" {
 		t.Errorf("Error() = %q", got)

@@ -56,6 +56,12 @@ func NewFeed(size, buffer int) *Feed {
 		ring: make([]Change, size), subs: map[*Listener]struct{}{}}
 }
 
+// Publisher takes a change of the fleet for the clients that follow it;
+// Feed is one.
+type Publisher interface {
+	Publish(kind, customer, instanceID string, v any) error
+}
+
 // Listener receives the changes its filter keeps on C, until Close or
 // until it falls behind (C is then closed).
 type Listener struct {

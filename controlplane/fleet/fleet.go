@@ -5,17 +5,17 @@
 package fleet
 
 import (
-	"errors"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
 // ErrNotFound is returned for an instance id the fleet does not know.
-var ErrNotFound = errors.New("instance not found")
+var ErrNotFound = fault.New(fault.NotFound, "instance not found")
 
 // Status is what an operator and the customer see of an instance.
 type Status string

@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
-	"github.com/stackpro/stackpro/controlplane/provision"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/controlplane/provision"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -90,7 +90,7 @@ func startEnrolling(ctx context.Context, t *testing.T, dir string, c *cloud, s a
 	if s.broker != nil {
 		broker = s.broker
 	}
-	svc := provision.New(provision.Options{Provider: m, DNS: c, Store: records, Tracker: tracker, Broker: broker,
+	svc := provision.New(provision.Options{Provider: m, DNS: c, Store: records, Tracker: tracker, Publisher: fleet.NewFeed(64, 64), Broker: broker,
 		Targets: targetsOf{c}, Zone: "example.test", TokenKey: []byte("0123456789abcdef0123456789abcdef"), TokenTTL: tokenTTL,
 		Plans: map[string]provision.Plan{"starter": {Stack: "starter", InstanceType: "t3.small"}}, StackImage: "stackpro/demo:test",
 		Workers: 2, Attempts: 3, RetryBase: time.Millisecond, RetryMax: 5 * time.Millisecond, WaitTimeout: 5 * time.Second,

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
 )
@@ -77,6 +78,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	for _, job := range jobs {
+		s.counts.saw(job)
 		if !job.State.Finished() {
 			s.log.Info("resuming job", "job", job.ID, "kind", job.Kind, "instance", job.InstanceID,
 				"state", job.State, "done", job.Done)
@@ -120,7 +122,7 @@ func (s *Service) save(r *run, stepName, outcome string) error {
 	now := time.Now().UTC()
 	r.job.UpdatedAt = now
 	r.job.Log = append(r.job.Log, fleet.JobLog{At: now, Step: stepName, Outcome: outcome, Detail: r.detail})
-	err := s.o.Store.SaveJob(r.job, r.touched...)
+	err := s.record(r.job, r.touched...)
 	s.log.Info("job step", "job", r.job.ID, "kind", r.job.Kind, "instance", r.job.InstanceID,
 		"step", stepName, "outcome", outcome, "detail", r.detail)
 	r.touched, r.detail = nil, ""
@@ -311,7 +313,7 @@ func (s *Service) submit(kind, id, key string, params map[string]string) (fleet.
 		inst, _ := s.o.Tracker.Update(id, func(i *fleet.Instance) { i.Job = job.ID })
 		touched = append(touched, inst)
 	}
-	if err := s.o.Store.SaveJob(job, touched...); err != nil {
+	if err := s.record(job, touched...); err != nil {
 		return fleet.Job{}, err
 	}
 	s.submitted <- job.ID
@@ -319,4 +321,12 @@ func (s *Service) submit(kind, id, key string, params map[string]string) (fleet.
 }
 
 // Job returns job id as stored.
-func (s *Service) Job(id string) (fleet.Job, error) { return s.o.Store.Job(id) }
+func (s *Service) Job(id string) (fleet.Job, error) {
+	job, err := s.o.Store.Job(id)
+	if errors.Is(err, fault.ErrNotFound) {
+		return job, errJobNotFound
+	}
+	return job, err
+}
+
+var errJobNotFound = fault.New(fault.NotFound, "job not found")

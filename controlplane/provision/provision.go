@@ -14,11 +14,11 @@ import (
 	"crypto/sha256"
 	"encoding/base32"
 	"encoding/hex"
-	"errors"
 	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/targets"
 	"github.com/stackpro/stackpro/shared/protocol"
@@ -85,6 +85,7 @@ type Store interface {
 	RecordToken(instanceID, token string, ttl time.Duration, now time.Time) error
 	RevokeAccess(instanceID string) error
 	DeleteInstance(id string) error
+	SetTags(id string, tags map[string]string) error
 }
 
 // Targets keeps what each instance should run.
@@ -127,8 +128,10 @@ type Options struct {
 	DNS      DNS
 	Store    Store
 	Tracker  *fleet.Tracker
-	Broker   Broker
-	Targets  Targets
+	// Publisher takes every change of a job for the fleet's followers.
+	Publisher fleet.Publisher
+	Broker    Broker
+	Targets   Targets
 	// Zone is the DNS zone instances get a name in: <subdomain>.<zone>.
 	Zone string
 	// Region is where the provider launches machines ("local" for local
@@ -170,13 +173,14 @@ type Service struct {
 	// job on this instance" and saving the new one a single step.
 	submitted chan string
 	submitMu  sync.Mutex
+	counts    *jobCounts
 }
 
 // New returns a Service; Run starts its workers.
 func New(o Options) *Service {
 	s := &Service{o: o, log: o.Log.With("component", "provision", "provider", o.Provider.Name()),
 		sem: make(chan struct{}, max(o.Workers, 1)), jobs: jobSet{running: map[string]bool{}},
-		submitted: make(chan string, 4096)}
+		submitted: make(chan string, 4096), counts: newJobCounts()}
 	s.defs = map[string][]step{
 		KindProvision: s.provisionSteps(),
 		KindTerminate: s.terminateSteps(),
@@ -204,10 +208,11 @@ func (s *Service) enrollmentToken(instanceID string) string {
 	return "spe_" + base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(mac.Sum(nil)[:20])
 }
 
-// Errors callers test for.
+// Errors callers test for (fault errors: their messages are written for
+// a client).
 var (
-	ErrUnknownPlan = errors.New("provision: unknown plan")
-	ErrBusy        = errors.New("provision: another job is working on this instance")
-	ErrNotFound    = errors.New("provision: no such instance")
-	ErrBadRequest  = errors.New("provision: bad request")
+	// ErrBadRequest is a request provisioning refuses; its problems say why.
+	ErrBadRequest = fault.New(fault.Invalid, "invalid request")
+	ErrBusy       = fault.New(fault.Busy, "another job is working on this instance")
+	ErrNotFound   = fault.New(fault.NotFound, "instance not found")
 )

@@ -16,9 +16,9 @@ import (
 	"time"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
-	"github.com/stackpro/stackpro/controlplane/provision"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
 	"github.com/stackpro/stackpro/controlplane/internal/targets"
+	"github.com/stackpro/stackpro/controlplane/provision"
 	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
@@ -206,7 +206,7 @@ func start(t *testing.T, dir string, faults provision.Faults, c *cloud) *env {
 	if c.snapshotter {
 		provider = snapshotter{c}
 	}
-	svc := provision.New(provision.Options{Provider: provider, DNS: c, Store: st, Tracker: tracker, Broker: c, Targets: targetsOf{c},
+	svc := provision.New(provision.Options{Provider: provider, DNS: c, Store: st, Tracker: tracker, Publisher: fleet.NewFeed(64, 64), Broker: c, Targets: targetsOf{c},
 		Zone: "example.test", NATSURL: "nats://127.0.0.1:4222", TokenKey: []byte("0123456789abcdef0123456789abcdef"),
 		TokenTTL: time.Hour, CommandKey: testCommandKey, Plans: map[string]provision.Plan{"starter": {Stack: "starter", InstanceType: "t3.small"},
 			"business": {Stack: "starter", InstanceType: "t3.medium"}},

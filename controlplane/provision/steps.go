@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -35,7 +37,7 @@ func (s *Service) provision(key, customer, plan, subdomain string) (fleet.Instan
 	p, ok := s.o.Plans[plan]
 	var errs []error
 	if !ok {
-		errs = append(errs, fmt.Errorf("%w %q", ErrUnknownPlan, plan))
+		errs = append(errs, fmt.Errorf("unknown plan %q", plan))
 	}
 	if customer == "" || len(customer) > 128 {
 		errs = append(errs, errors.New("customer: want 1 to 128 characters"))
@@ -48,7 +50,7 @@ func (s *Service) provision(key, customer, plan, subdomain string) (fleet.Instan
 		errs = append(errs, fmt.Errorf("subdomain %q: want a DNS label of a-z, 0-9 and -", subdomain))
 	}
 	if err := errors.Join(errs...); err != nil {
-		return fleet.Instance{}, fleet.Job{}, fmt.Errorf("%w: %w", ErrBadRequest, err)
+		return fleet.Instance{}, fleet.Job{}, ErrBadRequest.With(err)
 	}
 	job, err := s.submit(KindProvision, id, key, map[string]string{"customer": customer, "plan": plan,
 		"subdomain": subdomain, "instance_type": p.InstanceType, "region": s.o.Region})
@@ -74,10 +76,47 @@ func (s *Service) Suspend(id string) (fleet.Job, error) { return s.submit(KindSu
 // Resume starts the job that brings a suspended instance back.
 func (s *Service) Resume(id string) (fleet.Job, error) { return s.submit(KindResume, id, "", nil) }
 
+// Start starts a job of kind (terminate, suspend, resume, resize, with
+// params["plan"]) on instance id.
+func (s *Service) Start(kind, id string, params map[string]string) (fleet.Job, error) {
+	switch kind {
+	case KindTerminate:
+		return s.Terminate(id)
+	case KindSuspend:
+		return s.Suspend(id)
+	case KindResume:
+		return s.Resume(id)
+	case KindResize:
+		return s.Resize(id, params["plan"])
+	}
+	return fleet.Job{}, ErrBadRequest.With(fmt.Errorf("no job %q", kind))
+}
+
+// InstanceJobs is every job of instance id. It reads every job: jobs are
+// few per instance, and the store keeps no index of them by instance.
+func (s *Service) InstanceJobs(id string) ([]fleet.Job, error) {
+	jobs, err := s.o.Store.Jobs()
+	return slices.DeleteFunc(jobs, func(job fleet.Job) bool { return job.InstanceID != id }), err
+}
+
+// SetTags replaces instance id's tags, which the caller has checked, in
+// the store and then in the tracker: provisioning keeps the instance
+// records.
+func (s *Service) SetTags(_ context.Context, id string, tags map[string]string) (fleet.Instance, error) {
+	if _, err := s.o.Tracker.Get(id, time.Now()); err != nil {
+		return fleet.Instance{}, err
+	}
+	if err := s.o.Store.SetTags(id, maps.Clone(tags)); err != nil {
+		return fleet.Instance{}, err
+	}
+	s.o.Tracker.Update(id, func(i *fleet.Instance) { i.Tags = maps.Clone(tags) })
+	return s.o.Tracker.Get(id, time.Now())
+}
+
 // Resize starts the job that moves instance id to plan's instance type.
 func (s *Service) Resize(id, plan string) (fleet.Job, error) {
 	if _, ok := s.o.Plans[plan]; !ok {
-		return fleet.Job{}, fmt.Errorf("%w: %w %q", ErrBadRequest, ErrUnknownPlan, plan)
+		return fleet.Job{}, ErrBadRequest.With(fmt.Errorf("unknown plan %q", plan))
 	}
 	return s.submit(KindResize, id, "", map[string]string{"plan": plan})
 }

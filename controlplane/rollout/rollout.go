@@ -15,13 +15,13 @@ package rollout
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -32,6 +32,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/stackpro/stackpro/controlplane/audit"
+	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
 	"github.com/stackpro/stackpro/shared/protocol"
@@ -39,8 +41,8 @@ import (
 
 // Store keeps runs, their targets and the audit log.
 type Store interface {
-	CreateRun(run fleet.Run, targets []fleet.Target, audit store.AuditRecord) error
-	UpdateRun(run fleet.Run, targets []fleet.Target, audit []store.AuditRecord) error
+	CreateRun(run fleet.Run, targets []fleet.Target, audit audit.Record) error
+	UpdateRun(run fleet.Run, targets []fleet.Target, audit []audit.Record) error
 	Run(id string) (fleet.Run, error)
 	Runs() ([]fleet.Run, error)
 	RunTargets(id string) ([]fleet.Target, error)
@@ -58,14 +60,15 @@ type Sealer interface {
 	Seal(req protocol.CommandRequest) ([]byte, error)
 }
 
-// Errors callers test for.
+// Errors callers test for (fault errors: their messages are written for
+// a client).
 var (
-	// ErrInvalid wraps what is wrong with a RunSpec.
-	ErrInvalid = errors.New("invalid run")
+	// ErrInvalid is a RunSpec refused; its problems say why.
+	ErrInvalid = fault.New(fault.Invalid, "invalid run")
 	// ErrNotFound is a run that does not exist.
-	ErrNotFound = errors.New("run not found")
+	ErrNotFound = fault.New(fault.NotFound, "run not found")
 	// ErrFinished is a run that cannot be cancelled any more.
-	ErrFinished = errors.New("run already finished")
+	ErrFinished = fault.New(fault.Conflict, "run already finished")
 )
 
 // Options configures an Engine.
@@ -74,9 +77,9 @@ type Options struct {
 	Fleet  Fleet
 	Conn   *nats.Conn
 	Sealer Sealer
-	// NonceKey derives each target's nonce; it must stay the same across
-	// restarts and be secret (the app derives it from the command key).
-	NonceKey []byte
+	// CommandKey is the key commands are signed with: each target's nonce
+	// is derived from it, so it is the same across restarts and secret.
+	CommandKey ed25519.PrivateKey
 	// FlushEvery is how often target changes are written (default 100 ms).
 	FlushEvery time.Duration
 	Log        *slog.Logger
@@ -87,6 +90,8 @@ type Options struct {
 type Engine struct {
 	o   Options
 	log *slog.Logger
+	// nonceKey makes each target's nonce (see nonce).
+	nonceKey []byte
 
 	mu     sync.Mutex
 	active map[string]*active
@@ -114,7 +119,7 @@ type active struct {
 	// retry maps each in-flight target no agent took to its next try.
 	retry    map[string]time.Time
 	dirty    map[string]struct{}
-	audit    []store.AuditRecord
+	audit    []audit.Record
 	stopping bool
 	// kick wakes the run's dispatcher.
 	kick chan struct{}
@@ -125,7 +130,7 @@ func New(o Options) *Engine {
 	if o.FlushEvery == 0 {
 		o.FlushEvery = 100 * time.Millisecond
 	}
-	return &Engine{o: o, log: o.Log.With("component", "rollout"), counters: newCounters(),
+	return &Engine{o: o, log: o.Log.With("component", "rollout"), counters: newCounters(), nonceKey: nonceKey(o.CommandKey),
 		active: map[string]*active{}, ready: make(chan struct{}), wake: make(chan struct{}, 1)}
 }
 
@@ -218,11 +223,11 @@ func newActive(run fleet.Run, targets []fleet.Target) *active {
 // Start resolves spec's selection, writes the run and starts sending.
 func (e *Engine) Start(ctx context.Context, spec fleet.RunSpec, by string) (fleet.Run, error) {
 	if err := spec.Validate(); err != nil {
-		return fleet.Run{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return fleet.Run{}, ErrInvalid.With(err)
 	}
 	if !slices.Contains(protocol.OperatorCommands, spec.Command) {
-		return fleet.Run{}, fmt.Errorf("%w: command %q is not one of %s", ErrInvalid, spec.Command,
-			strings.Join(protocol.OperatorCommands, ", "))
+		return fleet.Run{}, ErrInvalid.With(fmt.Errorf("command %q is not one of %s", spec.Command,
+			strings.Join(protocol.OperatorCommands, ", ")))
 	}
 	select {
 	case <-e.ready:
@@ -237,7 +242,7 @@ func (e *Engine) Start(ctx context.Context, spec fleet.RunSpec, by string) (flee
 		}
 	}
 	if len(targets) == 0 {
-		return fleet.Run{}, fmt.Errorf("%w: the selection %s matches no instance", ErrInvalid, spec.Select)
+		return fleet.Run{}, ErrInvalid.With(fmt.Errorf("the selection %s matches no instance", spec.Select))
 	}
 	run := fleet.Run{ID: newRunID(now), Spec: spec, CreatedBy: by, CreatedAt: now, State: fleet.RunRunning,
 		Total: len(targets), Counts: map[fleet.TargetState]int{fleet.TargetPending: len(targets)}}
@@ -246,7 +251,7 @@ func (e *Engine) Start(ctx context.Context, spec fleet.RunSpec, by string) (flee
 		run.Concurrency = run.Total
 	}
 	run.ErrorBudget = spec.MaxErrors.Of(run.Total)
-	audit := store.AuditRecord{Time: now, Event: "run.started", Actor: by, Detail: fmt.Sprintf(
+	audit := audit.Record{Time: now, Event: "run.started", Actor: by, Detail: fmt.Sprintf(
 		"run %s: %s %s on %s: %d targets, max concurrency %s, max errors %s, timeout %s", run.ID, spec.Command,
 		string(spec.Args), spec.Select, run.Total, spec.MaxConcurrency, spec.MaxErrors, time.Duration(spec.Timeout))}
 	if err := e.o.Store.CreateRun(run, targets, audit); err != nil {
@@ -269,10 +274,16 @@ func newRunID(now time.Time) string {
 	return fmt.Sprintf("r-%012x%s", now.UnixMilli(), hex.EncodeToString(b))
 }
 
+// nonceKey derives the key run nonces are made with from the command key.
+func nonceKey(key ed25519.PrivateKey) []byte {
+	sum := sha256.Sum256(append([]byte("stackpro run nonces\x00"), key.Seed()...))
+	return sum[:]
+}
+
 // nonce is target id's nonce in run: the same every time it is asked, so
 // that a request sent twice is refused by the agent the second time.
 func (e *Engine) nonce(run, id string) string {
-	mac := hmac.New(sha256.New, e.o.NonceKey)
+	mac := hmac.New(sha256.New, e.nonceKey)
 	mac.Write([]byte(run + "/" + id))
 	return base64.RawURLEncoding.EncodeToString(mac.Sum(nil)[:16])
 }
@@ -482,7 +493,7 @@ func (e *Engine) finish(a *active, id string, state fleet.TargetState, msg, refu
 	if refused != "" {
 		event = "command.refused"
 	}
-	a.audit = append(a.audit, store.AuditRecord{Time: now, Event: event, Actor: a.run.CreatedBy, Detail: detail})
+	a.audit = append(a.audit, audit.Record{Time: now, Event: event, Actor: a.run.CreatedBy, Detail: detail})
 	if !a.stopping && a.run.Errors() > a.run.ErrorBudget {
 		a.stopping = true
 		a.run.Reason = fmt.Sprintf("error budget spent: %d errors, %d allowed", a.run.Errors(), a.run.ErrorBudget)
@@ -518,7 +529,7 @@ func (e *Engine) settle(a *active, now time.Time) {
 	}
 	a.run.FinishedAt = now
 	e.counters.run(a.run.State)
-	a.audit = append(a.audit, store.AuditRecord{Time: now, Event: "run.finished", Actor: a.run.CreatedBy,
+	a.audit = append(a.audit, audit.Record{Time: now, Event: "run.finished", Actor: a.run.CreatedBy,
 		Detail: fmt.Sprintf("run %s: %s %s; %s", a.run.ID, a.run.State, a.run.Reason, countsText(a.run.Counts))})
 	e.log.Info("run finished", "run", a.run.ID, "state", a.run.State, "counts", countsText(a.run.Counts))
 	select {
@@ -602,7 +613,7 @@ func (e *Engine) flush() {
 	type write struct {
 		run     fleet.Run
 		targets []fleet.Target
-		audit   []store.AuditRecord
+		audit   []audit.Record
 		a       *active
 	}
 	var writes []write

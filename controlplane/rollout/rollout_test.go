@@ -18,8 +18,8 @@ import (
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/broker"
 	"github.com/stackpro/stackpro/controlplane/internal/fleetsim"
-	"github.com/stackpro/stackpro/controlplane/rollout"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/controlplane/rollout"
 	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
@@ -35,21 +35,6 @@ type testFleet struct {
 	key     ed25519.PrivateKey
 	dir     string
 }
-
-type enroller struct {
-	st      *store.Store
-	tracker *fleet.Tracker
-}
-
-func (e enroller) RedeemToken(instanceID, token, publicKey string, now time.Time) error {
-	err := e.st.RedeemToken(instanceID, token, publicKey, now)
-	if errors.Is(err, store.ErrTokenRefused) {
-		return fmt.Errorf("%w: %w", broker.ErrRefused, err)
-	}
-	return err
-}
-
-func (e enroller) Enrolled(instanceID string, now time.Time) { e.tracker.Enrolled(instanceID, now) }
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
@@ -83,7 +68,7 @@ func startFleet(t testing.TB, n int, fail float64) *testFleet {
 		t.Fatal(err)
 	}
 	f.brk, err = broker.Start(context.Background(), broker.Options{Listen: "127.0.0.1:0", StoreDir: filepath.Join(f.dir, "js"),
-		Credentials: map[string]string{}, Enroll: enroller{f.st, f.tracker}, CommandKey: f.key, Presence: f.tracker, Log: quiet()})
+		Credentials: map[string]string{}, Tokens: f.st, CommandKey: f.key, Presence: f.tracker, Log: quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +90,7 @@ func (f *testFleet) engine(t testing.TB, sealer rollout.Sealer) (e *rollout.Engi
 		sealer = f.brk
 	}
 	e = rollout.New(rollout.Options{Store: f.st, Fleet: f.tracker, Conn: f.brk.Conn(), Sealer: sealer,
-		NonceKey: []byte("test nonce key"), Log: quiet()})
+		CommandKey: f.key, Log: quiet()})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.Run(ctx) }()

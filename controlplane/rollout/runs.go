@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/stackpro/stackpro/controlplane/audit"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/broker"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
@@ -181,7 +182,7 @@ func (e *Engine) Cancel(id, by string) (fleet.Run, error) {
 			delete(a.inflight, id)
 			a.dirty[id] = struct{}{}
 		}
-		a.audit = append(a.audit, store.AuditRecord{Time: now, Event: "run.cancelled", Actor: by,
+		a.audit = append(a.audit, audit.Record{Time: now, Event: "run.cancelled", Actor: by,
 			Detail: fmt.Sprintf("run %s cancelled with %d in flight", id, len(a.inflight))})
 		e.settle(a, now)
 		select {

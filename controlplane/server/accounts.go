@@ -14,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 
 	"github.com/stackpro/stackpro/controlplane/accounts"
+	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/internal/config"
 	"github.com/stackpro/stackpro/controlplane/internal/mail"
 	"github.com/stackpro/stackpro/controlplane/internal/secrets"
@@ -90,22 +91,9 @@ func acctMeta(m dashboardapi.Meta) accounts.Meta {
 	return accounts.Meta{IP: m.IP, UserAgent: m.UserAgent, Actor: m.Actor}
 }
 
-// authErr wraps the accounts service's expected errors in dashboard-api's.
-func authErr(err error) error {
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, accounts.ErrInvalidInput), errors.Is(err, accounts.ErrWeakPassword):
-		return fmt.Errorf("%w: %w", dashboardapi.ErrInvalid, err)
-	case errors.Is(err, accounts.ErrInvalidCredentials), errors.Is(err, accounts.ErrInvalidToken),
-		errors.Is(err, accounts.ErrTokenReused):
-		return fmt.Errorf("%w: %w", dashboardapi.ErrUnauthorized, err)
-	case errors.Is(err, accounts.ErrEmailNotVerified), errors.Is(err, accounts.ErrNotSessionOwner):
-		return fmt.Errorf("%w: %w", dashboardapi.ErrForbidden, err)
-	case errors.Is(err, accounts.ErrNotFound):
-		return fmt.Errorf("%w: %w", dashboardapi.ErrNotFound, err)
-	}
-	return err
+// errTokenUser is what an API token gets for what only a user has.
+func errTokenUser(what string) error {
+	return fault.New(fault.Forbidden, "an API token has no %s", what)
 }
 
 func profile(u store.User, c *store.Customer) dashboardapi.Profile {
@@ -119,7 +107,7 @@ func profile(u store.User, c *store.Customer) dashboardapi.Profile {
 
 func session(t accounts.Tokens, err error) (dashboardapi.Session, error) {
 	if err != nil {
-		return dashboardapi.Session{}, authErr(err)
+		return dashboardapi.Session{}, err
 	}
 	return dashboardapi.Session{AccessToken: t.AccessToken, TokenType: "bearer",
 		ExpiresIn: int(time.Until(t.ExpiresAt).Round(time.Second).Seconds()), RefreshToken: t.RefreshToken,
@@ -129,15 +117,15 @@ func session(t accounts.Tokens, err error) (dashboardapi.Session, error) {
 func (a authAPI) Signup(ctx context.Context, req dashboardapi.SignupRequest, m dashboardapi.Meta) error {
 	_, err := a.svc.Signup(ctx, acctMeta(m), accounts.SignupInput{Email: req.Email, Password: req.Password,
 		FirstName: req.FirstName, LastName: req.LastName, Company: req.Company, Plan: req.Plan})
-	return authErr(err)
+	return err
 }
 
 func (a authAPI) VerifyEmail(ctx context.Context, token string, m dashboardapi.Meta) error {
-	return authErr(a.svc.VerifyEmail(ctx, acctMeta(m), token))
+	return a.svc.VerifyEmail(ctx, acctMeta(m), token)
 }
 
 func (a authAPI) ResendVerification(ctx context.Context, email string, m dashboardapi.Meta) error {
-	return authErr(a.svc.ResendVerification(ctx, acctMeta(m), email))
+	return a.svc.ResendVerification(ctx, acctMeta(m), email)
 }
 
 func (a authAPI) Login(ctx context.Context, email, password string, m dashboardapi.Meta) (dashboardapi.Session, error) {
@@ -150,43 +138,43 @@ func (a authAPI) Refresh(ctx context.Context, refreshToken string, m dashboardap
 
 func (a authAPI) Logout(ctx context.Context, p dashboardapi.Principal, refreshToken string, m dashboardapi.Meta) error {
 	caller := accounts.Caller{UserID: p.UserID, Role: store.Role(p.Role)}
-	return authErr(a.svc.Logout(ctx, acctMeta(m), caller, refreshToken))
+	return a.svc.Logout(ctx, acctMeta(m), caller, refreshToken)
 }
 
 func (a authAPI) RequestPasswordReset(ctx context.Context, email string, m dashboardapi.Meta) error {
-	return authErr(a.svc.RequestPasswordReset(ctx, acctMeta(m), email))
+	return a.svc.RequestPasswordReset(ctx, acctMeta(m), email)
 }
 
 func (a authAPI) ResetPassword(ctx context.Context, token, password string, m dashboardapi.Meta) error {
-	return authErr(a.svc.ResetPassword(ctx, acctMeta(m), token, password))
+	return a.svc.ResetPassword(ctx, acctMeta(m), token, password)
 }
 
 func (a authAPI) ChangePassword(ctx context.Context, p dashboardapi.Principal, oldPassword, newPassword string, m dashboardapi.Meta) (dashboardapi.Session, error) {
 	if p.UserID == "" {
-		return dashboardapi.Session{}, fmt.Errorf("%w: an API token has no password", dashboardapi.ErrForbidden)
+		return dashboardapi.Session{}, errTokenUser("password")
 	}
 	return session(a.svc.ChangePassword(ctx, acctMeta(m), p.UserID, oldPassword, newPassword))
 }
 
 func (a authAPI) Me(ctx context.Context, p dashboardapi.Principal) (dashboardapi.Profile, error) {
 	if p.UserID == "" {
-		return dashboardapi.Profile{}, fmt.Errorf("%w: an API token has no profile", dashboardapi.ErrForbidden)
+		return dashboardapi.Profile{}, errTokenUser("profile")
 	}
 	prof, err := a.svc.Me(ctx, p.UserID)
 	if err != nil {
-		return dashboardapi.Profile{}, authErr(err)
+		return dashboardapi.Profile{}, err
 	}
 	return profile(prof.User, prof.Customer), nil
 }
 
 func (a authAPI) UpdateMe(ctx context.Context, p dashboardapi.Principal, patch dashboardapi.ProfilePatch) (dashboardapi.Profile, error) {
 	if p.UserID == "" {
-		return dashboardapi.Profile{}, fmt.Errorf("%w: an API token has no profile", dashboardapi.ErrForbidden)
+		return dashboardapi.Profile{}, errTokenUser("profile")
 	}
 	prof, err := a.svc.UpdateMe(ctx, accounts.Meta{Actor: p.UserID}, p.UserID,
 		accounts.ProfilePatch{FirstName: patch.FirstName, LastName: patch.LastName, Company: patch.Company})
 	if err != nil {
-		return dashboardapi.Profile{}, authErr(err)
+		return dashboardapi.Profile{}, err
 	}
 	return profile(prof.User, prof.Customer), nil
 }
@@ -196,7 +184,7 @@ func (a authAPI) JWKS() ([]byte, error) { return a.signer.JWKS() }
 func (a authAPI) CreateOperator(ctx context.Context, req dashboardapi.OperatorRequest, m dashboardapi.Meta) (dashboardapi.Profile, error) {
 	u, err := a.svc.CreateOperator(ctx, acctMeta(m), req.Email, req.Password, req.FirstName, req.LastName, store.Role(req.Role))
 	if err != nil {
-		return dashboardapi.Profile{}, authErr(err)
+		return dashboardapi.Profile{}, err
 	}
 	return profile(u, nil), nil
 }
@@ -208,7 +196,7 @@ func apiToken(info store.APITokenInfo) dashboardapi.APIToken {
 func (a authAPI) CreateAPIToken(ctx context.Context, name, role string, m dashboardapi.Meta) (string, dashboardapi.APIToken, error) {
 	token, info, err := a.svc.CreateAPIToken(ctx, acctMeta(m), name, store.Role(role))
 	if err != nil {
-		return "", dashboardapi.APIToken{}, authErr(err)
+		return "", dashboardapi.APIToken{}, err
 	}
 	return token, apiToken(info), nil
 }
@@ -226,7 +214,7 @@ func (a authAPI) ListAPITokens(ctx context.Context) ([]dashboardapi.APIToken, er
 }
 
 func (a authAPI) RevokeAPIToken(ctx context.Context, id string, m dashboardapi.Meta) error {
-	return authErr(a.svc.RevokeAPIToken(ctx, acctMeta(m), id))
+	return a.svc.RevokeAPIToken(ctx, acctMeta(m), id)
 }
 
 // tokens resolves a bearer token: a user's access token (a JWT, verified
@@ -240,13 +228,13 @@ func (t tokens) Principal(token string) (dashboardapi.Principal, error) {
 	if strings.Count(token, ".") == 2 {
 		c, err := t.signer.Verify(token)
 		if err != nil {
-			return dashboardapi.Principal{}, fmt.Errorf("%w: %w", dashboardapi.ErrUnauthorized, err)
+			return dashboardapi.Principal{}, err
 		}
 		return dashboardapi.Principal{Name: c.Subject, Role: string(c.Role), UserID: c.Subject, CustomerID: c.CustomerID}, nil
 	}
 	rec, err := t.st.LookupAPIToken(token)
 	if errors.Is(err, store.ErrNotFound) {
-		return dashboardapi.Principal{}, dashboardapi.ErrUnauthorized
+		return dashboardapi.Principal{}, fault.Wrap(fault.Unauthorized, err, "unknown token")
 	}
 	if err != nil {
 		return dashboardapi.Principal{}, err

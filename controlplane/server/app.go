@@ -15,7 +15,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 	"time"
 
@@ -32,14 +31,14 @@ import (
 	"github.com/stackpro/stackpro/controlplane/internal/broker"
 	"github.com/stackpro/stackpro/controlplane/internal/config"
 	"github.com/stackpro/stackpro/controlplane/internal/monitor"
+	"github.com/stackpro/stackpro/controlplane/internal/secrets"
+	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/controlplane/internal/targets"
 	"github.com/stackpro/stackpro/controlplane/provision"
 	"github.com/stackpro/stackpro/controlplane/provision/ec2"
 	"github.com/stackpro/stackpro/controlplane/provision/local"
 	"github.com/stackpro/stackpro/controlplane/provision/route53"
 	"github.com/stackpro/stackpro/controlplane/rollout"
-	"github.com/stackpro/stackpro/controlplane/internal/secrets"
-	"github.com/stackpro/stackpro/controlplane/internal/store"
-	"github.com/stackpro/stackpro/controlplane/internal/targets"
 	dashboardapi "github.com/stackpro/stackpro/dashboard-api"
 	"github.com/stackpro/stackpro/shared/buildinfo"
 	"github.com/stackpro/stackpro/shared/protocol"
@@ -153,22 +152,17 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		return err
 	}
 	tracker := fleet.NewTracker(fleet.Thresholds{StaleAfter: cfg.Fleet.StaleAfter, OfflineAfter: cfg.Fleet.OfflineAfter}, insts)
-	jobs, err := st.Jobs()
-	if err != nil {
-		return err
-	}
 	// What dashboard-api streams: instance changes the watcher sees, job
 	// steps and agent events as they are stored.
 	feed := fleet.NewFeed(feedSize, feedBuffer)
 	watcher := fleet.NewWatcher(tracker, feed)
-	fst := feedStore{Store: st, feed: feed, tracker: tracker, jobs: newJobCounts(jobs), refusals: newRefusals(), log: log}
 
 	commandKey, err := st.CommandKey()
 	if err != nil {
 		return err
 	}
 	brk, err := broker.Start(ctx, broker.Options{Listen: cfg.NATS.Listen, StoreDir: filepath.Join(cfg.DataDir, "jetstream"),
-		Credentials: creds, Enroll: enroller{st, tracker}, CommandKey: commandKey, Presence: tracker, Log: log})
+		Credentials: creds, Tokens: st, CommandKey: commandKey, Presence: tracker, Log: log})
 	if err != nil {
 		return err
 	}
@@ -182,7 +176,7 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	mon := monitor.New(monitor.Options{Tracker: tracker, Store: fst, Conn: brk.Conn(), PersistEvery: 5 * time.Second, Log: log})
+	mon := monitor.New(monitor.Options{Tracker: tracker, Store: st, Publisher: feed, Conn: brk.Conn(), PersistEvery: 5 * time.Second, Log: log})
 	// Agents come in only once what they send is taken.
 	if err := mon.Start(ctx); err != nil {
 		return err
@@ -190,7 +184,7 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	defer mon.Stop()
 	brk.Open()
 	runs := rollout.New(rollout.Options{Store: st, Fleet: tracker, Conn: brk.Conn(), Sealer: brk,
-		NonceKey: nonceKey(commandKey), Log: log})
+		CommandKey: commandKey, Log: log})
 	awsConfig := sync.OnceValues(func() (aws.Config, error) { return loadAWS(ctx, cfg.AWS) })
 	provider, dns, err := machines(cfg, awsConfig, st, log)
 	if err != nil {
@@ -204,7 +198,7 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	for name, p := range cfg.Plans {
 		plans[name] = provision.Plan{Stack: p.Stack, InstanceType: p.InstanceType}
 	}
-	prov := provision.New(provision.Options{Provider: provider, DNS: dns, Store: fst,
+	prov := provision.New(provision.Options{Provider: provider, DNS: dns, Store: st, Publisher: feed,
 		Tracker: tracker, Broker: brk, Targets: tgts, Zone: cfg.Zone, Region: region(cfg), NATSURL: cfg.NATSURL(),
 		TokenKey: tokenKey, TokenTTL: cfg.Enrollment.TokenTTL, Plans: plans, StackImage: cfg.Stacks.Image,
 		HeartbeatInterval: cfg.Fleet.HeartbeatInterval, MetricsInterval: cfg.Fleet.MetricsInterval, CommandKey: brk.CommandKey(),
@@ -237,18 +231,18 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	bill, err := newBilling(ctx, cfg, st, sender, instancesAPI{prov, tracker}, awsConfig, log)
+	bill, err := newBilling(ctx, cfg, st, sender, prov, tracker, awsConfig, log)
 	if err != nil {
 		return err
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(bill, newFleetCollector(tracker, mon, fst.jobs), runs, fst.refusals,
+	reg.MustRegister(bill, mon, prov, runs,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	limits := dashboardapi.AuthLimits{PerIP: dashboardapi.Limit(cfg.Auth.PerIP), PerAccount: dashboardapi.Limit(cfg.Auth.PerAccount)}
-	api, err := dashboardapi.New(dashboardapi.Options{Fleet: tracker, Feed: feed, Metrics: mon, Events: eventsAPI{st},
-		Jobs: jobsAPI{prov, st}, Targets: targetsAPI{tgts},
-		Commander: commander{brk}, Runs: runsAPI{runs}, Tags: tagsAPI{st, tracker}, Tokens: tokens{st, signer}, Auth: authAPI{accts, signer}, Limits: limits,
-		Billing: billingAPI{bill}, Plans: plansOnOffer(cfg), Prometheus: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+	api, err := dashboardapi.New(dashboardapi.Options{Fleet: tracker, Feed: feed, Metrics: mon, Events: st,
+		Jobs: prov, Targets: targetsAPI{tgts},
+		Commander: brk, Runs: runs, Tags: prov, Tokens: tokens{st, signer}, Auth: authAPI{accts, signer}, Limits: limits,
+		Billing: bill, Plans: plansOnOffer(cfg), Prometheus: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 		Registry: reg, CORSOrigins: cfg.HTTP.CORSOrigins,
 		Ready: map[string]dashboardapi.Check{"broker": brk.Ready, "store": st.Ready}, Log: log})
 	if err != nil {
@@ -438,51 +432,16 @@ func bootstrapAdminToken(st *store.Store, dataDir string) (string, error) {
 	return path, nil
 }
 
-// enroller lets the broker redeem tokens against the store.
-type enroller struct {
-	st      *store.Store
-	tracker *fleet.Tracker
-}
-
-func (e enroller) RedeemToken(instanceID, token, publicKey string, now time.Time) error {
-	err := e.st.RedeemToken(instanceID, token, publicKey, now)
-	if errors.Is(err, store.ErrTokenRefused) {
-		return fmt.Errorf("%w: %w", broker.ErrRefused, err)
-	}
-	return err
-}
-
-func (e enroller) Enrolled(instanceID string, now time.Time) { e.tracker.Enrolled(instanceID, now) }
-
-// tokens resolves API tokens from the store.
-// targetsAPI serves the targets store to dashboard-api.
+// targetsAPI serves the targets store to dashboard-api, which has a spec
+// of its own.
 type targetsAPI struct{ st *targets.Store }
 
 func (t targetsAPI) SetTarget(ctx context.Context, id string, spec dashboardapi.TargetSpec) (protocol.Target, error) {
-	tgt, err := t.st.Set(ctx, id, targets.Spec{Compose: spec.Compose, Env: spec.Env, Files: spec.Files})
-	if errors.Is(err, targets.ErrInvalid) {
-		return tgt, fmt.Errorf("%w: %w", dashboardapi.ErrInvalid, err)
-	}
-	return tgt, err
+	return t.st.Set(ctx, id, targets.Spec{Compose: spec.Compose, Env: spec.Env, Files: spec.Files})
 }
 
 func (t targetsAPI) Target(ctx context.Context, id string) (protocol.Target, error) {
-	tgt, err := t.st.Get(ctx, id)
-	if errors.Is(err, targets.ErrNotFound) {
-		return tgt, fmt.Errorf("%w: %w", dashboardapi.ErrNotFound, err)
-	}
-	return tgt, err
-}
-
-// commander sends commands through the broker.
-type commander struct{ b *broker.Broker }
-
-func (c commander) Command(ctx context.Context, id string, req protocol.CommandRequest) (protocol.CommandReply, error) {
-	reply, err := c.b.Command(ctx, id, req)
-	if errors.Is(err, broker.ErrNoAgent) {
-		return reply, fmt.Errorf("%w: %w", dashboardapi.ErrUnreachable, err)
-	}
-	return reply, err
+	return t.st.Get(ctx, id)
 }
 
 // Sizes of the feed: the changes it keeps for clients that reconnect, and
@@ -498,65 +457,4 @@ func region(cfg config.Config) string {
 		return cfg.AWS.Region
 	}
 	return "local"
-}
-
-// eventsAPI serves agent events to dashboard-api.
-type eventsAPI struct{ st *store.Store }
-
-func (e eventsAPI) InstanceEvents(id string, limit int) ([]protocol.Event, error) {
-	return e.st.Events(id, limit)
-}
-
-// jobsAPI serves provisioning jobs to dashboard-api.
-type jobsAPI struct {
-	s  *provision.Service
-	st *store.Store
-}
-
-// InstanceJobs reads every job to find instance id's: jobs are few per
-// instance and the store keeps no index of them by instance yet.
-func (j jobsAPI) InstanceJobs(id string) ([]fleet.Job, error) {
-	jobs, err := j.st.Jobs()
-	return slices.DeleteFunc(jobs, func(job fleet.Job) bool { return job.InstanceID != id }), err
-}
-
-// apiErr maps provisioning's expected errors to dashboard-api's.
-func apiErr(err error) error {
-	switch {
-	case errors.Is(err, provision.ErrBadRequest):
-		return fmt.Errorf("%w: %w", dashboardapi.ErrInvalid, err)
-	case errors.Is(err, provision.ErrNotFound), errors.Is(err, store.ErrNotFound):
-		return fmt.Errorf("%w: %w", dashboardapi.ErrNotFound, err)
-	case errors.Is(err, provision.ErrBusy):
-		return fmt.Errorf("%w: %w", dashboardapi.ErrConflict, err)
-	}
-	return err
-}
-
-func (j jobsAPI) Provision(customer, plan, subdomain string) (fleet.Instance, fleet.Job, error) {
-	inst, job, err := j.s.Provision(customer, plan, subdomain)
-	return inst, job, apiErr(err)
-}
-
-func (j jobsAPI) Start(kind, id string, params map[string]string) (fleet.Job, error) {
-	var job fleet.Job
-	var err error
-	switch kind {
-	case provision.KindTerminate:
-		job, err = j.s.Terminate(id)
-	case provision.KindSuspend:
-		job, err = j.s.Suspend(id)
-	case provision.KindResume:
-		job, err = j.s.Resume(id)
-	case provision.KindResize:
-		job, err = j.s.Resize(id, params["plan"])
-	default:
-		err = fmt.Errorf("%w: no job %q", provision.ErrBadRequest, kind)
-	}
-	return job, apiErr(err)
-}
-
-func (j jobsAPI) Job(id string) (fleet.Job, error) {
-	job, err := j.s.Job(id)
-	return job, apiErr(err)
 }

@@ -24,8 +24,8 @@ import (
 	"github.com/nats-io/nkeys"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/accounts"
+	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/broker"
 	"github.com/stackpro/stackpro/controlplane/internal/config"
 	"github.com/stackpro/stackpro/controlplane/internal/monitor"
@@ -96,20 +96,20 @@ func startLiveFleet(b *testing.B, n int, agents bool) *liveFleet {
 	lf.tracker = fleet.NewTracker(fleet.Thresholds{StaleAfter: def.Fleet.StaleAfter, OfflineAfter: def.Fleet.OfflineAfter}, insts)
 	lf.feed = fleet.NewFeed(feedSize, feedBuffer)
 	watcher := fleet.NewWatcher(lf.tracker, lf.feed)
-	fst := feedStore{Store: st, feed: lf.feed, tracker: lf.tracker, jobs: newJobCounts(nil), refusals: newRefusals(), log: log}
 
 	key, err := st.CommandKey()
 	if err != nil {
 		b.Fatal(err)
 	}
 	lf.brk, err = broker.Start(context.Background(), broker.Options{Listen: "127.0.0.1:0", StoreDir: filepath.Join(dir, "jetstream"),
-		Credentials: creds, Enroll: enroller{st, lf.tracker}, CommandKey: key, Presence: lf.tracker, Log: log})
+		Credentials: creds, Tokens: st, CommandKey: key, Presence: lf.tracker, Log: log})
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(lf.brk.Shutdown)
 	lf.brk.Open()
-	lf.mon = monitor.New(monitor.Options{Tracker: lf.tracker, Store: fst, Conn: lf.brk.Conn(), PersistEvery: 5 * time.Second, Log: log})
+	lf.mon = monitor.New(monitor.Options{Tracker: lf.tracker, Store: st, Publisher: lf.feed, Conn: lf.brk.Conn(),
+		PersistEvery: 5 * time.Second, Log: log})
 	if lf.signer, err = accounts.NewSigner(st, accounts.SignerOptions{Issuer: "http://bench", Audience: audience}); err != nil {
 		b.Fatal(err)
 	}

@@ -9,12 +9,14 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/stackpro/stackpro/controlplane/fault"
 )
 
 type nobody struct{}
 
-func (nobody) RedeemToken(string, string, string, time.Time) error { return ErrRefused }
-func (nobody) Enrolled(string, time.Time)                          {}
+func (nobody) RedeemToken(string, string, string, time.Time) error { return fault.ErrForbidden }
+func (nobody) Enrolled(string, time.Time) bool                     { return false }
 func (nobody) Connected(string, bool, time.Time) bool              { return false }
 
 // BenchmarkAgentAccounts measures what an instance's account costs the
@@ -25,7 +27,7 @@ func BenchmarkAgentAccounts(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	brk, err := Start(context.Background(), Options{Listen: "127.0.0.1:0", StoreDir: b.TempDir(), Enroll: nobody{},
+	brk, err := Start(context.Background(), Options{Listen: "127.0.0.1:0", StoreDir: b.TempDir(), Tokens: nobody{},
 		Presence: nobody{}, CommandKey: key, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		b.Fatal(err)

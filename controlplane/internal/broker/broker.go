@@ -52,6 +52,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
+	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -63,8 +64,8 @@ type Options struct {
 	StoreDir string
 	// Credentials maps each enrolled agent's public key to its instance id.
 	Credentials map[string]string
-	// Enroll redeems an enrollment token (see Enroller).
-	Enroll Enroller
+	// Tokens redeems enrollment tokens.
+	Tokens Tokens
 	// CommandKey signs every command sent to an agent; its public half
 	// goes to each agent in the enrollment reply.
 	CommandKey ed25519.PrivateKey
@@ -81,7 +82,8 @@ type Broker struct {
 	// conn is the control plane's own connection; sys reads server events.
 	conn, sys *nats.Conn
 	enroll    *nats.Subscription
-	enroller  Enroller
+	tokens    Tokens
+	presence  Presence
 	key       ed25519.PrivateKey
 }
 
@@ -103,8 +105,8 @@ func Start(ctx context.Context, o Options) (*Broker, error) {
 	if len(o.CommandKey) != ed25519.PrivateKeySize {
 		return nil, errors.New("broker: no command key")
 	}
-	if o.Presence == nil || o.Enroll == nil {
-		return nil, errors.New("broker: Presence and Enroll are required")
+	if o.Presence == nil || o.Tokens == nil {
+		return nil, errors.New("broker: Presence and Tokens are required")
 	}
 	log := o.Log.With("component", "broker")
 	auth, err := newAuthenticator(log, o.Credentials)
@@ -132,8 +134,8 @@ func Start(ctx context.Context, o Options) (*Broker, error) {
 		ns.Shutdown()
 		return nil, errors.New("broker: not ready for connections after 30s")
 	}
-	b := &Broker{ns: ns, auth: auth, log: log, enroller: o.Enroll, key: o.CommandKey}
-	if err := b.open(ctx, o.Presence); err != nil {
+	b := &Broker{ns: ns, auth: auth, log: log, tokens: o.Tokens, presence: o.Presence, key: o.CommandKey}
+	if err := b.open(ctx); err != nil {
 		b.Shutdown()
 		return nil, err
 	}
@@ -144,7 +146,7 @@ func Start(ctx context.Context, o Options) (*Broker, error) {
 // connections; agents wait for Open. The accounts come after the server
 // has started: JetStream is turned on for the global account only when it
 // is the only one at start.
-func (b *Broker) open(ctx context.Context, p Presence) error {
+func (b *Broker) open(ctx context.Context) error {
 	var err error
 	if b.auth.accounts, err = newAccounts(b.ns); err != nil {
 		return err
@@ -152,7 +154,7 @@ func (b *Broker) open(ctx context.Context, p Presence) error {
 	if err := b.connect(ctx); err != nil {
 		return err
 	}
-	return b.watchPresence(p)
+	return b.watchPresence()
 }
 
 // Open lets agents and the enroll user in; until then their connections
@@ -275,7 +277,7 @@ func (b *Broker) Revoke(instanceID string) {
 }
 
 // ErrNoAgent means no agent is connected to answer a command.
-var ErrNoAgent = errors.New("broker: the instance's agent is not connected")
+var ErrNoAgent = fault.New(fault.Unavailable, "the instance's agent is not connected")
 
 // Ask sends a signed command (data) to instance id's agent over nc and
 // waits until ctx ends for its first answer, which comes on a reply

@@ -6,7 +6,6 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -26,20 +25,6 @@ import (
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
-// enroller redeems tokens against a real store, as the control plane does.
-type enroller struct{ st *store.Store }
-
-func (e enroller) RedeemToken(id, token, key string, now time.Time) error {
-	if err := e.st.RedeemToken(id, token, key, now); errors.Is(err, store.ErrTokenRefused) {
-		return fmt.Errorf("%w: %w", broker.ErrRefused, err)
-	} else if err != nil {
-		return err
-	}
-	return nil
-}
-
-func (e enroller) Enrolled(string, time.Time) {}
-
 type env struct {
 	st       *store.Store
 	b        *broker.Broker
@@ -52,6 +37,8 @@ type presence struct {
 	mu      sync.Mutex
 	changes []string // "<id> up" or "<id> down", in order
 }
+
+func (p *presence) Enrolled(string, time.Time) bool { return true }
 
 func (p *presence) Connected(id string, up bool, _ time.Time) bool {
 	p.mu.Lock()
@@ -84,7 +71,7 @@ func start(t *testing.T, ids ...string) *env {
 		}
 	}
 	e.b, err = broker.Start(context.Background(), broker.Options{Listen: "127.0.0.1:0", StoreDir: filepath.Join(dir, "js"),
-		Credentials: map[string]string{}, Enroll: enroller{st}, CommandKey: commandKey(t, st), Presence: e.presence,
+		Credentials: map[string]string{}, Tokens: st, CommandKey: commandKey(t, st), Presence: e.presence,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatalf("broker.Start: %v", err)

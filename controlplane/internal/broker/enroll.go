@@ -9,19 +9,16 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
+	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
-// Enroller redeems a one-time enrollment token for instanceID on behalf of
-// publicKey, atomically. Its error wraps ErrRefused when the token is no good.
-type Enroller interface {
+// Tokens redeems a one-time enrollment token for instanceID on behalf of
+// publicKey, atomically (the store). Its error is Forbidden (package
+// fault) when the token is no good.
+type Tokens interface {
 	RedeemToken(instanceID, token, publicKey string, now time.Time) error
-	// Enrolled is told once an instance's agent may connect.
-	Enrolled(instanceID string, now time.Time)
 }
-
-// ErrRefused is what an Enroller's refusals wrap.
-var ErrRefused = errors.New("enrollment refused")
 
 // handleEnroll answers one EnrollRequest. Garbage and refusals are logged
 // and answered; nothing is written unless the token is good. A request
@@ -51,9 +48,9 @@ func (b *Broker) handleEnroll(m *nats.Msg) {
 		return
 	}
 	now := time.Now()
-	err := b.enroller.RedeemToken(req.InstanceID, req.Token, req.PublicKey, now)
+	err := b.tokens.RedeemToken(req.InstanceID, req.Token, req.PublicKey, now)
 	switch {
-	case errors.Is(err, ErrRefused):
+	case errors.Is(err, fault.ErrForbidden):
 		b.log.Warn("enrollment refused", "instance", req.InstanceID, "key", req.PublicKey, "reason", err)
 		reply(protocol.EnrollReply{Code: protocol.EnrollRefused, Error: "enrollment refused"})
 		return
@@ -63,7 +60,7 @@ func (b *Broker) handleEnroll(m *nats.Msg) {
 		return
 	}
 	b.auth.authorize(req.PublicKey, req.InstanceID)
-	b.enroller.Enrolled(req.InstanceID, now)
+	b.presence.Enrolled(req.InstanceID, now)
 	b.log.Info("agent enrolled", "instance", req.InstanceID, "key", req.PublicKey,
 		"hostname", req.Hostname, "agent_version", req.AgentVersion)
 	reply(protocol.EnrollReply{OK: true, InstanceID: req.InstanceID, CommandKey: protocol.FormatCommandKey(b.CommandKey())})

@@ -14,9 +14,10 @@ import (
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
-// Presence is told when an instance's first connection opens and when its
-// last one closes. fleet.Tracker is one.
+// Presence is told when an instance's agent enrolls, when its first
+// connection opens and when its last one closes. fleet.Tracker is one.
 type Presence interface {
+	Enrolled(instanceID string, now time.Time) bool
 	Connected(instanceID string, connected bool, now time.Time) bool
 }
 
@@ -46,8 +47,8 @@ const accountEvents = "$SYS.ACCOUNT.*.*"
 
 // watchPresence subscribes to the connection events of every account. It
 // runs before agents are let in, so none connects unseen.
-func (b *Broker) watchPresence(to Presence) error {
-	p := &presence{log: b.log, to: to, conns: map[string]map[conn]struct{}{}}
+func (b *Broker) watchPresence() error {
+	p := &presence{log: b.log, to: b.presence, conns: map[string]map[conn]struct{}{}}
 	if _, err := b.sys.Subscribe(accountEvents, p.handle); err != nil {
 		return fmt.Errorf("broker: subscribing to %s: %w", accountEvents, err)
 	}

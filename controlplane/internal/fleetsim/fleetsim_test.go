@@ -25,6 +25,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 
+	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/broker"
 	"github.com/stackpro/stackpro/controlplane/internal/fleetsim"
@@ -70,14 +71,12 @@ func (e *enroller) RedeemToken(id, token, _ string, _ time.Time) error {
 		return errors.New("store busy")
 	}
 	if want, ok := e.tokens[id]; !ok || want != token {
-		return fmt.Errorf("%w: unknown or used token", broker.ErrRefused)
+		return fault.New(fault.Forbidden, "unknown or used token")
 	}
 	delete(e.tokens, id)
 	e.redeemed++
 	return nil
 }
-
-func (e *enroller) Enrolled(string, time.Time) {}
 
 func (e *enroller) count() int {
 	e.mu.Lock()
@@ -107,7 +106,7 @@ func start(t testing.TB, n int) *env {
 		e.creds = append(e.creds, c)
 	}
 	e.b, err = broker.Start(context.Background(), broker.Options{Listen: "127.0.0.1:0", StoreDir: t.TempDir(),
-		Credentials: map[string]string{}, Enroll: e.enr, CommandKey: key,
+		Credentials: map[string]string{}, Tokens: e.enr, CommandKey: key,
 		Presence: fleet.NewTracker(fleet.Thresholds{StaleAfter: time.Minute, OfflineAfter: time.Hour}, nil), Log: discard()})
 	if err != nil {
 		t.Fatalf("broker.Start: %v", err)

@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/stackpro/stackpro/controlplane/audit"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
@@ -27,6 +28,7 @@ import (
 type Store interface {
 	UpdateInstances(insts ...fleet.Instance) error
 	AppendEvent(ev protocol.Event, seq uint64) error
+	AppendAudit(rec audit.Record) error
 	// AppendMetrics writes raw points and their hourly rollups; appending
 	// a point again changes nothing.
 	AppendMetrics(points []fleet.InstancePoint) error
@@ -38,6 +40,8 @@ type Store interface {
 type Options struct {
 	Tracker *fleet.Tracker
 	Store   Store
+	// Publisher takes every agent event stored, for the fleet's followers.
+	Publisher fleet.Publisher
 	// Conn is the control plane's connection.
 	Conn *nats.Conn
 	// PersistEvery is how often changed instances and new metrics points
@@ -85,6 +89,7 @@ type Monitor struct {
 	log *slog.Logger
 
 	heartbeats, samples atomic.Uint64
+	obs                 observed
 	// stop ends what Start began: the subscription and the consumers.
 	stop []func()
 
@@ -113,7 +118,7 @@ func New(o Options) *Monitor {
 	if o.MaxPending <= 0 {
 		o.MaxPending = DefaultMaxPending
 	}
-	return &Monitor{o: o, log: o.Log.With("component", "monitor"), metrics: map[string]protocol.Metrics{}}
+	return &Monitor{o: o, log: o.Log.With("component", "monitor"), metrics: map[string]protocol.Metrics{}, obs: newObserved()}
 }
 
 // Consumers of the control plane on the agents' streams.
@@ -405,5 +410,6 @@ func (m *Monitor) handleEvent(msg jetstream.Msg) {
 		return
 	}
 	m.log.Info("agent event", "instance", id, "type", ev.Type, "severity", ev.Severity, "message", ev.Message)
+	m.stored(ev)
 	_ = msg.Ack()
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/broker"
 	"github.com/stackpro/stackpro/controlplane/internal/monitor"
@@ -28,8 +29,7 @@ const a, b = "i-aaaa", "i-bbbb"
 
 type noEnroll struct{}
 
-func (noEnroll) RedeemToken(string, string, string, time.Time) error { return broker.ErrRefused }
-func (noEnroll) Enrolled(string, time.Time)                          {}
+func (noEnroll) RedeemToken(string, string, string, time.Time) error { return fault.ErrForbidden }
 
 // rig is a running monitor with what it works with.
 type rig struct {
@@ -66,12 +66,12 @@ func setup(t testing.TB, opts ...func(*monitor.Options)) rig {
 	}
 	tracker := fleet.NewTracker(fleet.Thresholds{StaleAfter: time.Minute, OfflineAfter: time.Hour}, insts)
 	brk, err := broker.Start(context.Background(), broker.Options{Listen: "127.0.0.1:0", StoreDir: filepath.Join(dir, "js"),
-		Credentials: map[string]string{}, Enroll: noEnroll{}, CommandKey: key, Presence: tracker, Log: log})
+		Credentials: map[string]string{}, Tokens: noEnroll{}, CommandKey: key, Presence: tracker, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(brk.Shutdown)
-	o := monitor.Options{Tracker: tracker, Store: st, Conn: brk.Conn(), PersistEvery: time.Hour, Log: log}
+	o := monitor.Options{Tracker: tracker, Store: st, Publisher: fleet.NewFeed(64, 64), Conn: brk.Conn(), PersistEvery: time.Hour, Log: log}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -178,7 +178,7 @@ func TestEventsAreStoredOnce(t *testing.T) {
 	var got []protocol.Event
 	proctest.Until(t, "4 stored events", func() bool {
 		var err error
-		if got, err = st.Events(a, 10); err != nil {
+		if got, err = st.InstanceEvents(a, 10); err != nil {
 			t.Fatalf("Events(a): %v", err)
 		}
 		return len(got) >= 4
@@ -190,7 +190,7 @@ func TestEventsAreStoredOnce(t *testing.T) {
 	if !slices.Equal(ids, []string{"e1", "e2", "e3", "e4"}) {
 		t.Errorf("stored events %v, want e1, e2, e3, e4 once each", ids)
 	}
-	spoofed, err := st.Events(b, 10)
+	spoofed, err := st.InstanceEvents(b, 10)
 	if err != nil {
 		t.Fatalf("Events(b): %v", err)
 	}

@@ -68,7 +68,7 @@ func TestRunRefused(t *testing.T) {
 		{"bad limit", []string{"run", "ping", "--select", "all", "--max-concurrency", "150%"}, ExitUsage, "--max-concurrency"},
 		{"args not an object", []string{"run", "ping", "--select", "all", "--args", "[1]"}, ExitUsage, "--args: want a JSON object"},
 		{"bad timeout", []string{"run", "ping", "--select", "all", "--timeout", "2h"}, ExitUsage, "--timeout"},
-		{"selection of nothing (422)", []string{"run", "ping", "--select", "region=mars-1"}, ExitUsage, "422 Unprocessable Entity: select: region=mars-1 matches no instance (request id "},
+		{"selection of nothing (422)", []string{"run", "ping", "--select", "region=mars-1"}, ExitUsage, "422 Unprocessable Entity: invalid run: the selection region=mars-1 matches no instance (request id "},
 		{"unknown run", []string{"runs", "show", "r-404"}, ExitNotFound, "404 Not Found: run not found"},
 		{"unknown run to follow", []string{"runs", "show", "r-404", "--follow"}, ExitNotFound, "run not found"},
 		{"unknown run to cancel", []string{"runs", "cancel", "r-404"}, ExitNotFound, "run not found"},

@@ -15,6 +15,7 @@ import (
 
 	dashboardapi "github.com/stackpro/stackpro/dashboard-api"
 
+	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
@@ -41,7 +42,7 @@ func (fakeTokens) Principal(token string) (dashboardapi.Principal, error) {
 	case tokenBroken:
 		return dashboardapi.Principal{}, errors.New("token store: bucket missing")
 	}
-	return dashboardapi.Principal{}, dashboardapi.ErrUnauthorized
+	return dashboardapi.Principal{}, fault.ErrUnauthorized
 }
 
 // fakeAuth answers /me for a user as the control plane does; stackctl
@@ -66,7 +67,7 @@ type trackerTags struct{ tr *fleet.Tracker }
 
 func (t trackerTags) SetTags(_ context.Context, id string, tags map[string]string) (fleet.Instance, error) {
 	if _, ok := t.tr.Update(id, func(inst *fleet.Instance) { inst.Tags = tags }); !ok {
-		return fleet.Instance{}, fmt.Errorf("%w: instance %s", dashboardapi.ErrNotFound, id)
+		return fleet.Instance{}, fault.New(fault.NotFound, "instance not found")
 	}
 	return t.tr.Get(id, time.Now())
 }
@@ -93,7 +94,7 @@ type fakeRun struct {
 	polls   int
 }
 
-func (f *fakeRuns) StartRun(_ context.Context, spec fleet.RunSpec, by string) (fleet.Run, error) {
+func (f *fakeRuns) Start(_ context.Context, spec fleet.RunSpec, by string) (fleet.Run, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var targets []fleet.Target
@@ -103,7 +104,7 @@ func (f *fakeRuns) StartRun(_ context.Context, spec fleet.RunSpec, by string) (f
 		}
 	}
 	if len(targets) == 0 {
-		return fleet.Run{}, fmt.Errorf("%w: select: %s matches no instance", dashboardapi.ErrInvalid, spec.Select)
+		return fleet.Run{}, fault.New(fault.Invalid, "invalid run: the selection %s matches no instance", spec.Select)
 	}
 	n := len(targets)
 	conc := spec.MaxConcurrency.Of(n)
@@ -181,12 +182,12 @@ func (f *fakeRuns) finish(r *fakeRun, state fleet.RunState, reason string) {
 	f.recount(r)
 }
 
-func (f *fakeRuns) Run(_ context.Context, id string) (fleet.Run, error) {
+func (f *fakeRuns) Get(id string) (fleet.Run, error) {
 	f.mu.Lock()
 	r, ok := f.runs[id]
 	if !ok {
 		f.mu.Unlock()
-		return fleet.Run{}, fmt.Errorf("%w: run %s", dashboardapi.ErrNotFound, id)
+		return fleet.Run{}, fault.New(fault.NotFound, "run not found")
 	}
 	r.polls++
 	f.advance(r)
@@ -198,7 +199,7 @@ func (f *fakeRuns) Run(_ context.Context, id string) (fleet.Run, error) {
 	return run, nil
 }
 
-func (f *fakeRuns) Runs(context.Context) ([]fleet.Run, error) {
+func (f *fakeRuns) List() ([]fleet.Run, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var runs []fleet.Run
@@ -208,25 +209,25 @@ func (f *fakeRuns) Runs(context.Context) ([]fleet.Run, error) {
 	return runs, nil
 }
 
-func (f *fakeRuns) RunTargets(_ context.Context, id string) ([]fleet.Target, error) {
+func (f *fakeRuns) Targets(id string) ([]fleet.Target, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	r, ok := f.runs[id]
 	if !ok {
-		return nil, fmt.Errorf("%w: run %s", dashboardapi.ErrNotFound, id)
+		return nil, fault.New(fault.NotFound, "run not found")
 	}
 	return slices.Clone(r.targets), nil
 }
 
-func (f *fakeRuns) CancelRun(_ context.Context, id, by string) (fleet.Run, error) {
+func (f *fakeRuns) Cancel(id, by string) (fleet.Run, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	r, ok := f.runs[id]
 	switch {
 	case !ok:
-		return fleet.Run{}, fmt.Errorf("%w: run %s", dashboardapi.ErrNotFound, id)
+		return fleet.Run{}, fault.New(fault.NotFound, "run not found")
 	case r.run.Done():
-		return fleet.Run{}, fmt.Errorf("%w: run %s is already %s", dashboardapi.ErrConflict, id, r.run.State)
+		return fleet.Run{}, fault.New(fault.Conflict, "run already finished")
 	}
 	f.cancels++
 	f.finish(r, fleet.RunCancelled, "cancelled by "+by)

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/stackpro/stackpro/controlplane/audit"
 )
 
 // Errors of the account records.
@@ -73,19 +75,6 @@ type SigningKey struct {
 	ID         string    `json:"id"`
 	PrivateKey []byte    `json:"private_key"` // ed25519.PrivateKey
 	CreatedAt  time.Time `json:"created_at"`
-}
-
-// AuditRecord is one auth event. It never holds a password or a token.
-type AuditRecord struct {
-	Time   time.Time `json:"time"`
-	Event  string    `json:"event"`
-	UserID string    `json:"user_id,omitempty"`
-	Email  string    `json:"email,omitempty"`
-	// Actor is who acted for someone else (an operator creating a token).
-	Actor     string `json:"actor,omitempty"`
-	IP        string `json:"ip,omitempty"`
-	UserAgent string `json:"user_agent,omitempty"`
-	Detail    string `json:"detail,omitempty"`
 }
 
 // APITokenInfo is an API token as listed. Its ID, the first digits of the
@@ -471,13 +460,13 @@ func (s *Store) ReplaceSigningKeys(keys []SigningKey) error {
 
 // AppendAudit appends rec to the audit log, under a key that orders the
 // log by time.
-func (s *Store) AppendAudit(rec AuditRecord) error {
+func (s *Store) AppendAudit(rec audit.Record) error {
 	err := s.db.Update(func(tx *bbolt.Tx) error { return appendAudit(tx, rec) })
 	return wrap("appending audit record", err)
 }
 
 // appendAudit appends rec to the audit log within tx.
-func appendAudit(tx *bbolt.Tx, rec AuditRecord) error {
+func appendAudit(tx *bbolt.Tx, rec audit.Record) error {
 	b := tx.Bucket(bucketAuthAudit)
 	seq, err := b.NextSequence()
 	if err != nil {
@@ -488,12 +477,12 @@ func appendAudit(tx *bbolt.Tx, rec AuditRecord) error {
 }
 
 // AuditLog returns the last limit audit records, oldest first.
-func (s *Store) AuditLog(limit int) ([]AuditRecord, error) {
-	var out []AuditRecord
+func (s *Store) AuditLog(limit int) ([]audit.Record, error) {
+	var out []audit.Record
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		c := tx.Bucket(bucketAuthAudit).Cursor()
 		for k, v := c.Last(); k != nil && len(out) < limit; k, v = c.Prev() {
-			var rec AuditRecord
+			var rec audit.Record
 			if err := json.Unmarshal(v, &rec); err != nil {
 				return err
 			}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stackpro/stackpro/controlplane/audit"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
 )
 
@@ -252,7 +253,7 @@ func TestSigningKeys(t *testing.T) {
 func TestAuditLogInTimeOrder(t *testing.T) {
 	s, _ := newStore(t)
 	for _, d := range []time.Duration{2, 0, 1, 1} {
-		if err := s.AppendAudit(store.AuditRecord{Time: t0.Add(d * time.Second), Event: "login", Detail: d.String()}); err != nil {
+		if err := s.AppendAudit(audit.Record{Time: t0.Add(d * time.Second), Event: "login", Detail: d.String()}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 
 	"go.etcd.io/bbolt"
 
+	"github.com/stackpro/stackpro/controlplane/audit"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 )
 
@@ -38,7 +39,7 @@ func (s *Store) CommandKey() (ed25519.PrivateKey, error) {
 
 // CreateRun writes a new run and its targets, with its audit record, in
 // one transaction.
-func (s *Store) CreateRun(run fleet.Run, targets []fleet.Target, audit AuditRecord) error {
+func (s *Store) CreateRun(run fleet.Run, targets []fleet.Target, audit audit.Record) error {
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		if tx.Bucket(bucketRuns).Get([]byte(run.ID)) != nil {
 			return fmt.Errorf("run %s exists", run.ID)
@@ -62,7 +63,7 @@ func (s *Store) CreateRun(run fleet.Run, targets []fleet.Target, audit AuditReco
 
 // UpdateRun writes run, the targets that changed and their audit records
 // in one transaction.
-func (s *Store) UpdateRun(run fleet.Run, targets []fleet.Target, audit []AuditRecord) error {
+func (s *Store) UpdateRun(run fleet.Run, targets []fleet.Target, audit []audit.Record) error {
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		if tx.Bucket(bucketRuns).Get([]byte(run.ID)) == nil {
 			return fmt.Errorf("run %s: %w", run.ID, ErrNotFound)

@@ -22,7 +22,7 @@
 //	refresh_tokens/ <session id>/      (one bucket per session: a refresh token family)
 //	                sha256(token) hex  → RefreshToken (JSON)
 //	signing_keys/ <key id>             → SigningKey (JSON), with its private key
-//	auth_audit/   <unix ns, 8-byte big-endian><seq, 8-byte big-endian> → AuditRecord (JSON)
+//	auth_audit/   <unix ns, 8-byte big-endian><seq, 8-byte big-endian> → audit.Record (JSON)
 //	job_keys/     <idempotency key>    → <job id>
 //	billing_events/ <stripe event id>  → BillingEvent (JSON): every event received, once
 //	billing_queue/  <seq, 8-byte big-endian> → raw event JSON, until applied
@@ -59,6 +59,7 @@ import (
 	"go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
+	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
@@ -103,10 +104,10 @@ var (
 
 // Errors callers test for.
 var (
-	// ErrTokenRefused wraps every reason an enrollment token is refused.
-	ErrTokenRefused = errors.New("enrollment token refused")
+	// ErrTokenRefused is every reason an enrollment token is refused.
+	ErrTokenRefused = fault.New(fault.Forbidden, "enrollment token refused")
 	// ErrNotFound is returned for a record that does not exist.
-	ErrNotFound = errors.New("not found")
+	ErrNotFound = fault.New(fault.NotFound, "not found")
 )
 
 // Store is the control plane's bbolt database.
@@ -514,7 +515,7 @@ func (s *Store) AppendEvent(ev protocol.Event, seq uint64) error {
 }
 
 // Events returns the last limit events of instance id, oldest first.
-func (s *Store) Events(instanceID string, limit int) ([]protocol.Event, error) {
+func (s *Store) InstanceEvents(instanceID string, limit int) ([]protocol.Event, error) {
 	var out []protocol.Event
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketEvents).Bucket([]byte(instanceID))

@@ -120,7 +120,7 @@ func appendEvent(t *testing.T, s *store.Store, instanceID string, seq uint64) {
 // eventIDs returns the ids of the last limit events of instanceID.
 func eventIDs(t *testing.T, s *store.Store, instanceID string, limit int) []string {
 	t.Helper()
-	evs, err := s.Events(instanceID, limit)
+	evs, err := s.InstanceEvents(instanceID, limit)
 	if err != nil {
 		t.Fatalf("Events(%s, %d): %v", instanceID, limit, err)
 	}
@@ -607,7 +607,7 @@ func TestEventsKeepsContent(t *testing.T) {
 	if err := s.AppendEvent(want, 7); err != nil {
 		t.Fatalf("AppendEvent: %v", err)
 	}
-	got, err := s.Events("i-1", 10)
+	got, err := s.InstanceEvents("i-1", 10)
 	if err != nil {
 		t.Fatalf("Events: %v", err)
 	}

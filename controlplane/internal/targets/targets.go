@@ -16,13 +16,15 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"gopkg.in/yaml.v3"
 
+	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
-// Errors callers test for.
+// Errors callers test for (ErrNotFound and ErrInvalid are fault errors:
+// their messages are written for a client).
 var (
-	ErrNotFound = errors.New("targets: no target")
-	ErrInvalid  = errors.New("targets: invalid target")
+	ErrNotFound = fault.New(fault.NotFound, "instance has no target yet")
+	ErrInvalid  = fault.New(fault.Invalid, "invalid target")
 	// ErrCorrupt: the bucket holds, under an instance's key, something
 	// other than a target of that instance.
 	ErrCorrupt = errors.New("targets: the key holds no target of its instance")
@@ -85,7 +87,7 @@ func (s Spec) Validate() error {
 		errs = append(errs, fmt.Errorf("target is %d bytes, the limit is %d", total, maxTotal))
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("%w: %w", ErrInvalid, errors.Join(errs...))
+		return ErrInvalid.With(errs...)
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package server
+package monitor
 
 import (
 	"io"
@@ -15,9 +15,10 @@ import (
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
-// TestRefusalsAudited: a command.refused event an agent reports is
-// stored, audited and counted by reason; an agent's summary of the
-// refusals it did not report one by one is counted too.
+// TestRefusalsAudited: an event stored is published to the fleet's
+// followers; a command.refused or target.refused event is also audited
+// and counted by reason, an agent's summary of the refusals it did not
+// report one by one is counted, and so are events it dropped.
 func TestRefusalsAudited(t *testing.T) {
 	st, err := store.Open(filepath.Join(t.TempDir(), "stackpro.db"), time.Second)
 	if err != nil {
@@ -26,8 +27,9 @@ func TestRefusalsAudited(t *testing.T) {
 	defer st.Close()
 	id := "i-0123456789abcdef"
 	tracker := fleet.NewTracker(fleet.Thresholds{StaleAfter: time.Minute, OfflineAfter: time.Hour}, []fleet.Instance{{ID: id}})
-	fst := feedStore{Store: st, feed: fleet.NewFeed(16, 16), tracker: tracker, jobs: newJobCounts(nil), refusals: newRefusals(),
-		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	feed := fleet.NewFeed(16, 16)
+	_, follower, _ := feed.Subscribe("", func(fleet.Change) bool { return true })
+	m := New(Options{Tracker: tracker, Store: st, Publisher: feed, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	now := time.Now().UTC()
 	events := []protocol.Event{
 		{V: protocol.Version, ID: "e1", InstanceID: id, At: now, Type: protocol.EventCommandRefused, Severity: protocol.SeverityWarning,
@@ -41,8 +43,14 @@ func TestRefusalsAudited(t *testing.T) {
 			Message: "7 events were dropped: the outbox was full", Data: map[string]string{"dropped": "7"}},
 	}
 	for i, ev := range events {
-		if err := fst.AppendEvent(ev, uint64(i+1)); err != nil {
+		if err := st.AppendEvent(ev, uint64(i+1)); err != nil {
 			t.Fatal(err)
+		}
+		m.stored(ev)
+	}
+	for _, ev := range events { // every event stored is published, in order
+		if c := <-follower.C; c.Kind != fleet.ChangeAgentEvent || c.InstanceID != id || !strings.Contains(string(c.Data), ev.ID) {
+			t.Errorf("published %+v, want event %s", c, ev.ID)
 		}
 	}
 	audit, err := st.AuditLog(10)
@@ -54,16 +62,16 @@ func TestRefusalsAudited(t *testing.T) {
 		audit[2].Event != "target.refused" || !strings.Contains(audit[2].Detail, "version 2") || audit[2].Actor != id {
 		t.Errorf("audit log %+v, want the forged stack.down, the 12 suppressed and the stale target, by the instance", audit)
 	}
-	if got := testutil.ToFloat64(fst.refusals.targets.WithLabelValues(string(protocol.RefusedStale))); got != 1 {
+	if got := testutil.ToFloat64(m.obs.targets.WithLabelValues(string(protocol.RefusedStale))); got != 1 {
 		t.Errorf("stale targets counted %v, want 1", got)
 	}
-	if got := testutil.ToFloat64(fst.refusals.eventsDropped); got != 7 {
+	if got := testutil.ToFloat64(m.obs.eventsDropped); got != 7 {
 		t.Errorf("dropped events counted %v, want 7", got)
 	}
-	if got := testutil.ToFloat64(fst.refusals.commands.WithLabelValues(string(protocol.RefusedForged))); got != 1 {
+	if got := testutil.ToFloat64(m.obs.commands.WithLabelValues(string(protocol.RefusedForged))); got != 1 {
 		t.Errorf("forged refusals counted %v, want 1", got)
 	}
-	if got := testutil.ToFloat64(fst.refusals.commands.WithLabelValues("suppressed")); got != 12 {
+	if got := testutil.ToFloat64(m.obs.commands.WithLabelValues("suppressed")); got != 12 {
 		t.Errorf("suppressed refusals counted %v, want 12", got)
 	}
 }
