@@ -63,9 +63,9 @@ run: build images ## run the embedded default: control plane, NATS, one local in
 	$(BIN)/stackpro-controlplane dev --data ./data --http 127.0.0.1:8080 --nats 127.0.0.1:4222 $(RUN_FLAGS)
 
 bench: $(BIN)/stripe-mock ## run the benchmarks (see BENCHMARKS.md)
-	STRIPE_MOCK=$(BIN)/stripe-mock $(GO) test -run '^$$' -bench . -benchmem $$($(GO) list ./... | grep -v -e /controlplane/server -e /controlplane/rollout)
+	STRIPE_MOCK=$(BIN)/stripe-mock $(GO) test -run '^$$' -bench . -benchmem $$($(GO) list ./... | grep -v -e /controlplane/server -e /controlplane/rollout/engine)
 	STRIPE_MOCK=$(BIN)/stripe-mock $(GO) test -run '^$$' -bench . -benchtime 1x ./controlplane/server
-	$(GO) test -run '^$$' -bench Fleet10k -benchtime 1x -timeout 30m ./controlplane/rollout
+	$(GO) test -run '^$$' -bench Fleet10k -benchtime 1x -timeout 30m ./controlplane/rollout/engine
 
 clean: ## remove bin/ (data/ is kept)
 	rm -rf $(BIN)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/provision"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -53,13 +54,13 @@ type Events interface {
 // fault errors (Invalid, NotFound, Busy) where those apply; so are every
 // interface's here, and the API answers them by kind (see errors.go).
 type Jobs interface {
-	Provision(customer, plan, subdomain string) (fleet.Instance, fleet.Job, error)
+	Provision(customer, plan, subdomain string) (fleet.Instance, provision.Job, error)
 	// Start starts a job of kind (terminate, suspend, resume, resize) on
 	// instance id.
-	Start(kind, id string, params map[string]string) (fleet.Job, error)
-	Job(id string) (fleet.Job, error)
+	Start(kind, id string, params map[string]string) (provision.Job, error)
+	Job(id string) (provision.Job, error)
 	// InstanceJobs returns every job of instance id.
-	InstanceJobs(id string) ([]fleet.Job, error)
+	InstanceJobs(id string) ([]provision.Job, error)
 }
 
 // TargetSpec is a stack an operator wants an instance to run.
@@ -542,7 +543,7 @@ func (a *API) job(w http.ResponseWriter, r *http.Request) error {
 
 // seesJob reports whether p may see job: the customer of its instance,
 // or of the instance it was to provision.
-func (a *API) seesJob(p Principal, job fleet.Job) bool {
+func (a *API) seesJob(p Principal, job provision.Job) bool {
 	if inst, err := a.o.Fleet.Get(job.InstanceID, time.Now()); err == nil {
 		return sees(p, inst.Customer)
 	}

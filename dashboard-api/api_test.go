@@ -22,6 +22,8 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/provision"
+	"github.com/stackpro/stackpro/controlplane/rollout"
 	"github.com/stackpro/stackpro/shared/protocol"
 
 	"github.com/stackpro/stackpro/controlplane/fault"
@@ -91,44 +93,44 @@ func (f *fakeJobs) record(call string) {
 	f.ids = append(f.ids, call)
 }
 
-func (f *fakeJobs) Provision(customer, plan, subdomain string) (fleet.Instance, fleet.Job, error) {
+func (f *fakeJobs) Provision(customer, plan, subdomain string) (fleet.Instance, provision.Job, error) {
 	f.record("provision:" + customer + "/" + plan + "/" + subdomain)
 	if f.err != nil {
-		return fleet.Instance{}, fleet.Job{}, f.err
+		return fleet.Instance{}, provision.Job{}, f.err
 	}
 	return fleet.Instance{ID: "i-new", Customer: customer, Plan: plan, Subdomain: subdomain},
-		fleet.Job{ID: "job-1", Kind: "provision", InstanceID: "i-new"}, nil
+		provision.Job{ID: "job-1", Kind: "provision", InstanceID: "i-new"}, nil
 }
 
-func (f *fakeJobs) Start(kind, id string, params map[string]string) (fleet.Job, error) {
+func (f *fakeJobs) Start(kind, id string, params map[string]string) (provision.Job, error) {
 	call := kind + ":" + id
 	for _, k := range slices.Sorted(maps.Keys(params)) {
 		call += " " + k + "=" + params[k]
 	}
 	f.record(call)
-	return fleet.Job{ID: "job-2", Kind: kind, InstanceID: id}, f.err
+	return provision.Job{ID: "job-2", Kind: kind, InstanceID: id}, f.err
 }
 
 // fakeJob is the one job fakeJobs knows.
-var fakeJob = fleet.Job{ID: "job-2", Kind: "terminate", InstanceID: "i-a", State: fleet.JobRunning,
-	Steps: []string{"stop", "delete"}, Done: 1, Log: []fleet.JobLog{{At: created, Step: "stop", Outcome: "ok"}},
+var fakeJob = provision.Job{ID: "job-2", Kind: "terminate", InstanceID: "i-a", State: provision.JobRunning,
+	Steps: []string{"stop", "delete"}, Done: 1, Log: []provision.JobLog{{At: created, Step: "stop", Outcome: "ok"}},
 	CreatedAt: created, UpdatedAt: created}
 
-func (f *fakeJobs) Job(id string) (fleet.Job, error) {
+func (f *fakeJobs) Job(id string) (provision.Job, error) {
 	if f.err != nil {
-		return fleet.Job{}, f.err
+		return provision.Job{}, f.err
 	}
 	if id != fakeJob.ID {
-		return fleet.Job{}, fault.New(fault.NotFound, "job not found")
+		return provision.Job{}, fault.New(fault.NotFound, "job not found")
 	}
 	return fakeJob, nil
 }
 
-func (f *fakeJobs) InstanceJobs(id string) ([]fleet.Job, error) {
+func (f *fakeJobs) InstanceJobs(id string) ([]provision.Job, error) {
 	if id != fakeJob.InstanceID {
 		return nil, nil
 	}
-	return []fleet.Job{fakeJob}, nil
+	return []provision.Job{fakeJob}, nil
 }
 
 func (f *fakeJobs) calls() []string {
@@ -143,43 +145,43 @@ func (f *fakeJobs) calls() []string {
 // finished, with a target of each outcome.
 type fakeRuns struct {
 	mu      sync.Mutex
-	runs    map[string]fleet.Run
-	targets map[string][]fleet.Target
+	runs    map[string]rollout.Run
+	targets map[string][]rollout.Target
 	started []startedRun
 }
 
 // startedRun is one call of StartRun.
 type startedRun struct {
-	spec fleet.RunSpec
+	spec rollout.RunSpec
 	by   string
 }
 
 // runDone is the finished run newFakeRuns holds.
-var runDone = fleet.Run{ID: "run-000", CreatedBy: "oscar", CreatedAt: created, State: fleet.RunStopped,
+var runDone = rollout.Run{ID: "run-000", CreatedBy: "oscar", CreatedAt: created, State: rollout.RunStopped,
 	Reason: "error budget spent: 1 failed of 0 allowed", FinishedAt: created.Add(time.Minute),
-	Spec: fleet.RunSpec{Command: protocol.CommandStackStatus, Select: fleet.Selection{All: true}, MaxConcurrency: fleet.Limit{N: 10, Percent: true},
-		Timeout: fleet.Duration(time.Minute)},
-	Total: 2, Concurrency: 0, ErrorBudget: 0, Sent: 2, Counts: map[fleet.TargetState]int{fleet.TargetSucceeded: 1, fleet.TargetFailed: 1}}
+	Spec: rollout.RunSpec{Command: protocol.CommandStackStatus, Select: fleet.Selection{All: true}, MaxConcurrency: rollout.Limit{N: 10, Percent: true},
+		Timeout: rollout.Duration(time.Minute)},
+	Total: 2, Concurrency: 0, ErrorBudget: 0, Sent: 2, Counts: map[rollout.TargetState]int{rollout.TargetSucceeded: 1, rollout.TargetFailed: 1}}
 
 func newFakeRuns() *fakeRuns {
-	f := &fakeRuns{runs: map[string]fleet.Run{}, targets: map[string][]fleet.Target{}}
-	f.add(runDone, []fleet.Target{
-		{Instance: "i-a", State: fleet.TargetSucceeded, Nonce: "n-a", SentAt: created, FinishedAt: created.Add(time.Second),
+	f := &fakeRuns{runs: map[string]rollout.Run{}, targets: map[string][]rollout.Target{}}
+	f.add(runDone, []rollout.Target{
+		{Instance: "i-a", State: rollout.TargetSucceeded, Nonce: "n-a", SentAt: created, FinishedAt: created.Add(time.Second),
 			Result: json.RawMessage(`{"applied_version":1}`)},
-		{Instance: "i-b", State: fleet.TargetFailed, Nonce: "n-b", SentAt: created, FinishedAt: created.Add(time.Second),
+		{Instance: "i-b", State: rollout.TargetFailed, Nonce: "n-b", SentAt: created, FinishedAt: created.Add(time.Second),
 			Error: "the command expired before it arrived", Refused: string(protocol.RefusedExpired)},
 	})
 	return f
 }
 
 // add keeps run with its targets.
-func (f *fakeRuns) add(run fleet.Run, targets []fleet.Target) {
+func (f *fakeRuns) add(run rollout.Run, targets []rollout.Target) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.runs[run.ID], f.targets[run.ID] = run, targets
 }
 
-func (f *fakeRuns) Start(_ context.Context, spec fleet.RunSpec, by string) (fleet.Run, error) {
+func (f *fakeRuns) Start(_ context.Context, spec rollout.RunSpec, by string) (rollout.Run, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.started = append(f.started, startedRun{spec, by})
@@ -189,20 +191,20 @@ func (f *fakeRuns) Start(_ context.Context, spec fleet.RunSpec, by string) (flee
 		ids = slices.DeleteFunc(slices.Clone(spec.Select.IDs), func(id string) bool { return !slices.Contains(known, id) })
 	}
 	if len(ids) == 0 {
-		return fleet.Run{}, fault.New(fault.Invalid, "rollout: the selection matches no instance")
+		return rollout.Run{}, fault.New(fault.Invalid, "rollout: the selection matches no instance")
 	}
 	n := len(f.runs)
-	run := fleet.Run{ID: fmt.Sprintf("run-%03d", n), Spec: spec, CreatedBy: by, CreatedAt: created.Add(time.Duration(n) * time.Hour),
-		State: fleet.RunRunning, Total: len(ids), Concurrency: spec.MaxConcurrency.Of(len(ids)), ErrorBudget: spec.MaxErrors.Of(len(ids)),
-		Counts: map[fleet.TargetState]int{fleet.TargetPending: len(ids)}}
+	run := rollout.Run{ID: fmt.Sprintf("run-%03d", n), Spec: spec, CreatedBy: by, CreatedAt: created.Add(time.Duration(n) * time.Hour),
+		State: rollout.RunRunning, Total: len(ids), Concurrency: spec.MaxConcurrency.Of(len(ids)), ErrorBudget: spec.MaxErrors.Of(len(ids)),
+		Counts: map[rollout.TargetState]int{rollout.TargetPending: len(ids)}}
 	f.runs[run.ID] = run
 	for _, id := range ids {
-		f.targets[run.ID] = append(f.targets[run.ID], fleet.Target{Instance: id, State: fleet.TargetPending})
+		f.targets[run.ID] = append(f.targets[run.ID], rollout.Target{Instance: id, State: rollout.TargetPending})
 	}
 	return run, nil
 }
 
-func (f *fakeRuns) Get(id string) (fleet.Run, error) {
+func (f *fakeRuns) Get(id string) (rollout.Run, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	run, ok := f.runs[id]
@@ -212,13 +214,13 @@ func (f *fakeRuns) Get(id string) (fleet.Run, error) {
 	return run, nil
 }
 
-func (f *fakeRuns) List() ([]fleet.Run, error) {
+func (f *fakeRuns) List() ([]rollout.Run, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return slices.SortedFunc(maps.Values(f.runs), func(x, y fleet.Run) int { return y.CreatedAt.Compare(x.CreatedAt) }), nil
+	return slices.SortedFunc(maps.Values(f.runs), func(x, y rollout.Run) int { return y.CreatedAt.Compare(x.CreatedAt) }), nil
 }
 
-func (f *fakeRuns) Targets(id string) ([]fleet.Target, error) {
+func (f *fakeRuns) Targets(id string) ([]rollout.Target, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	targets, ok := f.targets[id]
@@ -228,7 +230,7 @@ func (f *fakeRuns) Targets(id string) ([]fleet.Target, error) {
 	return targets, nil
 }
 
-func (f *fakeRuns) Cancel(id, by string) (fleet.Run, error) {
+func (f *fakeRuns) Cancel(id, by string) (rollout.Run, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	run, ok := f.runs[id]
@@ -238,8 +240,8 @@ func (f *fakeRuns) Cancel(id, by string) (fleet.Run, error) {
 	case run.Done():
 		return run, fault.New(fault.Conflict, "rollout: run %s already %s", id, run.State)
 	}
-	run.State, run.Reason, run.FinishedAt = fleet.RunCancelled, "cancelled by "+by, created.Add(2*time.Hour)
-	run.Counts = map[fleet.TargetState]int{fleet.TargetSkipped: run.Total}
+	run.State, run.Reason, run.FinishedAt = rollout.RunCancelled, "cancelled by "+by, created.Add(2*time.Hour)
+	run.Counts = map[rollout.TargetState]int{rollout.TargetSkipped: run.Total}
 	f.runs[id] = run
 	return run, nil
 }
@@ -674,7 +676,7 @@ func TestProvision(t *testing.T) {
 	}
 	var got struct {
 		Instance fleet.Instance `json:"instance"`
-		Job      fleet.Job      `json:"job"`
+		Job      provision.Job  `json:"job"`
 	}
 	decode(t, res, "application/json", &got)
 	if i := got.Instance; i.ID != "i-new" || i.Customer != "acme" || i.Plan != "starter" || i.Subdomain != "shop" {
@@ -757,7 +759,7 @@ func TestStartJob(t *testing.T) {
 			if got := res.header.Get("Location"); got != "/api/v1/jobs/job-2" {
 				t.Errorf("Location = %q, want /api/v1/jobs/job-2", got)
 			}
-			var job fleet.Job
+			var job provision.Job
 			decode(t, res, "application/json", &job)
 			if job.ID != "job-2" || job.Kind != tt.kind || job.InstanceID != "i-a" {
 				t.Errorf("job = %+v, want %s job job-2 of i-a", job, tt.kind)
@@ -834,7 +836,7 @@ func TestGetJob(t *testing.T) {
 	if res.code != http.StatusOK {
 		t.Fatalf("GET /api/v1/jobs/job-2 = %d, want 200 (body %s)", res.code, res.body)
 	}
-	var got fleet.Job
+	var got provision.Job
 	decode(t, res, "application/json", &got)
 	if !reflect.DeepEqual(got, fakeJob) {
 		t.Errorf("job = %+v, want %+v", got, fakeJob)

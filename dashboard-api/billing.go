@@ -7,8 +7,8 @@ import (
 
 	"github.com/go-chi/chi/v5/middleware"
 
+	"github.com/stackpro/stackpro/controlplane/billing"
 	"github.com/stackpro/stackpro/controlplane/fault"
-	"github.com/stackpro/stackpro/controlplane/fleet"
 )
 
 // Billing is the customers' subscriptions and Stripe's webhooks. Its
@@ -20,12 +20,12 @@ type Billing interface {
 	// Portal returns the URL of the customer's billing portal.
 	Portal(ctx context.Context, customerID string) (url string, err error)
 	// Subscription is the customer's subscription; NotFound if none.
-	Subscription(customerID string) (fleet.Subscription, error)
+	Subscription(customerID string) (billing.Subscription, error)
 	// Webhook verifies a Stripe event on its raw body and queues it. Its
 	// error is Invalid when the signature or the event is refused;
 	// an event seen before is no error.
 	Webhook(payload []byte, signature string) error
-	Metrics(now time.Time) (fleet.BillingMetrics, error)
+	Metrics(now time.Time) (billing.Metrics, error)
 }
 
 // Plan is a plan as offered, for pricing pages.

@@ -13,8 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stackpro/stackpro/controlplane/fleet"
-
+	"github.com/stackpro/stackpro/controlplane/billing"
 	"github.com/stackpro/stackpro/controlplane/fault"
 )
 
@@ -32,12 +31,12 @@ var _ Billing = (*fakeBilling)(nil)
 // goodSignature is the one Stripe-Signature fakeBilling accepts.
 const goodSignature = "t=1767322245,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd"
 
-var testSubscription = fleet.Subscription{CustomerID: "cus_a", Status: fleet.SubscriptionActive, Plan: "starter",
+var testSubscription = billing.Subscription{CustomerID: "cus_a", Status: billing.SubscriptionActive, Plan: "starter",
 	StripeCustomer: "cus_Stripe1", StripeSubscription: "sub_1", MonthlyAmount: 4900, Currency: "eur",
-	History: []fleet.Transition{{At: created, Event: "customer.subscription.created", EventID: "evt_1",
-		To: fleet.SubscriptionActive, Plan: "starter"}}, UpdatedAt: created}
+	History: []billing.Transition{{At: created, Event: "customer.subscription.created", EventID: "evt_1",
+		To: billing.SubscriptionActive, Plan: "starter"}}, UpdatedAt: created}
 
-var testBillingMetrics = fleet.BillingMetrics{At: created, Currency: "eur", MRR: 4900,
+var testBillingMetrics = billing.Metrics{At: created, Currency: "eur", MRR: 4900,
 	Active: map[string]int{"starter": 1}, Trials: 2, Converted30d: 1, TrialsLost30d: 1, TrialConversion: 0.5}
 
 func (f *fakeBilling) Checkout(_ context.Context, customerID, plan string) (string, error) {
@@ -59,17 +58,17 @@ func (f *fakeBilling) Portal(_ context.Context, customerID string) (string, erro
 	return "https://billing.stripe.test/" + customerID, nil
 }
 
-func (f *fakeBilling) Subscription(customerID string) (fleet.Subscription, error) {
+func (f *fakeBilling) Subscription(customerID string) (billing.Subscription, error) {
 	f.record("subscription %s", customerID)
 	return f.sub(customerID)
 }
 
-func (f *fakeBilling) sub(customerID string) (fleet.Subscription, error) {
+func (f *fakeBilling) sub(customerID string) (billing.Subscription, error) {
 	if f.err != nil {
-		return fleet.Subscription{}, f.err
+		return billing.Subscription{}, f.err
 	}
 	if customerID != testSubscription.CustomerID {
-		return fleet.Subscription{}, fault.New(fault.NotFound, "billing: no subscription for %s", customerID)
+		return billing.Subscription{}, fault.New(fault.NotFound, "billing: no subscription for %s", customerID)
 	}
 	return testSubscription, nil
 }
@@ -85,7 +84,7 @@ func (f *fakeBilling) Webhook(payload []byte, signature string) error {
 	return nil
 }
 
-func (f *fakeBilling) Metrics(time.Time) (fleet.BillingMetrics, error) {
+func (f *fakeBilling) Metrics(time.Time) (billing.Metrics, error) {
 	f.record("metrics")
 	return testBillingMetrics, f.err
 }

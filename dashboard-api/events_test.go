@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/provision"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -105,7 +106,7 @@ func (s *stream) next(t testing.TB, kind string) frame {
 
 func publishJob(t testing.TB, feed *fleet.Feed, customer, instance string) {
 	t.Helper()
-	job := fleet.Job{ID: "job-" + instance, Kind: "provision", InstanceID: instance, State: fleet.JobRunning}
+	job := provision.Job{ID: "job-" + instance, Kind: "provision", InstanceID: instance, State: provision.JobRunning}
 	if err := feed.Publish(fleet.ChangeJob, customer, instance, job); err != nil {
 		t.Fatal(err)
 	}

@@ -26,6 +26,8 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/provision"
+	"github.com/stackpro/stackpro/controlplane/rollout"
 	"github.com/stackpro/stackpro/shared/protocol"
 
 	"github.com/stackpro/stackpro/controlplane/fault"
@@ -135,7 +137,7 @@ func TestOpenAPIEnums(t *testing.T) {
 		t.Errorf("Command enum = %v, want %v", got, protocol.OperatorCommands)
 	}
 	var states []string
-	for _, s := range fleet.TargetStates {
+	for _, s := range rollout.TargetStates {
 		states = append(states, string(s))
 	}
 	if got := enum("TargetState"); !slices.Equal(got, states) {
@@ -390,19 +392,19 @@ var (
 )
 
 // asSubmitted is job as the provisioning service submits it.
-func asSubmitted(job fleet.Job, params map[string]string) fleet.Job {
-	job.State, job.Steps, job.Params = fleet.JobPending, []string{"launch", "wait_running"}, params
-	job.Log = []fleet.JobLog{{At: created, Step: "job", Outcome: "submitted"}}
+func asSubmitted(job provision.Job, params map[string]string) provision.Job {
+	job.State, job.Steps, job.Params = provision.JobPending, []string{"launch", "wait_running"}, params
+	job.Log = []provision.JobLog{{At: created, Step: "job", Outcome: "submitted"}}
 	job.CreatedAt, job.UpdatedAt = created, created
 	return job
 }
 
-func (s submittedJobs) Provision(customer, plan, subdomain string) (fleet.Instance, fleet.Job, error) {
+func (s submittedJobs) Provision(customer, plan, subdomain string) (fleet.Instance, provision.Job, error) {
 	switch {
 	case customer == "busy":
-		return fleet.Instance{}, fleet.Job{}, errTestBusy
+		return fleet.Instance{}, provision.Job{}, errTestBusy
 	case plan == "gold":
-		return fleet.Instance{}, fleet.Job{}, errTestPlan
+		return fleet.Instance{}, provision.Job{}, errTestPlan
 	}
 	inst, job, err := s.fakeJobs.Provision(customer, plan, subdomain)
 	job = asSubmitted(job, map[string]string{"customer": customer, "plan": plan, "subdomain": subdomain})
@@ -411,12 +413,12 @@ func (s submittedJobs) Provision(customer, plan, subdomain string) (fleet.Instan
 	return inst, job, err
 }
 
-func (s submittedJobs) Start(kind, id string, params map[string]string) (fleet.Job, error) {
+func (s submittedJobs) Start(kind, id string, params map[string]string) (provision.Job, error) {
 	switch {
 	case id == "i-b":
-		return fleet.Job{}, errTestBusy
+		return provision.Job{}, errTestBusy
 	case params["plan"] == "gold":
-		return fleet.Job{}, errTestPlan
+		return provision.Job{}, errTestPlan
 	}
 	job, err := s.fakeJobs.Start(kind, id, params)
 	return asSubmitted(job, params), err

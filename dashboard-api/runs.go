@@ -13,6 +13,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/rollout"
 )
 
 // Runs starts and follows fleet command runs (controlplane/rollout's
@@ -21,17 +22,17 @@ import (
 type Runs interface {
 	// Start starts spec for by; the error is Invalid for a spec the
 	// engine refuses (a selection that matches no instance).
-	Start(ctx context.Context, spec fleet.RunSpec, by string) (fleet.Run, error)
+	Start(ctx context.Context, spec rollout.RunSpec, by string) (rollout.Run, error)
 	// Get is run id, or an error that is NotFound.
-	Get(id string) (fleet.Run, error)
+	Get(id string) (rollout.Run, error)
 	// List is every run, newest first.
-	List() ([]fleet.Run, error)
+	List() ([]rollout.Run, error)
 	// Targets is run id's targets, ordered by instance id, or an error
 	// that is NotFound.
-	Targets(id string) ([]fleet.Target, error)
+	Targets(id string) ([]rollout.Target, error)
 	// Cancel cancels run id for by: its error is NotFound, or Conflict
 	// when the run has already finished.
-	Cancel(id, by string) (fleet.Run, error)
+	Cancel(id, by string) (rollout.Run, error)
 }
 
 // Tags sets an instance's tags (replacing them all). Its error is
@@ -52,7 +53,7 @@ const (
 const maxRunBody = 1 << 20
 
 // runRequest is the body of POST /api/v1/runs. The limits are read here
-// rather than by fleet.Limit's decoder, so that a bad one is a 422 listed
+// rather than by rollout.Limit's decoder, so that a bad one is a 422 listed
 // with every other problem, not a 400 on its own.
 type runRequest struct {
 	Command        string          `json:"command"`
@@ -64,17 +65,17 @@ type runRequest struct {
 }
 
 // spec is the run the request asks for, or every problem with it.
-func (b runRequest) spec() (fleet.RunSpec, error) {
-	spec := fleet.RunSpec{Command: b.Command, Args: b.Args, Select: b.Select}
+func (b runRequest) spec() (rollout.RunSpec, error) {
+	spec := rollout.RunSpec{Command: b.Command, Args: b.Args, Select: b.Select}
 	var errs []error
 	if b.Command != "" { // spec.Validate reports a missing one
 		errs = append(errs, checkCommand(b.Command))
 	}
 	var err error
-	if spec.MaxConcurrency, err = fleet.ParseLimit(b.MaxConcurrency); err != nil {
+	if spec.MaxConcurrency, err = rollout.ParseLimit(b.MaxConcurrency); err != nil {
 		errs = append(errs, fmt.Errorf("max_concurrency: %w", err))
 	}
-	if spec.MaxErrors, err = fleet.ParseLimit(b.MaxErrors); err != nil {
+	if spec.MaxErrors, err = rollout.ParseLimit(b.MaxErrors); err != nil {
 		errs = append(errs, fmt.Errorf("max_errors: %w", err))
 	}
 	if err := spec.Timeout.UnmarshalText([]byte(b.Timeout)); err != nil {
@@ -112,12 +113,12 @@ func (a *API) startRun(w http.ResponseWriter, r *http.Request) error {
 
 // runList is a page of runs.
 type runList struct {
-	Runs       []fleet.Run `json:"runs"`
-	NextCursor string      `json:"next_cursor,omitempty"`
+	Runs       []rollout.Run `json:"runs"`
+	NextCursor string        `json:"next_cursor,omitempty"`
 }
 
 // runKey sorts runs newest first, as jobKey does jobs.
-func runKey(run fleet.Run) string { return newestFirst(run.CreatedAt, run.ID) }
+func runKey(run rollout.Run) string { return newestFirst(run.CreatedAt, run.ID) }
 
 func (a *API) listRuns(w http.ResponseWriter, r *http.Request) error {
 	pg, err := readPage(r)
@@ -130,7 +131,7 @@ func (a *API) listRuns(w http.ResponseWriter, r *http.Request) error {
 	}
 	// Paging needs the order of its keys; the engine's slice stays as it is.
 	runs = slices.Clone(runs)
-	slices.SortFunc(runs, func(x, y fleet.Run) int { return cmp.Compare(runKey(x), runKey(y)) })
+	slices.SortFunc(runs, func(x, y rollout.Run) int { return cmp.Compare(runKey(x), runKey(y)) })
 	items, next := page(runs, runKey, pg)
 	return writeJSON(w, http.StatusOK, runList{Runs: nonNil(items), NextCursor: next})
 }
@@ -145,8 +146,8 @@ func (a *API) getRun(w http.ResponseWriter, r *http.Request) error {
 
 // targetList is a page of a run's targets.
 type targetList struct {
-	Targets    []fleet.Target `json:"targets"`
-	NextCursor string         `json:"next_cursor,omitempty"`
+	Targets    []rollout.Target `json:"targets"`
+	NextCursor string           `json:"next_cursor,omitempty"`
 }
 
 // runTargets lists a run's targets by instance id, paged, optionally only
@@ -156,23 +157,23 @@ func (a *API) runTargets(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	state := fleet.TargetState(r.URL.Query().Get("state"))
-	if state != "" && !slices.Contains(fleet.TargetStates, state) {
-		return httpError{Code: http.StatusBadRequest, Msg: fmt.Sprintf("state: want one of %s", joinStates(fleet.TargetStates))}
+	state := rollout.TargetState(r.URL.Query().Get("state"))
+	if state != "" && !slices.Contains(rollout.TargetStates, state) {
+		return httpError{Code: http.StatusBadRequest, Msg: fmt.Sprintf("state: want one of %s", joinStates(rollout.TargetStates))}
 	}
 	targets, err := a.o.Runs.Targets(chi.URLParam(r, "id"))
 	if err != nil {
 		return err
 	}
-	targets = slices.DeleteFunc(slices.Clone(targets), func(t fleet.Target) bool { return state != "" && t.State != state })
-	key := func(t fleet.Target) string { return t.Instance }
-	slices.SortFunc(targets, func(x, y fleet.Target) int { return cmp.Compare(key(x), key(y)) })
+	targets = slices.DeleteFunc(slices.Clone(targets), func(t rollout.Target) bool { return state != "" && t.State != state })
+	key := func(t rollout.Target) string { return t.Instance }
+	slices.SortFunc(targets, func(x, y rollout.Target) int { return cmp.Compare(key(x), key(y)) })
 	items, next := page(targets, key, pg)
 	return writeJSON(w, http.StatusOK, targetList{Targets: nonNil(items), NextCursor: next})
 }
 
 // joinStates is states as "a, b, c".
-func joinStates(states []fleet.TargetState) string {
+func joinStates(states []rollout.TargetState) string {
 	names := make([]string, len(states))
 	for i, s := range states {
 		names[i] = string(s)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/rollout"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -21,19 +22,19 @@ func TestStartRun(t *testing.T) {
 	tests := []struct {
 		name string
 		body string
-		want fleet.RunSpec
+		want rollout.RunSpec
 	}{
 		{"defaults for absent limits", `{"command":"ping","select":{"all":true}}`,
-			fleet.RunSpec{Command: "ping", Select: fleet.Selection{All: true}, MaxConcurrency: fleet.Limit{N: 50},
-				MaxErrors: fleet.Limit{N: 0}, Timeout: fleet.Duration(time.Minute)}},
+			rollout.RunSpec{Command: "ping", Select: fleet.Selection{All: true}, MaxConcurrency: rollout.Limit{N: 50},
+				MaxErrors: rollout.Limit{N: 0}, Timeout: rollout.Duration(time.Minute)}},
 		{"zero is not absent", `{"command":"ping","select":{"all":true},"max_concurrency":"0","max_errors":"0%","timeout":"1s"}`,
-			fleet.RunSpec{Command: "ping", Select: fleet.Selection{All: true}, MaxConcurrency: fleet.Limit{N: 0},
-				MaxErrors: fleet.Limit{N: 0, Percent: true}, Timeout: fleet.Duration(time.Second)}},
+			rollout.RunSpec{Command: "ping", Select: fleet.Selection{All: true}, MaxConcurrency: rollout.Limit{N: 0},
+				MaxErrors: rollout.Limit{N: 0, Percent: true}, Timeout: rollout.Duration(time.Second)}},
 		{"every field", `{"command":"stack.restart","args":{"service":"crm"},"select":{"ids":["i-a"],"tags":{"ring":"canary"}},` +
 			`"max_concurrency":"10%","max_errors":"5","timeout":"2m30s"}`,
-			fleet.RunSpec{Command: "stack.restart", Args: json.RawMessage(`{"service":"crm"}`),
+			rollout.RunSpec{Command: "stack.restart", Args: json.RawMessage(`{"service":"crm"}`),
 				Select:         fleet.Selection{IDs: []string{"i-a"}, Tags: map[string]string{"ring": "canary"}},
-				MaxConcurrency: fleet.Limit{N: 10, Percent: true}, MaxErrors: fleet.Limit{N: 5}, Timeout: fleet.Duration(150 * time.Second)}},
+				MaxConcurrency: rollout.Limit{N: 10, Percent: true}, MaxErrors: rollout.Limit{N: 5}, Timeout: rollout.Duration(150 * time.Second)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -42,12 +43,12 @@ func TestStartRun(t *testing.T) {
 			if res.code != http.StatusCreated {
 				t.Fatalf("POST /api/v1/runs = %d, want 201 (body %s)", res.code, res.body)
 			}
-			var run fleet.Run
+			var run rollout.Run
 			decode(t, res, "application/json", &run)
 			if got := res.header.Get("Location"); got != "/api/v1/runs/"+run.ID || run.ID == "" {
 				t.Errorf("Location = %q for run %q, want /api/v1/runs/<its id>", got, run.ID)
 			}
-			if run.CreatedBy != "alice" || run.State != fleet.RunRunning || run.Spec.Command != tt.want.Command {
+			if run.CreatedBy != "alice" || run.State != rollout.RunRunning || run.Spec.Command != tt.want.Command {
 				t.Errorf("run = %+v, want a running %s by alice", run, tt.want.Command)
 			}
 			starts := ta.runs.starts()
@@ -74,7 +75,7 @@ func wantLog(t *testing.T, log string, wants ...string) {
 }
 
 // sameSpec compares specs by their JSON, which is what the engine keeps.
-func sameSpec(x, y fleet.RunSpec) bool {
+func sameSpec(x, y rollout.RunSpec) bool {
 	a, errA := json.Marshal(x)
 	b, errB := json.Marshal(y)
 	return errA == nil && errB == nil && string(a) == string(b)
@@ -191,25 +192,25 @@ func pageAll[T any](t *testing.T, ta *testAPI, path, field string, limit int) (i
 // order, every third failed, and returns their ids in order.
 func bigRun(ta *testAPI) []string {
 	var ids []string
-	var targets []fleet.Target
+	var targets []rollout.Target
 	for i := range 250 {
 		id := fmt.Sprintf("i-%03d", i)
 		ids = append(ids, id)
-		state := fleet.TargetSucceeded
+		state := rollout.TargetSucceeded
 		if i%3 == 0 {
-			state = fleet.TargetFailed
+			state = rollout.TargetFailed
 		}
-		targets = append(targets, fleet.Target{Instance: id, State: state})
+		targets = append(targets, rollout.Target{Instance: id, State: state})
 	}
 	slices.Reverse(targets)
-	ta.runs.add(fleet.Run{ID: "run-big", CreatedAt: created.Add(-time.Hour), State: fleet.RunCompleted, Total: 250}, targets)
+	ta.runs.add(rollout.Run{ID: "run-big", CreatedAt: created.Add(-time.Hour), State: rollout.RunCompleted, Total: 250}, targets)
 	return ids
 }
 
 func TestRunTargetsPaging(t *testing.T) {
 	ta := newTestAPI(t, nil)
 	ids := bigRun(ta)
-	targets, pages := pageAll[fleet.Target](t, ta, "/api/v1/runs/run-big/targets", "targets", 100)
+	targets, pages := pageAll[rollout.Target](t, ta, "/api/v1/runs/run-big/targets", "targets", 100)
 	var got []string
 	for _, tg := range targets {
 		got = append(got, tg.Instance)
@@ -218,7 +219,7 @@ func TestRunTargetsPaging(t *testing.T) {
 		t.Errorf("%d pages of %d targets %v..., want 3 pages of the 250 in order, each once", pages, len(got), got[:min(len(got), 5)])
 	}
 
-	failed, _ := pageAll[fleet.Target](t, ta, "/api/v1/runs/run-big/targets?state=failed", "targets", 30)
+	failed, _ := pageAll[rollout.Target](t, ta, "/api/v1/runs/run-big/targets?state=failed", "targets", 30)
 	var wantFailed []string
 	for i, id := range ids {
 		if i%3 == 0 {
@@ -227,7 +228,7 @@ func TestRunTargetsPaging(t *testing.T) {
 	}
 	got = got[:0]
 	for _, tg := range failed {
-		if tg.State != fleet.TargetFailed {
+		if tg.State != rollout.TargetFailed {
 			t.Errorf("?state=failed gave %+v", tg)
 		}
 		got = append(got, tg.Instance)
@@ -236,7 +237,7 @@ func TestRunTargetsPaging(t *testing.T) {
 		t.Errorf("?state=failed gave %d targets, want the %d failed ones in order", len(got), len(wantFailed))
 	}
 
-	none, pages := pageAll[fleet.Target](t, ta, "/api/v1/runs/run-big/targets?state=timed_out", "targets", 100)
+	none, pages := pageAll[rollout.Target](t, ta, "/api/v1/runs/run-big/targets?state=timed_out", "targets", 100)
 	if len(none) != 0 || pages != 1 {
 		t.Errorf("?state=timed_out gave %d targets over %d pages, want one empty page", len(none), pages)
 	}
@@ -271,7 +272,7 @@ func TestListRuns(t *testing.T) {
 			t.Fatalf("POST /api/v1/runs = %d (body %s)", res.code, res.body)
 		}
 	}
-	runs, pages := pageAll[fleet.Run](t, ta, "/api/v1/runs", "runs", 2)
+	runs, pages := pageAll[rollout.Run](t, ta, "/api/v1/runs", "runs", 2)
 	var got []string
 	for _, run := range runs {
 		got = append(got, run.ID)
@@ -281,7 +282,7 @@ func TestListRuns(t *testing.T) {
 	}
 
 	res := ta.do(t, http.MethodGet, "/api/v1/runs/run-000", goodToken)
-	var run fleet.Run
+	var run rollout.Run
 	decode(t, res, "application/json", &run)
 	if res.code != http.StatusOK || run.ID != runDone.ID || run.State != runDone.State || !maps.Equal(run.Counts, runDone.Counts) {
 		t.Errorf("GET /api/v1/runs/run-000 = %d %+v, want %+v", res.code, run, runDone)
@@ -292,13 +293,13 @@ func TestListRuns(t *testing.T) {
 func TestCancelRun(t *testing.T) {
 	ta := newTestAPI(t, nil)
 	res := ta.send(t, http.MethodPost, "/api/v1/runs", tokenOperator, `{"command":"stack.pull","select":{"ids":["i-a","i-b"]}}`)
-	var started fleet.Run
+	var started rollout.Run
 	decode(t, res, "application/json", &started)
 
 	res = ta.do(t, http.MethodPost, "/api/v1/runs/"+started.ID+"/cancel", goodToken)
-	var run fleet.Run
+	var run rollout.Run
 	decode(t, res, "application/json", &run)
-	if res.code != http.StatusOK || run.State != fleet.RunCancelled || run.Reason != "cancelled by alice" {
+	if res.code != http.StatusOK || run.State != rollout.RunCancelled || run.Reason != "cancelled by alice" {
 		t.Errorf("cancel = %d %+v, want 200 and the run cancelled by alice", res.code, run)
 	}
 	wantLog(t, ta.log.String(), `msg="run cancelled"`, "run="+started.ID, "by=alice", "request_id="+res.header.Get("X-Request-Id"))

@@ -11,6 +11,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/provision"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -76,9 +77,9 @@ type statusMetrics struct {
 
 // jobSummary is the job working on an instance now.
 type jobSummary struct {
-	ID    string         `json:"id"`
-	Kind  string         `json:"kind"`
-	State fleet.JobState `json:"state"`
+	ID    string             `json:"id"`
+	Kind  string             `json:"kind"`
+	State provision.JobState `json:"state"`
 	// Step is the step it is at.
 	Step string `json:"step,omitempty"`
 }
@@ -134,7 +135,7 @@ func serviceState(svc protocol.ServiceState) string {
 	return svc.State
 }
 
-func summarize(job fleet.Job) *jobSummary {
+func summarize(job provision.Job) *jobSummary {
 	s := &jobSummary{ID: job.ID, Kind: job.Kind, State: job.State}
 	if job.Done < len(job.Steps) && !job.State.Finished() {
 		s.Step = job.Steps[job.Done]
@@ -173,13 +174,13 @@ func (a *API) fleetOverview(w http.ResponseWriter, _ *http.Request) error {
 
 // jobList is a page of jobs, newest first.
 type jobList struct {
-	Jobs       []fleet.Job `json:"jobs"`
-	NextCursor string      `json:"next_cursor,omitempty"`
+	Jobs       []provision.Job `json:"jobs"`
+	NextCursor string          `json:"next_cursor,omitempty"`
 }
 
 // jobsOf reads a paged request for the jobs of the route's instance, which
 // the caller must be allowed to see.
-func (a *API) jobsOf(r *http.Request) (pageRequest, fleet.Instance, []fleet.Job, error) {
+func (a *API) jobsOf(r *http.Request) (pageRequest, fleet.Instance, []provision.Job, error) {
 	pg, err := readPage(r)
 	if err != nil {
 		return pg, fleet.Instance{}, nil, err
@@ -192,7 +193,7 @@ func (a *API) jobsOf(r *http.Request) (pageRequest, fleet.Instance, []fleet.Job,
 	return pg, inst, jobs, err
 }
 
-func jobKey(j fleet.Job) string { return newestFirst(j.CreatedAt, j.ID) }
+func jobKey(j provision.Job) string { return newestFirst(j.CreatedAt, j.ID) }
 
 // instanceJobs lists the jobs of an instance, its provisioning log first
 // among them, newest first.
@@ -201,7 +202,7 @@ func (a *API) instanceJobs(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	slices.SortFunc(jobs, func(x, y fleet.Job) int { return cmp.Compare(jobKey(x), jobKey(y)) })
+	slices.SortFunc(jobs, func(x, y provision.Job) int { return cmp.Compare(jobKey(x), jobKey(y)) })
 	items, next := page(jobs, jobKey, pg)
 	return writeJSON(w, http.StatusOK, jobList{Jobs: nonNil(items), NextCursor: next})
 }

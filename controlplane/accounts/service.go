@@ -46,37 +46,34 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/audit"
 	"github.com/stackpro/stackpro/controlplane/fault"
-	"github.com/stackpro/stackpro/controlplane/internal/store"
 )
 
 // Store is what accounts keeps its records in.
 type Store interface {
-	CreateUser(u store.User, passwordHash string, c store.Customer) error
-	User(id string) (store.User, error)
-	UserByEmail(email string) (store.User, error)
-	UpdateUser(id string, update func(*store.User) error) (store.User, error)
+	CreateUser(u User, passwordHash string, c Customer) error
+	User(id string) (User, error)
+	UserByEmail(email string) (User, error)
+	UpdateUser(id string, update func(*User) error) (User, error)
 	PasswordHash(userID string) (string, error)
 	SetPassword(userID, passwordHash string) error
-	Customer(id string) (store.Customer, error)
-	UpdateCustomer(id string, update func(*store.Customer) error) (store.Customer, error)
+	Customer(id string) (Customer, error)
+	UpdateCustomer(id string, update func(*Customer) error) (Customer, error)
 
-	PutOneTimeToken(token string, t store.OneTimeToken) error
-	OneTimeToken(token, purpose string, now time.Time) (store.OneTimeToken, error)
-	UseOneTimeToken(token, purpose string, now time.Time) (store.OneTimeToken, error)
+	PutOneTimeToken(token string, t OneTimeToken) error
+	OneTimeToken(token, purpose string, now time.Time) (OneTimeToken, error)
+	UseOneTimeToken(token, purpose string, now time.Time) (OneTimeToken, error)
 
-	PutRefreshToken(token string, rt store.RefreshToken) error
-	RotateRefreshToken(sessionID, token, next string, now time.Time, ttl time.Duration) (store.RefreshToken, error)
-	RevokeRefreshFamily(sessionID, token string, allow func(store.RefreshToken) error) (store.RefreshToken, error)
+	PutRefreshToken(token string, rt RefreshToken) error
+	RotateRefreshToken(sessionID, token, next string, now time.Time, ttl time.Duration) (RefreshToken, error)
+	RevokeRefreshFamily(sessionID, token string, allow func(RefreshToken) error) (RefreshToken, error)
 	PruneSessions(now time.Time) (int, error)
 
-	CreateAPIToken(name string, role store.Role, now time.Time) (string, error)
-	ListAPITokens() ([]store.APITokenInfo, error)
+	CreateAPIToken(name string, role Role, now time.Time) (string, error)
+	ListAPITokens() ([]APITokenInfo, error)
 	RevokeAPIToken(id string) error
 
 	AppendAudit(rec audit.Record) error
 }
-
-var _ Store = (*store.Store)(nil)
 
 // Mailer sends a plain-text email.
 type Mailer interface {
@@ -213,21 +210,21 @@ type Meta struct {
 // operator's API token, which has a role and no user.
 type Caller struct {
 	UserID string
-	Role   store.Role
+	Role   Role
 }
 
 // Tokens are a session's credentials.
 type Tokens struct {
-	AccessToken  string     `json:"access_token"`
-	ExpiresAt    time.Time  `json:"expires_at"` // the access token's
-	RefreshToken string     `json:"refresh_token"`
-	User         store.User `json:"user"`
+	AccessToken  string    `json:"access_token"`
+	ExpiresAt    time.Time `json:"expires_at"` // the access token's
+	RefreshToken string    `json:"refresh_token"`
+	User         User      `json:"user"`
 }
 
 // Profile is what a user sees of themself.
 type Profile struct {
-	User     store.User      `json:"user"`
-	Customer *store.Customer `json:"customer,omitempty"` // nil for operators
+	User     User      `json:"user"`
+	Customer *Customer `json:"customer,omitempty"` // nil for operators
 }
 
 // SignupInput is what a new customer gives.
@@ -256,7 +253,7 @@ const (
 // Signup creates a user and their customer (on trial) and emails a link
 // to verify the address. A taken address answers like a success: the user
 // returned is stored nowhere, and the owner is emailed instead.
-func (s *Service) Signup(ctx context.Context, meta Meta, in SignupInput) (store.User, error) {
+func (s *Service) Signup(ctx context.Context, meta Meta, in SignupInput) (User, error) {
 	in.Email = normalizeEmail(in.Email)
 	errs := []error{checkEmail(in.Email), checkName("first_name", in.FirstName), checkName("last_name", in.LastName),
 		checkName("company", in.Company)}
@@ -264,23 +261,23 @@ func (s *Service) Signup(ctx context.Context, meta Meta, in SignupInput) (store.
 		errs = append(errs, fmt.Errorf("unknown plan %q", in.Plan))
 	}
 	if err := invalid(errs...); err != nil {
-		return store.User{}, err
+		return User{}, err
 	}
 	if err := CheckPassword(in.Password, in.Email); err != nil {
-		return store.User{}, err
+		return User{}, err
 	}
 	now := s.o.Now()
-	u := store.User{ID: newID("usr-"), Email: in.Email, Role: store.RoleCustomer, CustomerID: newID("cus-"),
+	u := User{ID: newID("usr-"), Email: in.Email, Role: RoleCustomer, CustomerID: newID("cus-"),
 		FirstName: strings.TrimSpace(in.FirstName), LastName: strings.TrimSpace(in.LastName), CreatedAt: now, UpdatedAt: now}
-	c := store.Customer{ID: u.CustomerID, Company: strings.TrimSpace(in.Company), Plan: in.Plan, Status: StatusTrial,
+	c := Customer{ID: u.CustomerID, Company: strings.TrimSpace(in.Company), Plan: in.Plan, Status: StatusTrial,
 		TrialEndsAt: now.Add(s.o.TrialPeriod), CreatedAt: now, UpdatedAt: now}
 	// Hashed even when the address is taken, so both answers take as long.
 	err := s.st.CreateUser(u, s.o.Hasher.Hash(in.Password), c)
-	if errors.Is(err, store.ErrEmailTaken) {
+	if errors.Is(err, ErrEmailTaken) {
 		return u, s.signupTaken(ctx, meta, in.Email)
 	}
 	if err != nil {
-		return store.User{}, fmt.Errorf("accounts: signup: %w", err)
+		return User{}, fmt.Errorf("accounts: signup: %w", err)
 	}
 	s.audit(meta, EventSignup, u.ID, u.Email, "plan="+c.Plan)
 	return u, s.sendVerification(ctx, meta, u)
@@ -303,7 +300,7 @@ func (s *Service) signupTaken(ctx context.Context, meta Meta, email string) erro
 }
 
 // sendVerification emails u a new link to verify their address.
-func (s *Service) sendVerification(ctx context.Context, meta Meta, u store.User) error {
+func (s *Service) sendVerification(ctx context.Context, meta Meta, u User) error {
 	token, err := s.newOneTimeToken(u.ID, purposeVerify, prefixVerify, s.o.VerifyTTL)
 	if err != nil {
 		return err
@@ -318,7 +315,7 @@ func (s *Service) sendVerification(ctx context.Context, meta Meta, u store.User)
 
 func (s *Service) newOneTimeToken(userID, purpose, prefix string, ttl time.Duration) (string, error) {
 	token := newToken(prefix)
-	err := s.st.PutOneTimeToken(token, store.OneTimeToken{Purpose: purpose, UserID: userID, ExpiresAt: s.o.Now().Add(ttl)})
+	err := s.st.PutOneTimeToken(token, OneTimeToken{Purpose: purpose, UserID: userID, ExpiresAt: s.o.Now().Add(ttl)})
 	if err != nil {
 		return "", fmt.Errorf("accounts: %w", err)
 	}
@@ -342,7 +339,7 @@ func (s *Service) VerifyEmail(ctx context.Context, meta Meta, token string) erro
 		return err
 	}
 	now := s.o.Now()
-	u, err := s.st.UpdateUser(t.UserID, func(rec *store.User) error {
+	u, err := s.st.UpdateUser(t.UserID, func(rec *User) error {
 		if rec.EmailVerifiedAt.IsZero() {
 			rec.EmailVerifiedAt, rec.UpdatedAt = now, now
 		}
@@ -356,7 +353,7 @@ func (s *Service) VerifyEmail(ctx context.Context, meta Meta, token string) erro
 }
 
 // useToken redeems a one-time token; a refusal wraps ErrInvalidToken.
-func (s *Service) useToken(token, purpose string) (store.OneTimeToken, error) {
+func (s *Service) useToken(token, purpose string) (OneTimeToken, error) {
 	t, err := s.st.UseOneTimeToken(token, purpose, s.o.Now())
 	return t, tokenErr(err)
 }
@@ -367,7 +364,7 @@ func tokenErr(err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrExpired):
+	case errors.Is(err, fault.ErrNotFound), errors.Is(err, ErrExpired):
 		return fmt.Errorf("%w: %w", ErrInvalidToken, err)
 	default:
 		return fmt.Errorf("accounts: %w", err)
@@ -386,9 +383,9 @@ func (s *Service) ResendVerification(ctx context.Context, meta Meta, email strin
 
 // userByEmail returns the user with the address, or a zero User if there
 // is none.
-func (s *Service) userByEmail(email string) (store.User, error) {
+func (s *Service) userByEmail(email string) (User, error) {
 	u, err := s.st.UserByEmail(normalizeEmail(email))
-	if err != nil && !errors.Is(err, store.ErrNotFound) {
+	if err != nil && !errors.Is(err, fault.ErrNotFound) {
 		return u, fmt.Errorf("accounts: %w", err)
 	}
 	return u, nil
@@ -427,8 +424,8 @@ func (s *Service) Login(ctx context.Context, meta Meta, email, password string) 
 }
 
 // startSession opens a new refresh token family for u.
-func (s *Service) startSession(u store.User) (Tokens, error) {
-	rt := store.RefreshToken{SessionID: newID("ses-"), UserID: u.ID, ExpiresAt: s.o.Now().Add(s.o.RefreshTTL)}
+func (s *Service) startSession(u User) (Tokens, error) {
+	rt := RefreshToken{SessionID: newID("ses-"), UserID: u.ID, ExpiresAt: s.o.Now().Add(s.o.RefreshTTL)}
 	refresh := newRefreshToken(rt.SessionID)
 	if err := s.st.PutRefreshToken(refresh, rt); err != nil {
 		return Tokens{}, fmt.Errorf("accounts: %w", err)
@@ -436,7 +433,7 @@ func (s *Service) startSession(u store.User) (Tokens, error) {
 	return s.tokens(u, rt.SessionID, refresh)
 }
 
-func (s *Service) tokens(u store.User, sessionID, refresh string) (Tokens, error) {
+func (s *Service) tokens(u User, sessionID, refresh string) (Tokens, error) {
 	access, exp, err := s.signer.Sign(Claims{Role: u.Role, CustomerID: u.CustomerID, SessionID: sessionID,
 		RegisteredClaims: jwt.RegisteredClaims{Subject: u.ID}})
 	if err != nil {
@@ -455,7 +452,7 @@ func (s *Service) Refresh(ctx context.Context, meta Meta, refreshToken string) (
 	}
 	next := newRefreshToken(sessionID)
 	rt, err := s.st.RotateRefreshToken(sessionID, refreshToken, next, s.o.Now(), s.o.RefreshTTL)
-	if errors.Is(err, store.ErrTokenReused) {
+	if errors.Is(err, ErrTokenReused) {
 		s.audit(meta, EventRefreshReused, rt.UserID, "", "session="+rt.SessionID)
 		return Tokens{}, ErrTokenReused
 	}
@@ -477,9 +474,9 @@ func (s *Service) Logout(ctx context.Context, meta Meta, caller Caller, refreshT
 	if err != nil {
 		return err
 	}
-	rt, err := s.st.RevokeRefreshFamily(sessionID, refreshToken, func(rt store.RefreshToken) error {
+	rt, err := s.st.RevokeRefreshFamily(sessionID, refreshToken, func(rt RefreshToken) error {
 		owner := caller.UserID != "" && caller.UserID == rt.UserID
-		if !owner && caller.Role != store.RoleAdmin {
+		if !owner && caller.Role != RoleAdmin {
 			return ErrNotSessionOwner
 		}
 		return nil
@@ -551,7 +548,7 @@ func (s *Service) ResetPassword(ctx context.Context, meta Meta, token, newPasswo
 		return fmt.Errorf("accounts: resetting password: %w", err)
 	}
 	now := s.o.Now()
-	_, err = s.st.UpdateUser(u.ID, func(rec *store.User) error {
+	_, err = s.st.UpdateUser(u.ID, func(rec *User) error {
 		if rec.EmailVerifiedAt.IsZero() {
 			rec.EmailVerifiedAt = now
 		}
@@ -595,9 +592,9 @@ func (s *Service) ChangePassword(ctx context.Context, meta Meta, userID, oldPass
 }
 
 // user returns user id, or ErrNotFound.
-func (s *Service) user(id string) (store.User, error) {
+func (s *Service) user(id string) (User, error) {
 	u, err := s.st.User(id)
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, fault.ErrNotFound) {
 		return u, fmt.Errorf("%w: user %s", ErrNotFound, id)
 	}
 	if err != nil {
@@ -629,20 +626,20 @@ func (s *Service) UpdateMe(ctx context.Context, meta Meta, userID string, p Prof
 		return Profile{}, err
 	}
 	now := s.o.Now()
-	u, err := s.st.UpdateUser(userID, func(rec *store.User) error {
+	u, err := s.st.UpdateUser(userID, func(rec *User) error {
 		setIf(&rec.FirstName, p.FirstName)
 		setIf(&rec.LastName, p.LastName)
 		rec.UpdatedAt = now
 		return nil
 	})
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, fault.ErrNotFound) {
 		return Profile{}, fmt.Errorf("%w: user %s", ErrNotFound, userID)
 	}
 	if err != nil {
 		return Profile{}, fmt.Errorf("accounts: %w", err)
 	}
 	if p.Company != nil && u.CustomerID != "" {
-		_, err := s.st.UpdateCustomer(u.CustomerID, func(c *store.Customer) error {
+		_, err := s.st.UpdateCustomer(u.CustomerID, func(c *Customer) error {
 			c.Company, c.UpdatedAt = *p.Company, now
 			return nil
 		})
@@ -678,27 +675,27 @@ func setIf(dst *string, v *string) {
 // CreateOperator creates an operator's or an admin's user: no customer,
 // the address taken as verified (an admin vouches for it), the password
 // held to the same policy as everyone's.
-func (s *Service) CreateOperator(ctx context.Context, meta Meta, email, password, firstName, lastName string, role store.Role) (store.User, error) {
+func (s *Service) CreateOperator(ctx context.Context, meta Meta, email, password, firstName, lastName string, role Role) (User, error) {
 	email = normalizeEmail(email)
 	errs := []error{checkEmail(email), checkName("first_name", firstName), checkName("last_name", lastName)}
-	if role != store.RoleOperator && role != store.RoleAdmin {
-		errs = append(errs, fmt.Errorf("role must be %s or %s", store.RoleOperator, store.RoleAdmin))
+	if role != RoleOperator && role != RoleAdmin {
+		errs = append(errs, fmt.Errorf("role must be %s or %s", RoleOperator, RoleAdmin))
 	}
 	if err := invalid(errs...); err != nil {
-		return store.User{}, err
+		return User{}, err
 	}
 	if err := CheckPassword(password, email); err != nil {
-		return store.User{}, err
+		return User{}, err
 	}
 	now := s.o.Now()
-	u := store.User{ID: newID("usr-"), Email: email, Role: role, FirstName: strings.TrimSpace(firstName),
+	u := User{ID: newID("usr-"), Email: email, Role: role, FirstName: strings.TrimSpace(firstName),
 		LastName: strings.TrimSpace(lastName), EmailVerifiedAt: now, CreatedAt: now, UpdatedAt: now}
-	err := s.st.CreateUser(u, s.o.Hasher.Hash(password), store.Customer{})
-	if errors.Is(err, store.ErrEmailTaken) {
-		return store.User{}, invalid(fmt.Errorf("%s already has an account", email))
+	err := s.st.CreateUser(u, s.o.Hasher.Hash(password), Customer{})
+	if errors.Is(err, ErrEmailTaken) {
+		return User{}, invalid(fmt.Errorf("%s already has an account", email))
 	}
 	if err != nil {
-		return store.User{}, fmt.Errorf("accounts: creating an operator: %w", err)
+		return User{}, fmt.Errorf("accounts: creating an operator: %w", err)
 	}
 	s.audit(meta, EventOperatorCreated, u.ID, u.Email, "role="+string(role))
 	return u, nil
@@ -706,31 +703,31 @@ func (s *Service) CreateOperator(ctx context.Context, meta Meta, email, password
 
 // CreateAPIToken mints an operator API token and returns it with its
 // listing; the token itself is shown this once.
-func (s *Service) CreateAPIToken(ctx context.Context, meta Meta, name string, role store.Role) (string, store.APITokenInfo, error) {
+func (s *Service) CreateAPIToken(ctx context.Context, meta Meta, name string, role Role) (string, APITokenInfo, error) {
 	name = strings.TrimSpace(name)
 	var errs []error
 	if name == "" {
 		errs = append(errs, errors.New("name is required"))
 	}
 	errs = append(errs, checkName("name", name))
-	if role != store.RoleOperator && role != store.RoleAdmin {
-		errs = append(errs, fmt.Errorf("role must be %s or %s", store.RoleOperator, store.RoleAdmin))
+	if role != RoleOperator && role != RoleAdmin {
+		errs = append(errs, fmt.Errorf("role must be %s or %s", RoleOperator, RoleAdmin))
 	}
 	if err := invalid(errs...); err != nil {
-		return "", store.APITokenInfo{}, err
+		return "", APITokenInfo{}, err
 	}
 	now := s.o.Now()
 	token, err := s.st.CreateAPIToken(name, role, now)
 	if err != nil {
-		return "", store.APITokenInfo{}, fmt.Errorf("accounts: %w", err)
+		return "", APITokenInfo{}, fmt.Errorf("accounts: %w", err)
 	}
-	info := store.APITokenInfo{ID: store.APITokenID(token), APIToken: store.APIToken{Name: name, Role: role, CreatedAt: now}}
+	info := APITokenInfo{ID: APITokenID(token), APIToken: APIToken{Name: name, Role: role, CreatedAt: now}}
 	s.audit(meta, EventAPITokenCreated, "", "", fmt.Sprintf("id=%s name=%q role=%s", info.ID, name, role))
 	return token, info, nil
 }
 
 // ListAPITokens returns every API token's listing, oldest first.
-func (s *Service) ListAPITokens(ctx context.Context) ([]store.APITokenInfo, error) {
+func (s *Service) ListAPITokens(ctx context.Context) ([]APITokenInfo, error) {
 	tokens, err := s.st.ListAPITokens()
 	if err != nil {
 		return nil, fmt.Errorf("accounts: %w", err)
@@ -741,7 +738,7 @@ func (s *Service) ListAPITokens(ctx context.Context) ([]store.APITokenInfo, erro
 // RevokeAPIToken deletes the API token listed as id.
 func (s *Service) RevokeAPIToken(ctx context.Context, meta Meta, id string) error {
 	err := s.st.RevokeAPIToken(id)
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, fault.ErrNotFound) {
 		return fmt.Errorf("%w: API token %s", ErrNotFound, id)
 	}
 	if err != nil {

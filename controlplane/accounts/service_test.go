@@ -122,7 +122,7 @@ func signupInput(email string) accounts.SignupInput {
 		Company: "Analytical Engines", Plan: "starter"}
 }
 
-func (e *env) signup(t testing.TB, email string) store.User {
+func (e *env) signup(t testing.TB, email string) accounts.User {
 	t.Helper()
 	u, err := e.svc.Signup(t.Context(), meta, signupInput(email))
 	if err != nil {
@@ -132,7 +132,7 @@ func (e *env) signup(t testing.TB, email string) store.User {
 }
 
 // verifiedUser signs up and verifies the address.
-func (e *env) verifiedUser(t testing.TB, email string) store.User {
+func (e *env) verifiedUser(t testing.TB, email string) accounts.User {
 	t.Helper()
 	u := e.signup(t, email)
 	if err := e.svc.VerifyEmail(t.Context(), meta, e.mail.lastToken(t, email)); err != nil {
@@ -173,14 +173,14 @@ func wantErr(t *testing.T, what string, err, want error) {
 func TestSignupVerifyLogin(t *testing.T) {
 	e := newEnv(t)
 	u := e.signup(t, "  Ada@Example.COM ")
-	if u.Email != "ada@example.com" || u.Role != store.RoleCustomer || u.CustomerID == "" || !u.EmailVerifiedAt.IsZero() {
+	if u.Email != "ada@example.com" || u.Role != accounts.RoleCustomer || u.CustomerID == "" || !u.EmailVerifiedAt.IsZero() {
 		t.Fatalf("Signup = %+v, want an unverified customer with a normalized address", u)
 	}
 	c, err := e.st.Customer(u.CustomerID)
 	if err != nil {
 		t.Fatalf("Customer: %v", err)
 	}
-	want := store.Customer{ID: u.CustomerID, Company: "Analytical Engines", Plan: "starter", Status: accounts.StatusTrial,
+	want := accounts.Customer{ID: u.CustomerID, Company: "Analytical Engines", Plan: "starter", Status: accounts.StatusTrial,
 		TrialEndsAt: t0.Add(7 * 24 * time.Hour), CreatedAt: t0, UpdatedAt: t0}
 	if c != want {
 		t.Errorf("Customer = %+v, want %+v", c, want)
@@ -202,7 +202,7 @@ func TestSignupVerifyLogin(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Verify(access token): %v", err)
 	}
-	if claims.Subject != u.ID || claims.Role != store.RoleCustomer || claims.CustomerID != u.CustomerID || claims.SessionID == "" {
+	if claims.Subject != u.ID || claims.Role != accounts.RoleCustomer || claims.CustomerID != u.CustomerID || claims.SessionID == "" {
 		t.Errorf("claims = %+v, want user %s, customer %s, a session", claims, u.ID, u.CustomerID)
 	}
 	if !tokens.ExpiresAt.Equal(t0.Add(15*time.Minute)) || tokens.RefreshToken == "" || tokens.User.ID != u.ID {
@@ -448,9 +448,9 @@ func TestLogoutOwnSessionOrAdmin(t *testing.T) {
 		actor  string
 		caller accounts.Caller
 	}{
-		{"bob", accounts.Caller{UserID: bob.ID, Role: store.RoleCustomer}},
-		{"oscar", accounts.Caller{UserID: "usr-oscar", Role: store.RoleOperator}},
-		{"ci", accounts.Caller{Role: store.RoleOperator}}, // an operator's API token
+		{"bob", accounts.Caller{UserID: bob.ID, Role: accounts.RoleCustomer}},
+		{"oscar", accounts.Caller{UserID: "usr-oscar", Role: accounts.RoleOperator}},
+		{"ci", accounts.Caller{Role: accounts.RoleOperator}}, // an operator's API token
 		{"", accounts.Caller{}},
 	}
 	for _, tt := range refused {
@@ -477,9 +477,9 @@ func TestLogoutOwnSessionOrAdmin(t *testing.T) {
 	}
 
 	for _, caller := range []accounts.Caller{
-		{UserID: ann.ID, Role: store.RoleCustomer},
-		{UserID: "usr-ada", Role: store.RoleAdmin},
-		{Role: store.RoleAdmin}, // an admin's API token
+		{UserID: ann.ID, Role: accounts.RoleCustomer},
+		{UserID: "usr-ada", Role: accounts.RoleAdmin},
+		{Role: accounts.RoleAdmin}, // an admin's API token
 	} {
 		session := e.login(t, "ann@example.com", password)
 		if err := e.svc.Logout(t.Context(), meta, caller, session.RefreshToken); err != nil {
@@ -603,12 +603,12 @@ func TestUpdateMe(t *testing.T) {
 func TestAPITokens(t *testing.T) {
 	e := newEnv(t)
 	op := accounts.Meta{IP: meta.IP, Actor: "alice"}
-	_, _, err := e.svc.CreateAPIToken(t.Context(), op, "ci", store.RoleCustomer)
+	_, _, err := e.svc.CreateAPIToken(t.Context(), op, "ci", accounts.RoleCustomer)
 	wantErr(t, "CreateAPIToken(customer role)", err, accounts.ErrInvalidInput)
-	_, _, err = e.svc.CreateAPIToken(t.Context(), op, " ", store.RoleOperator)
+	_, _, err = e.svc.CreateAPIToken(t.Context(), op, " ", accounts.RoleOperator)
 	wantErr(t, "CreateAPIToken(no name)", err, accounts.ErrInvalidInput)
 
-	token, info, err := e.svc.CreateAPIToken(t.Context(), op, "ci", store.RoleOperator)
+	token, info, err := e.svc.CreateAPIToken(t.Context(), op, "ci", accounts.RoleOperator)
 	if err != nil {
 		t.Fatalf("CreateAPIToken: %v", err)
 	}
@@ -637,16 +637,16 @@ func TestAPITokens(t *testing.T) {
 func TestCreateOperator(t *testing.T) {
 	e := newEnv(t)
 	op := accounts.Meta{IP: meta.IP, Actor: "alice"}
-	_, err := e.svc.CreateOperator(t.Context(), op, "oscar@stackpro.example", password, "Oscar", "O", store.RoleCustomer)
+	_, err := e.svc.CreateOperator(t.Context(), op, "oscar@stackpro.example", password, "Oscar", "O", accounts.RoleCustomer)
 	wantErr(t, "CreateOperator(customer role)", err, accounts.ErrInvalidInput)
-	_, err = e.svc.CreateOperator(t.Context(), op, "oscar@stackpro.example", "short", "Oscar", "O", store.RoleOperator)
+	_, err = e.svc.CreateOperator(t.Context(), op, "oscar@stackpro.example", "short", "Oscar", "O", accounts.RoleOperator)
 	wantErr(t, "CreateOperator(weak password)", err, accounts.ErrWeakPassword)
 
-	u, err := e.svc.CreateOperator(t.Context(), op, " Oscar@StackPro.example", password, "Oscar", "O", store.RoleOperator)
+	u, err := e.svc.CreateOperator(t.Context(), op, " Oscar@StackPro.example", password, "Oscar", "O", accounts.RoleOperator)
 	if err != nil {
 		t.Fatalf("CreateOperator: %v", err)
 	}
-	if u.Role != store.RoleOperator || u.CustomerID != "" || u.Email != "oscar@stackpro.example" {
+	if u.Role != accounts.RoleOperator || u.CustomerID != "" || u.Email != "oscar@stackpro.example" {
 		t.Errorf("operator = %+v", u)
 	}
 	tokens := e.login(t, "oscar@stackpro.example", password) // verified: logs in at once
@@ -656,7 +656,7 @@ func TestCreateOperator(t *testing.T) {
 	if me, err := e.svc.Me(t.Context(), u.ID); err != nil || me.Customer != nil {
 		t.Errorf("Me(operator) = %+v, %v, want no customer", me, err)
 	}
-	_, err = e.svc.CreateOperator(t.Context(), op, "oscar@stackpro.example", password, "Oscar", "O", store.RoleAdmin)
+	_, err = e.svc.CreateOperator(t.Context(), op, "oscar@stackpro.example", password, "Oscar", "O", accounts.RoleAdmin)
 	wantErr(t, "CreateOperator(taken)", err, accounts.ErrInvalidInput)
 }
 
@@ -674,7 +674,7 @@ func TestNoSecretsInStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	reset := e.mail.lastToken(t, "ada@example.com")
-	apiToken, _, err := e.svc.CreateAPIToken(t.Context(), meta, "ci", store.RoleOperator)
+	apiToken, _, err := e.svc.CreateAPIToken(t.Context(), meta, "ci", accounts.RoleOperator)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,26 +13,22 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-
-	"github.com/stackpro/stackpro/controlplane/internal/store"
 )
 
 // Claims are what an access token says of its bearer: the user (Subject),
 // their role, their customer and the session the token was issued for.
 type Claims struct {
-	Role       store.Role `json:"role"`
-	CustomerID string     `json:"cid,omitempty"`
-	SessionID  string     `json:"sid"`
+	Role       Role   `json:"role"`
+	CustomerID string `json:"cid,omitempty"`
+	SessionID  string `json:"sid"`
 	jwt.RegisteredClaims
 }
 
 // KeyStore keeps the signing keys.
 type KeyStore interface {
-	SigningKeys() ([]store.SigningKey, error)
-	ReplaceSigningKeys(keys []store.SigningKey) error
+	SigningKeys() ([]SigningKey, error)
+	ReplaceSigningKeys(keys []SigningKey) error
 }
-
-var _ KeyStore = (*store.Store)(nil)
 
 // SignerOptions configure a Signer. Issuer and Audience are required.
 type SignerOptions struct {
@@ -57,7 +53,7 @@ type Signer struct {
 	st KeyStore
 
 	mu   sync.Mutex
-	keys []store.SigningKey // oldest first; the last one signs
+	keys []SigningKey // oldest first; the last one signs
 
 	// verified remembers the claims of tokens whose signature was checked,
 	// until they expire: a client sends the same token with every request
@@ -101,7 +97,7 @@ func orDefault(d, def time.Duration) time.Duration {
 
 // keySet returns the keys in use now, after adding a key if the newest is
 // due for rotation and dropping those no unexpired token can carry.
-func (s *Signer) keySet() ([]store.SigningKey, error) {
+func (s *Signer) keySet() ([]SigningKey, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.o.Now()
@@ -112,7 +108,7 @@ func (s *Signer) keySet() ([]store.SigningKey, error) {
 		if err != nil {
 			return nil, fmt.Errorf("accounts: generating a signing key: %w", err)
 		}
-		keys = append(slices.Clip(keys), store.SigningKey{ID: newID("key-"), PrivateKey: priv, CreatedAt: now})
+		keys = append(slices.Clip(keys), SigningKey{ID: newID("key-"), PrivateKey: priv, CreatedAt: now})
 		changed = true
 	}
 	// A key signs until its successor's creation; the last token it signed

@@ -38,7 +38,7 @@ func newSigner(t *testing.T, st *store.Store, clk *clock, issuer string) *accoun
 
 func sign(t *testing.T, s *accounts.Signer, userID string) string {
 	t.Helper()
-	token, _, err := s.Sign(accounts.Claims{Role: store.RoleOperator, SessionID: "ses-1",
+	token, _, err := s.Sign(accounts.Claims{Role: accounts.RoleOperator, SessionID: "ses-1",
 		RegisteredClaims: jwt.RegisteredClaims{Subject: userID}})
 	if err != nil {
 		t.Fatalf("Sign: %v", err)
@@ -59,7 +59,7 @@ func TestSignVerify(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Verify: %v", err)
 	}
-	if c.Subject != "usr-1" || c.Role != store.RoleOperator || c.SessionID != "ses-1" || c.Issuer != "https://cp.test" ||
+	if c.Subject != "usr-1" || c.Role != accounts.RoleOperator || c.SessionID != "ses-1" || c.Issuer != "https://cp.test" ||
 		!c.IssuedAt.Equal(t0) || !c.ExpiresAt.Equal(t0.Add(15*time.Minute)) || len(c.Audience) != 1 || c.Audience[0] != "stackpro" {
 		t.Errorf("Verify = %+v", c)
 	}

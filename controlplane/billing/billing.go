@@ -26,10 +26,11 @@ import (
 	"github.com/stripe/stripe-go/v76/client"
 	"github.com/stripe/stripe-go/v76/webhook"
 
+	"github.com/stackpro/stackpro/controlplane/accounts"
 	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/mail"
-	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/controlplane/provision"
 )
 
 // Billing's expected failures are fault errors: Invalid for a refused
@@ -56,11 +57,11 @@ type Plan struct {
 type Instances interface {
 	// ProvisionOnce starts the provisioning of a customer's instance, once
 	// per key: asked again, it returns the first job.
-	ProvisionOnce(key, customer, plan string) (fleet.Job, error)
-	Suspend(id string) (fleet.Job, error)
-	Resume(id string) (fleet.Job, error)
-	Resize(id, plan string) (fleet.Job, error)
-	Terminate(id string) (fleet.Job, error)
+	ProvisionOnce(key, customer, plan string) (provision.Job, error)
+	Suspend(id string) (provision.Job, error)
+	Resume(id string) (provision.Job, error)
+	Resize(id, plan string) (provision.Job, error)
+	Terminate(id string) (provision.Job, error)
 }
 
 // Fleet is the instances as they are now (the fleet tracker); an
@@ -69,9 +70,41 @@ type Fleet interface {
 	Get(id string, now time.Time) (fleet.Instance, error)
 }
 
+// Store keeps billing's records: the subscriptions, the Stripe events
+// received and queued, the looks due at instances and the mail owed. A
+// record that does not exist is NotFound (package fault).
+type Store interface {
+	// QueueBillingEvent records ev and queues raw, unless ev.ID was
+	// received before; it reports whether it queued.
+	QueueBillingEvent(ev Event, raw []byte) (bool, error)
+	// QueuedBillingEvents returns up to n queued events, oldest first.
+	QueuedBillingEvents(n int) ([]QueuedEvent, error)
+	// ApplyBillingEvent takes event seq off the queue and, in the same
+	// transaction, applies what apply makes of the customer's subscription.
+	ApplyBillingEvent(seq uint64, eventID, customerID string, now time.Time, apply func(*Subscription) Effects) error
+
+	Subscription(customerID string) (Subscription, error)
+	Subscriptions() ([]Subscription, error)
+	UpdateSubscription(customerID string, now time.Time, update func(*Subscription) error) (Subscription, error)
+
+	// SetBillingDue asks for a look at a customer's instance at at;
+	// ClearBillingDue removes it if it is still the one due at at.
+	SetBillingDue(customerID string, at time.Time) error
+	ClearBillingDue(customerID string, at time.Time) error
+	BillingDue() (map[string]time.Time, error)
+
+	BillingMails() ([]OwedMail, error)
+	DeleteBillingMail(key string) error
+
+	Customer(id string) (accounts.Customer, error)
+	// CustomerByStripe returns our customer id for a Stripe customer id.
+	CustomerByStripe(stripeCustomer string) (string, error)
+	CustomerUsers(customerID string) ([]accounts.User, error)
+}
+
 // Options configure a Service.
 type Options struct {
-	Store *store.Store
+	Store Store
 	// Stripe is the Stripe API (NewStripe); nil selects local billing.
 	Stripe *client.API
 	// WebhookSecret verifies Stripe's webhooks (whsec_...).
@@ -132,7 +165,7 @@ func (s *Service) Checkout(ctx context.Context, customerID, plan string) (string
 		return "", fault.New(fault.Invalid, "unknown plan %q", plan)
 	}
 	sub, err := s.o.Store.Subscription(customerID)
-	if err != nil && !errors.Is(err, store.ErrNotFound) {
+	if err != nil && !errors.Is(err, fault.ErrNotFound) {
 		return "", err
 	}
 	if sub.Status.Paying() {
@@ -157,7 +190,7 @@ func (s *Service) Checkout(ctx context.Context, customerID, plan string) (string
 		if err != nil {
 			return "", err
 		}
-		if sub, err = s.o.Store.UpdateSubscription(customerID, s.now(), func(sub *fleet.Subscription) error {
+		if sub, err = s.o.Store.UpdateSubscription(customerID, s.now(), func(sub *Subscription) error {
 			sub.StripeCustomer = id
 			return nil
 		}); err != nil {
@@ -176,7 +209,7 @@ func (s *Service) Checkout(ctx context.Context, customerID, plan string) (string
 // Portal returns the customer's Stripe billing portal.
 func (s *Service) Portal(ctx context.Context, customerID string) (string, error) {
 	sub, err := s.o.Store.Subscription(customerID)
-	if errors.Is(err, store.ErrNotFound) || err == nil && sub.StripeCustomer == "" {
+	if errors.Is(err, fault.ErrNotFound) || err == nil && sub.StripeCustomer == "" {
 		return "", fault.New(fault.NotFound, "no billing account yet: subscribe first")
 	}
 	if err != nil {
@@ -186,9 +219,9 @@ func (s *Service) Portal(ctx context.Context, customerID string) (string, error)
 }
 
 // Subscription returns the customer's subscription.
-func (s *Service) Subscription(customerID string) (fleet.Subscription, error) {
+func (s *Service) Subscription(customerID string) (Subscription, error) {
 	sub, err := s.o.Store.Subscription(customerID)
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, fault.ErrNotFound) {
 		return sub, fault.New(fault.NotFound, "no subscription yet")
 	}
 	return sub, err
@@ -222,7 +255,7 @@ func (s *Service) Webhook(payload []byte, signature string) error {
 
 // ingest records and queues an event, once per id.
 func (s *Service) ingest(ev stripe.Event, raw []byte) error {
-	queued, err := s.o.Store.QueueBillingEvent(store.BillingEvent{ID: ev.ID, Type: string(ev.Type),
+	queued, err := s.o.Store.QueueBillingEvent(Event{ID: ev.ID, Type: string(ev.Type),
 		Created: time.Unix(ev.Created, 0).UTC(), ReceivedAt: s.now()}, raw)
 	if err != nil {
 		return err

@@ -1,4 +1,4 @@
-package billing
+package billing_test
 
 import (
 	"bytes"
@@ -21,16 +21,19 @@ import (
 	"github.com/stripe/stripe-go/v76"
 	"github.com/stripe/stripe-go/v76/webhook"
 
+	"github.com/stackpro/stackpro/controlplane/accounts"
+	"github.com/stackpro/stackpro/controlplane/billing"
 	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/mail"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/controlplane/provision"
 	"github.com/stackpro/stackpro/internal/stripemock"
 )
 
 const whsec = "whsec_test_secret"
 
-var testPlans = map[string]Plan{
+var testPlans = map[string]billing.Plan{
 	"starter":    {PriceID: "price_starter", MonthlyPrice: 2900},
 	"business":   {PriceID: "price_business", MonthlyPrice: 7900},
 	"enterprise": {PriceID: "price_enterprise", MonthlyPrice: 19900},
@@ -40,16 +43,16 @@ var testPlans = map[string]Plan{
 // their own tests: each job takes effect at once, and every call is kept.
 type instances struct {
 	mu    sync.Mutex
-	byKey map[string]fleet.Job
+	byKey map[string]provision.Job
 	insts map[string]*fleet.Instance
 	calls []string
 }
 
 func newInstances() *instances {
-	return &instances{byKey: map[string]fleet.Job{}, insts: map[string]*fleet.Instance{}}
+	return &instances{byKey: map[string]provision.Job{}, insts: map[string]*fleet.Instance{}}
 }
 
-func (f *instances) ProvisionOnce(key, customer, plan string) (fleet.Job, error) {
+func (f *instances) ProvisionOnce(key, customer, plan string) (provision.Job, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if job, ok := f.byKey[key]; ok {
@@ -57,7 +60,7 @@ func (f *instances) ProvisionOnce(key, customer, plan string) (fleet.Job, error)
 	}
 	id := fmt.Sprintf("i-%d", len(f.byKey)+1)
 	f.insts[id] = &fleet.Instance{ID: id, Customer: customer, Plan: plan, Lifecycle: fleet.LifecycleActive}
-	job := fleet.Job{ID: "job-" + id, Kind: "provision", InstanceID: id, Key: key, State: fleet.JobSucceeded}
+	job := provision.Job{ID: "job-" + id, Kind: "provision", InstanceID: id, Key: key, State: provision.JobSucceeded}
 	f.byKey[key] = job
 	f.calls = append(f.calls, "provision "+customer+" "+plan)
 	return job, nil
@@ -81,31 +84,31 @@ func (f *instances) Get(id string, _ time.Time) (fleet.Instance, error) {
 	return fleet.Instance{}, fault.New(fault.NotFound, "instance not found")
 }
 
-func (f *instances) act(what, id string, fn func(*fleet.Instance)) (fleet.Job, error) {
+func (f *instances) act(what, id string, fn func(*fleet.Instance)) (provision.Job, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	inst, ok := f.insts[id]
 	if !ok {
-		return fleet.Job{}, fmt.Errorf("no instance %s", id)
+		return provision.Job{}, fmt.Errorf("no instance %s", id)
 	}
 	f.calls = append(f.calls, what+" "+inst.Customer)
 	fn(inst)
-	return fleet.Job{ID: "job-" + what + "-" + id, Kind: what, InstanceID: id, State: fleet.JobSucceeded}, nil
+	return provision.Job{ID: "job-" + what + "-" + id, Kind: what, InstanceID: id, State: provision.JobSucceeded}, nil
 }
 
-func (f *instances) Suspend(id string) (fleet.Job, error) {
+func (f *instances) Suspend(id string) (provision.Job, error) {
 	return f.act("suspend", id, func(i *fleet.Instance) { i.Lifecycle = fleet.LifecycleSuspended })
 }
 
-func (f *instances) Resume(id string) (fleet.Job, error) {
+func (f *instances) Resume(id string) (provision.Job, error) {
 	return f.act("resume", id, func(i *fleet.Instance) { i.Lifecycle = fleet.LifecycleActive })
 }
 
-func (f *instances) Resize(id, plan string) (fleet.Job, error) {
+func (f *instances) Resize(id, plan string) (provision.Job, error) {
 	return f.act("resize", id, func(i *fleet.Instance) { i.Plan = plan })
 }
 
-func (f *instances) Terminate(id string) (fleet.Job, error) {
+func (f *instances) Terminate(id string) (provision.Job, error) {
 	job, err := f.act("terminate", id, func(*fleet.Instance) {})
 	f.mu.Lock()
 	delete(f.insts, id)
@@ -168,7 +171,8 @@ func startRecorder(t testing.TB, base string) (*recorder, string) {
 }
 
 type harness struct {
-	s      *Service
+	s      *billing.Service
+	opts   billing.Options // s's
 	st     *store.Store
 	path   string // the store's file
 	insts  *instances
@@ -206,22 +210,22 @@ func newHarness(t testing.TB, local bool) *harness {
 		t.Fatal(err)
 	}
 	h := &harness{st: st, path: path, insts: newInstances(), outbox: outbox, now: time.Now().UTC()}
-	o := Options{Store: st, Plans: testPlans, Currency: "usd", SuccessURL: "https://app.test/billing/success",
+	o := billing.Options{Store: st, Plans: testPlans, Currency: "usd", SuccessURL: "https://app.test/billing/success",
 		CancelURL: "https://app.test/billing/canceled", PortalReturnURL: "https://app.test/billing",
 		GracePeriod: 14 * 24 * time.Hour, Instances: h.insts, Fleet: h.insts, Mail: outbox, BaseURL: "https://app.test", Now: h.clock,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if local {
 		// As in the default configuration: no Stripe prices.
-		o.Plans = map[string]Plan{}
+		o.Plans = map[string]billing.Plan{}
 		for name, p := range testPlans {
-			o.Plans[name] = Plan{MonthlyPrice: p.MonthlyPrice}
+			o.Plans[name] = billing.Plan{MonthlyPrice: p.MonthlyPrice}
 		}
 	} else {
 		var base string
 		h.stripe, base = startRecorder(t, stripemock.Start(t))
-		o.Stripe, o.WebhookSecret = NewStripe("sk_test_123", base), whsec
+		o.Stripe, o.WebhookSecret = billing.NewStripe("sk_test_123", base), whsec
 	}
-	h.s = New(o)
+	h.s, h.opts = billing.New(o), o
 	return h
 }
 
@@ -229,8 +233,8 @@ func newHarness(t testing.TB, local bool) *harness {
 func (h *harness) customer(t *testing.T, id string, trialEnd time.Time) {
 	t.Helper()
 	now := h.clock()
-	err := h.st.CreateUser(store.User{ID: "u-" + id, Email: id + "@example.com", Role: store.RoleCustomer, CustomerID: id,
-		CreatedAt: now, UpdatedAt: now}, "hash", store.Customer{ID: id, Company: "Company " + id, Plan: "starter",
+	err := h.st.CreateUser(accounts.User{ID: "u-" + id, Email: id + "@example.com", Role: accounts.RoleCustomer, CustomerID: id,
+		CreatedAt: now, UpdatedAt: now}, "hash", accounts.Customer{ID: id, Company: "Company " + id, Plan: "starter",
 		Status: "trial", TrialEndsAt: trialEnd, CreatedAt: now, UpdatedAt: now})
 	if err != nil {
 		t.Fatal(err)
@@ -241,15 +245,13 @@ func (h *harness) customer(t *testing.T, id string, trialEnd time.Time) {
 func (h *harness) settle(t *testing.T) {
 	t.Helper()
 	for range 10 {
-		if err := h.s.applyQueued(context.Background()); err != nil {
+		if err := h.s.Settle(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		h.s.reconcileDue(context.Background())
-		h.s.sendMails(context.Background())
 	}
 }
 
-func (h *harness) subscription(t *testing.T, customer string) fleet.Subscription {
+func (h *harness) subscription(t *testing.T, customer string) billing.Subscription {
 	t.Helper()
 	sub, err := h.st.Subscription(customer)
 	if err != nil {
@@ -271,7 +273,7 @@ func sign(payload []byte, at time.Time) string {
 }
 
 func meta(customer, plan string) map[string]any {
-	return map[string]any{metaCustomer: customer, metaPlan: plan}
+	return map[string]any{billing.MetaCustomer: customer, billing.MetaPlan: plan}
 }
 
 func checkoutCompleted(customer, plan, session, sub string) map[string]any {
@@ -281,7 +283,7 @@ func checkoutCompleted(customer, plan, session, sub string) map[string]any {
 
 func subscriptionObj(customer, sub, status, price string, amount int64, trialEnd time.Time) map[string]any {
 	obj := map[string]any{"id": sub, "object": "subscription", "status": status, "customer": "cus_" + customer,
-		"metadata": map[string]any{metaCustomer: customer},
+		"metadata": map[string]any{billing.MetaCustomer: customer},
 		"items": map[string]any{"object": "list", "data": []any{map[string]any{"id": "si_" + sub, "quantity": 1,
 			"price": map[string]any{"id": price, "unit_amount": amount, "currency": "usd",
 				"recurring": map[string]any{"interval": "month", "interval_count": 1}}}}}}
@@ -295,7 +297,7 @@ func invoiceObj(customer, sub string, amount int64) map[string]any {
 	return map[string]any{"id": "in_" + sub, "object": "invoice", "customer": "cus_" + customer, "subscription": sub,
 		"amount_due": amount, "currency": "usd", "hosted_invoice_url": "https://invoice.stripe.test/" + sub,
 		"next_payment_attempt": time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC).Unix(),
-		"subscription_details": map[string]any{"metadata": map[string]any{metaCustomer: customer}}}
+		"subscription_details": map[string]any{"metadata": map[string]any{billing.MetaCustomer: customer}}}
 }
 
 // deliver posts a signed event to the webhook, as Stripe does.
@@ -423,7 +425,7 @@ func TestLifecycle(t *testing.T) {
 	h.deliver(t, event("evt_2", "invoice.paid", tick(), invoiceObj("c1", "sub_1", 2900)))
 	h.settle(t)
 	sub := h.subscription(t, "c1")
-	if sub.Status != fleet.SubscriptionActive || sub.Plan != "starter" || sub.InstanceID == "" {
+	if sub.Status != billing.SubscriptionActive || sub.Plan != "starter" || sub.InstanceID == "" {
 		t.Fatalf("after checkout and payment: %+v", sub)
 	}
 	if got := h.stripe.requests("/v1/subscriptions/sub_1"); len(got) != 1 {
@@ -435,7 +437,7 @@ func TestLifecycle(t *testing.T) {
 
 	h.deliver(t, event("evt_3", "invoice.payment_failed", tick(), invoiceObj("c1", "sub_1", 2900)))
 	h.settle(t)
-	if sub := h.subscription(t, "c1"); sub.Status != fleet.SubscriptionPastDue {
+	if sub := h.subscription(t, "c1"); sub.Status != billing.SubscriptionPastDue {
 		t.Fatalf("after a failed payment: %s", sub.Status)
 	}
 	m, err := h.outbox.Latest("c1@example.com")
@@ -448,7 +450,7 @@ func TestLifecycle(t *testing.T) {
 	h.settle(t)
 	sub = h.subscription(t, "c1")
 	inst, _ := h.insts.lookup(sub.InstanceID)
-	if sub.Status != fleet.SubscriptionActive || sub.Plan != "business" || inst.Plan != "business" || sub.MonthlyAmount != 7900 {
+	if sub.Status != billing.SubscriptionActive || sub.Plan != "business" || inst.Plan != "business" || sub.MonthlyAmount != 7900 {
 		t.Fatalf("after an upgrade: %+v, instance plan %s", sub, inst.Plan)
 	}
 
@@ -513,7 +515,7 @@ func TestLocalCheckoutProvisions(t *testing.T) {
 		}
 	}
 	h.settle(t)
-	for c, want := range map[string]fleet.SubscriptionStatus{"c1": fleet.SubscriptionTrialing, "c2": fleet.SubscriptionActive} {
+	for c, want := range map[string]billing.SubscriptionStatus{"c1": billing.SubscriptionTrialing, "c2": billing.SubscriptionActive} {
 		sub := h.subscription(t, c)
 		insts := h.insts.ofCustomer(c)
 		if sub.Status != want || sub.Plan != plans[c] || len(insts) != 1 || insts[0].Plan != plans[c] ||
@@ -546,13 +548,13 @@ func TestOutOfOrderEventsKeepTheNewerState(t *testing.T) {
 	}
 	h.settle(t)
 	sub := h.subscription(t, "c1")
-	if sub.Status != fleet.SubscriptionPastDue || sub.Plan != "business" {
+	if sub.Status != billing.SubscriptionPastDue || sub.Plan != "business" {
 		t.Errorf("older events overwrote newer ones: %s on %s", sub.Status, sub.Plan)
 	}
 	// An old subscription's late event does not touch the new one.
 	h.deliver(t, event("evt_x", "customer.subscription.deleted", t0.Add(5*time.Second), subscriptionObj("c1", "sub_0", "canceled", "price_starter", 2900, time.Time{})))
 	h.settle(t)
-	if sub := h.subscription(t, "c1"); sub.Status != fleet.SubscriptionPastDue {
+	if sub := h.subscription(t, "c1"); sub.Status != billing.SubscriptionPastDue {
 		t.Errorf("another subscription's event changed the status to %s", sub.Status)
 	}
 	if rec, err := h.st.BillingEventRecord("evt_x"); err != nil || !strings.HasPrefix(rec.Outcome, "ignored: subscription sub_0") {

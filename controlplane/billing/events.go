@@ -10,9 +10,6 @@ import (
 	"time"
 
 	"github.com/stripe/stripe-go/v76"
-
-	"github.com/stackpro/stackpro/controlplane/fleet"
-	"github.com/stackpro/stackpro/controlplane/internal/store"
 )
 
 // metaCustomer is the metadata key that names our customer on Stripe's
@@ -38,9 +35,9 @@ type change struct {
 	customer       string
 	stripeCustomer string
 	subscription   string
-	status         fleet.SubscriptionStatus // "" says nothing of the status
-	plan           string                   // "" says nothing of the plan
-	amount         int64                    // monthly, minor unit; 0 if unknown
+	status         SubscriptionStatus // "" says nothing of the status
+	plan           string             // "" says nothing of the plan
+	amount         int64              // monthly, minor unit; 0 if unknown
 	currency       string
 	trialEnd       time.Time
 	provisionKey   string
@@ -52,7 +49,7 @@ type change struct {
 
 // apply applies one queued event. An event billing cannot use is recorded
 // as ignored, with why; it never blocks the queue.
-func (s *Service) apply(ctx context.Context, q store.QueuedEvent) error {
+func (s *Service) apply(ctx context.Context, q QueuedEvent) error {
 	var ev stripe.Event
 	if err := json.Unmarshal(q.Raw, &ev); err != nil {
 		return fmt.Errorf("queued event %d: %w", q.Seq, err) // verified when queued: the store is damaged
@@ -61,12 +58,12 @@ func (s *Service) apply(ctx context.Context, q store.QueuedEvent) error {
 	if err != nil {
 		s.log.Warn("billing event ignored", "event", ev.ID, "type", ev.Type, "reason", err)
 		s.counters.applied.WithLabelValues("ignored").Inc()
-		return s.o.Store.ApplyBillingEvent(q.Seq, ev.ID, "", s.now(), func(*fleet.Subscription) store.BillingEffects {
-			return store.BillingEffects{Outcome: "ignored: " + err.Error()}
+		return s.o.Store.ApplyBillingEvent(q.Seq, ev.ID, "", s.now(), func(*Subscription) Effects {
+			return Effects{Outcome: "ignored: " + err.Error()}
 		})
 	}
-	var fx store.BillingEffects
-	err = s.o.Store.ApplyBillingEvent(q.Seq, ev.ID, ch.customer, s.now(), func(sub *fleet.Subscription) store.BillingEffects {
+	var fx Effects
+	err = s.o.Store.ApplyBillingEvent(q.Seq, ev.ID, ch.customer, s.now(), func(sub *Subscription) Effects {
 		fx = s.merge(sub, ch)
 		return fx
 	})
@@ -147,9 +144,9 @@ func (s *Service) readCheckout(ctx context.Context, ch *change, cs stripe.Checko
 	if sub == nil {
 		return nil
 	}
-	ch.status = fleet.SubscriptionActive
+	ch.status = SubscriptionActive
 	if sub.TrialEnd > 0 && time.Unix(sub.TrialEnd, 0).After(ch.at) {
-		ch.status, ch.trialEnd = fleet.SubscriptionTrialing, time.Unix(sub.TrialEnd, 0).UTC()
+		ch.status, ch.trialEnd = SubscriptionTrialing, time.Unix(sub.TrialEnd, 0).UTC()
 	}
 	ch.amount, ch.currency = monthlyAmount(sub)
 	return nil
@@ -170,10 +167,10 @@ func (s *Service) readInvoice(ch *change, in stripe.Invoice) error {
 		}
 	}
 	if ch.event == "invoice.paid" {
-		ch.status = fleet.SubscriptionActive
+		ch.status = SubscriptionActive
 		return nil
 	}
-	ch.status, ch.mail = fleet.SubscriptionPastDue, mailPaymentFailed
+	ch.status, ch.mail = SubscriptionPastDue, mailPaymentFailed
 	ch.mailData = map[string]string{"amount": money(in.AmountDue, string(in.Currency)), "invoice_url": in.HostedInvoiceURL}
 	if in.NextPaymentAttempt > 0 {
 		ch.mailData["next_attempt"] = time.Unix(in.NextPaymentAttempt, 0).UTC().Format("2 January 2006")
@@ -200,7 +197,7 @@ func (s *Service) readSubscription(ch *change, sub stripe.Subscription) error {
 	}
 	ch.status = statusOf(sub.Status)
 	if ch.event == "customer.subscription.deleted" {
-		ch.status = fleet.SubscriptionCanceled
+		ch.status = SubscriptionCanceled
 	}
 	if sub.Items != nil && len(sub.Items.Data) > 0 && sub.Items.Data[0].Price != nil {
 		price := sub.Items.Data[0].Price.ID
@@ -220,16 +217,16 @@ func (s *Service) readSubscription(ch *change, sub stripe.Subscription) error {
 // statusOf folds Stripe's subscription statuses into ours; "" for those
 // that change nothing (incomplete: the first payment is under way; paused:
 // a trial ended without a payment method, which Stripe settles).
-func statusOf(st stripe.SubscriptionStatus) fleet.SubscriptionStatus {
+func statusOf(st stripe.SubscriptionStatus) SubscriptionStatus {
 	switch st {
 	case stripe.SubscriptionStatusTrialing:
-		return fleet.SubscriptionTrialing
+		return SubscriptionTrialing
 	case stripe.SubscriptionStatusActive:
-		return fleet.SubscriptionActive
+		return SubscriptionActive
 	case stripe.SubscriptionStatusPastDue, stripe.SubscriptionStatusUnpaid:
-		return fleet.SubscriptionPastDue
+		return SubscriptionPastDue
 	case stripe.SubscriptionStatusCanceled, stripe.SubscriptionStatusIncompleteExpired:
-		return fleet.SubscriptionCanceled
+		return SubscriptionCanceled
 	}
 	return ""
 }
@@ -260,26 +257,26 @@ func monthlyAmount(sub *stripe.Subscription) (int64, string) {
 
 // rank breaks a tie between two statuses set in the same second: the
 // later in a subscription's life wins, whatever order they come in.
-func rank(st fleet.SubscriptionStatus) int {
-	return slices.Index([]fleet.SubscriptionStatus{"", fleet.SubscriptionTrialing, fleet.SubscriptionActive,
-		fleet.SubscriptionPastDue, fleet.SubscriptionCanceled}, st)
+func rank(st SubscriptionStatus) int {
+	return slices.Index([]SubscriptionStatus{"", SubscriptionTrialing, SubscriptionActive,
+		SubscriptionPastDue, SubscriptionCanceled}, st)
 }
 
 // customerStatus is the customer's status for a subscription status.
-func customerStatus(st fleet.SubscriptionStatus) string {
-	if st == fleet.SubscriptionTrialing {
+func customerStatus(st SubscriptionStatus) string {
+	if st == SubscriptionTrialing {
 		return "trial"
 	}
 	return string(st)
 }
 
 // merge applies ch to sub and says what else must happen.
-func (s *Service) merge(sub *fleet.Subscription, ch change) store.BillingEffects {
-	fx := store.BillingEffects{Outcome: "applied"}
+func (s *Service) merge(sub *Subscription, ch change) Effects {
+	fx := Effects{Outcome: "applied"}
 	if ch.subscription != "" && sub.StripeSubscription != "" && ch.subscription != sub.StripeSubscription {
 		// Another subscription than the customer's: a new one after a
 		// cancellation, or a late event of an old one.
-		if sub.Status != fleet.SubscriptionCanceled || ch.at.Before(sub.StatusAt) {
+		if sub.Status != SubscriptionCanceled || ch.at.Before(sub.StatusAt) {
 			fx.Outcome = fmt.Sprintf("ignored: subscription %s is not the customer's (%s)", ch.subscription, sub.StripeSubscription)
 			if ch.provisionKey != "" {
 				// Two checkouts completed (two tabs): the customer pays twice
@@ -291,7 +288,7 @@ func (s *Service) merge(sub *fleet.Subscription, ch change) store.BillingEffects
 			}
 			return fx
 		}
-		*sub = fleet.Subscription{CustomerID: sub.CustomerID, StripeCustomer: sub.StripeCustomer, InstanceID: sub.InstanceID,
+		*sub = Subscription{CustomerID: sub.CustomerID, StripeCustomer: sub.StripeCustomer, InstanceID: sub.InstanceID,
 			History: sub.History, Currency: sub.Currency}
 	}
 	if sub.StripeSubscription == "" {
@@ -320,28 +317,28 @@ func (s *Service) merge(sub *fleet.Subscription, ch change) store.BillingEffects
 		}
 	}
 	newer := ch.at.After(sub.StatusAt) || ch.at.Equal(sub.StatusAt) && rank(ch.status) > rank(sub.Status)
-	if ch.status != "" && sub.Status != fleet.SubscriptionCanceled && newer {
-		if ch.status == fleet.SubscriptionCanceled {
+	if ch.status != "" && sub.Status != SubscriptionCanceled && newer {
+		if ch.status == SubscriptionCanceled {
 			sub.CanceledAt, sub.TerminateAt = ch.at, ch.at.Add(s.o.GracePeriod)
-			sub.CanceledInTrial = from == fleet.SubscriptionTrialing
+			sub.CanceledInTrial = from == SubscriptionTrialing
 		}
 		sub.Status, sub.StatusAt = ch.status, ch.at
 	}
 	if sub.Status != from || sub.Plan != oldPlan {
-		sub.History = append(sub.History, fleet.Transition{At: ch.at, Event: ch.event, EventID: ch.eventID,
+		sub.History = append(sub.History, Transition{At: ch.at, Event: ch.event, EventID: ch.eventID,
 			From: from, To: sub.Status, Plan: sub.Plan})
-		slices.SortStableFunc(sub.History, func(a, b fleet.Transition) int { return a.At.Compare(b.At) })
+		slices.SortStableFunc(sub.History, func(a, b Transition) int { return a.At.Compare(b.At) })
 		sub.History = sub.History[max(0, len(sub.History)-maxHistory):]
 		fx.Reconcile = true
 	}
-	if sub.Status == fleet.SubscriptionActive && sub.FirstPaidAt.IsZero() {
+	if sub.Status == SubscriptionActive && sub.FirstPaidAt.IsZero() {
 		sub.FirstPaidAt = sub.StatusAt
 	}
 	if sub.MonthlyAmount == 0 {
 		sub.MonthlyAmount, sub.Currency = s.o.Plans[sub.Plan].MonthlyPrice, s.o.Currency
 	}
-	if ch.mail != "" && sub.Status != fleet.SubscriptionCanceled {
-		fx.Mails = append(fx.Mails, store.BillingMail{Key: ch.eventID + "/" + ch.mail, CustomerID: sub.CustomerID,
+	if ch.mail != "" && sub.Status != SubscriptionCanceled {
+		fx.Mails = append(fx.Mails, OwedMail{Key: ch.eventID + "/" + ch.mail, CustomerID: sub.CustomerID,
 			Kind: ch.mail, Data: ch.mailData, CreatedAt: s.now()})
 	}
 	fx.CustomerStatus, fx.CustomerPlan = customerStatus(sub.Status), sub.Plan

@@ -4,20 +4,18 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/stackpro/stackpro/controlplane/fleet"
 )
 
 // window is the span of trial conversion and churn.
 const window = 30 * 24 * time.Hour
 
 // Metrics computes the business's figures at now from every subscription.
-func (s *Service) Metrics(now time.Time) (fleet.BillingMetrics, error) {
+func (s *Service) Metrics(now time.Time) (Metrics, error) {
 	subs, err := s.o.Store.Subscriptions()
 	if err != nil {
-		return fleet.BillingMetrics{}, err
+		return Metrics{}, err
 	}
-	m := fleet.BillingMetrics{At: now.UTC(), Currency: s.o.Currency, Active: map[string]int{}}
+	m := Metrics{At: now.UTC(), Currency: s.o.Currency, Active: map[string]int{}}
 	for name := range s.o.Plans {
 		m.Active[name] = 0
 	}
@@ -27,12 +25,12 @@ func (s *Service) Metrics(now time.Time) (fleet.BillingMetrics, error) {
 	start, lost := 0, 0
 	for _, sub := range subs {
 		switch sub.Status {
-		case fleet.SubscriptionActive, fleet.SubscriptionPastDue:
+		case SubscriptionActive, SubscriptionPastDue:
 			m.MRR += sub.MonthlyAmount
 			m.Active[sub.Plan]++
-		case fleet.SubscriptionTrialing:
+		case SubscriptionTrialing:
 			m.Trials++
-		case fleet.SubscriptionCanceled:
+		case SubscriptionCanceled:
 			if sub.CanceledAt.After(since) {
 				if sub.CanceledInTrial {
 					m.TrialsLost30d++
@@ -45,9 +43,9 @@ func (s *Service) Metrics(now time.Time) (fleet.BillingMetrics, error) {
 			m.Converted30d++
 		}
 		if !sub.FirstPaidAt.IsZero() && !sub.FirstPaidAt.After(since) &&
-			(sub.Status != fleet.SubscriptionCanceled || sub.CanceledAt.After(since)) {
+			(sub.Status != SubscriptionCanceled || sub.CanceledAt.After(since)) {
 			start++
-			if sub.Status == fleet.SubscriptionCanceled {
+			if sub.Status == SubscriptionCanceled {
 				lost++
 			}
 		}

@@ -1,4 +1,4 @@
-package billing
+package billing_test
 
 import (
 	"strings"
@@ -8,30 +8,30 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/billing"
 )
 
 func TestMetrics(t *testing.T) {
 	h := newHarness(t, true)
 	now := h.clock()
 	day := 24 * time.Hour
-	subs := []fleet.Subscription{
+	subs := []billing.Subscription{
 		// Paid for two months, still paying.
-		{CustomerID: "a", Status: fleet.SubscriptionActive, Plan: "starter", MonthlyAmount: 2900, FirstPaidAt: now.Add(-60 * day)},
+		{CustomerID: "a", Status: billing.SubscriptionActive, Plan: "starter", MonthlyAmount: 2900, FirstPaidAt: now.Add(-60 * day)},
 		// Paid for two months, canceled last week: churn.
-		{CustomerID: "b", Status: fleet.SubscriptionCanceled, Plan: "business", MonthlyAmount: 7900, FirstPaidAt: now.Add(-60 * day), CanceledAt: now.Add(-7 * day)},
+		{CustomerID: "b", Status: billing.SubscriptionCanceled, Plan: "business", MonthlyAmount: 7900, FirstPaidAt: now.Add(-60 * day), CanceledAt: now.Add(-7 * day)},
 		// Canceled long ago: not in the window.
-		{CustomerID: "c", Status: fleet.SubscriptionCanceled, Plan: "business", FirstPaidAt: now.Add(-90 * day), CanceledAt: now.Add(-40 * day)},
+		{CustomerID: "c", Status: billing.SubscriptionCanceled, Plan: "business", FirstPaidAt: now.Add(-90 * day), CanceledAt: now.Add(-40 * day)},
 		// A trial converted last week, now past due.
-		{CustomerID: "d", Status: fleet.SubscriptionPastDue, Plan: "business", MonthlyAmount: 7900, TrialEndsAt: now.Add(-7 * day), FirstPaidAt: now.Add(-7 * day)},
+		{CustomerID: "d", Status: billing.SubscriptionPastDue, Plan: "business", MonthlyAmount: 7900, TrialEndsAt: now.Add(-7 * day), FirstPaidAt: now.Add(-7 * day)},
 		// A trial canceled before paying.
-		{CustomerID: "e", Status: fleet.SubscriptionCanceled, Plan: "starter", TrialEndsAt: now.Add(-3 * day), CanceledAt: now.Add(-3 * day), CanceledInTrial: true},
+		{CustomerID: "e", Status: billing.SubscriptionCanceled, Plan: "starter", TrialEndsAt: now.Add(-3 * day), CanceledAt: now.Add(-3 * day), CanceledInTrial: true},
 		// Two trials under way.
-		{CustomerID: "f", Status: fleet.SubscriptionTrialing, Plan: "starter", TrialEndsAt: now.Add(3 * day)},
-		{CustomerID: "g", Status: fleet.SubscriptionTrialing, Plan: "enterprise", TrialEndsAt: now.Add(5 * day)},
+		{CustomerID: "f", Status: billing.SubscriptionTrialing, Plan: "starter", TrialEndsAt: now.Add(3 * day)},
+		{CustomerID: "g", Status: billing.SubscriptionTrialing, Plan: "enterprise", TrialEndsAt: now.Add(5 * day)},
 	}
 	for _, sub := range subs {
-		if _, err := h.st.UpdateSubscription(sub.CustomerID, now, func(s *fleet.Subscription) error { *s = sub; return nil }); err != nil {
+		if _, err := h.st.UpdateSubscription(sub.CustomerID, now, func(s *billing.Subscription) error { *s = sub; return nil }); err != nil {
 			t.Fatal(err)
 		}
 	}

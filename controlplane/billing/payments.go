@@ -11,18 +11,17 @@ import (
 	"github.com/stripe/stripe-go/v76"
 	"github.com/stripe/stripe-go/v76/client"
 
+	"github.com/stackpro/stackpro/controlplane/accounts"
 	"github.com/stackpro/stackpro/controlplane/fault"
-	"github.com/stackpro/stackpro/controlplane/fleet"
-	"github.com/stackpro/stackpro/controlplane/internal/store"
 )
 
 // payments is where customers pay: Stripe, or the local stand-in.
 type payments interface {
 	// customer creates the payer for customer c and returns its id.
-	customer(ctx context.Context, c store.Customer, email string) (string, error)
+	customer(ctx context.Context, c accounts.Customer, email string) (string, error)
 	// checkout returns the page where sub's customer pays for plan, with a
 	// trial until trialEnd unless it is zero.
-	checkout(ctx context.Context, sub fleet.Subscription, plan string, trialEnd time.Time) (string, error)
+	checkout(ctx context.Context, sub Subscription, plan string, trialEnd time.Time) (string, error)
 	portal(ctx context.Context, stripeCustomer string) (string, error)
 	// subscription reads a subscription as it is now; nil if the payments
 	// keep none.
@@ -46,7 +45,7 @@ type stripePayments struct {
 	o   *Options
 }
 
-func (p stripePayments) customer(ctx context.Context, c store.Customer, email string) (string, error) {
+func (p stripePayments) customer(ctx context.Context, c accounts.Customer, email string) (string, error) {
 	params := &stripe.CustomerParams{Name: stripe.String(c.Company), Metadata: map[string]string{metaCustomer: c.ID}}
 	if email != "" {
 		params.Email = stripe.String(email)
@@ -62,7 +61,7 @@ func (p stripePayments) customer(ctx context.Context, c store.Customer, email st
 	return cus.ID, nil
 }
 
-func (p stripePayments) checkout(ctx context.Context, sub fleet.Subscription, plan string, trialEnd time.Time) (string, error) {
+func (p stripePayments) checkout(ctx context.Context, sub Subscription, plan string, trialEnd time.Time) (string, error) {
 	meta := map[string]string{metaCustomer: sub.CustomerID, metaPlan: plan}
 	params := &stripe.CheckoutSessionParams{
 		Mode:              stripe.String(string(stripe.CheckoutSessionModeSubscription)),
@@ -113,11 +112,11 @@ type localPayments struct{ s *Service }
 
 func localID(prefix string) string { return prefix + rand.Text()[:16] }
 
-func (p localPayments) customer(_ context.Context, c store.Customer, _ string) (string, error) {
+func (p localPayments) customer(_ context.Context, c accounts.Customer, _ string) (string, error) {
 	return "cus_local_" + c.ID, nil
 }
 
-func (p localPayments) checkout(_ context.Context, sub fleet.Subscription, plan string, trialEnd time.Time) (string, error) {
+func (p localPayments) checkout(_ context.Context, sub Subscription, plan string, trialEnd time.Time) (string, error) {
 	s := p.s
 	now := s.now()
 	meta := map[string]string{metaCustomer: sub.CustomerID, metaPlan: plan}

@@ -9,7 +9,7 @@ import (
 	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/mail"
-	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/controlplane/provision"
 )
 
 // Retry intervals: busyRetry while a job works on the instance,
@@ -82,17 +82,17 @@ func (s *Service) reconcile(customer string) (time.Time, error) {
 	if inst.Job != "" {
 		return now.Add(busyRetry), nil
 	}
-	var act func() (fleet.Job, error)
+	var act func() (provision.Job, error)
 	switch {
 	case sub.Status.Paying() && inst.Lifecycle == fleet.LifecycleSuspended:
-		act = func() (fleet.Job, error) { return s.o.Instances.Resume(inst.ID) }
+		act = func() (provision.Job, error) { return s.o.Instances.Resume(inst.ID) }
 	case sub.Status.Paying() && sub.Plan != "" && inst.Plan != sub.Plan:
-		act = func() (fleet.Job, error) { return s.o.Instances.Resize(inst.ID, sub.Plan) }
-	case sub.Status == fleet.SubscriptionCanceled && !now.Before(sub.TerminateAt):
-		act = func() (fleet.Job, error) { return s.o.Instances.Terminate(inst.ID) }
-	case sub.Status == fleet.SubscriptionCanceled && inst.Lifecycle != fleet.LifecycleSuspended:
-		act = func() (fleet.Job, error) { return s.o.Instances.Suspend(inst.ID) }
-	case sub.Status == fleet.SubscriptionCanceled:
+		act = func() (provision.Job, error) { return s.o.Instances.Resize(inst.ID, sub.Plan) }
+	case sub.Status == SubscriptionCanceled && !now.Before(sub.TerminateAt):
+		act = func() (provision.Job, error) { return s.o.Instances.Terminate(inst.ID) }
+	case sub.Status == SubscriptionCanceled && inst.Lifecycle != fleet.LifecycleSuspended:
+		act = func() (provision.Job, error) { return s.o.Instances.Suspend(inst.ID) }
+	case sub.Status == SubscriptionCanceled:
 		return sub.TerminateAt, nil
 	default:
 		return time.Time{}, nil
@@ -105,7 +105,7 @@ func (s *Service) reconcile(customer string) (time.Time, error) {
 }
 
 // provision starts the customer's instance, once per checkout.
-func (s *Service) provision(sub fleet.Subscription) (time.Time, error) {
+func (s *Service) provision(sub Subscription) (time.Time, error) {
 	if sub.Plan == "" {
 		return time.Time{}, nil // the event that names the plan will ask again
 	}
@@ -117,14 +117,14 @@ func (s *Service) provision(sub fleet.Subscription) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, err
 	}
-	_, err = s.o.Store.UpdateSubscription(sub.CustomerID, s.now(), func(sub *fleet.Subscription) error {
+	_, err = s.o.Store.UpdateSubscription(sub.CustomerID, s.now(), func(sub *Subscription) error {
 		sub.InstanceID = job.InstanceID
-		if job.State == fleet.JobFailed {
+		if job.State == provision.JobFailed {
 			sub.Note = "provisioning failed: " + job.Error
 		}
 		return nil
 	})
-	if err != nil || job.State == fleet.JobFailed {
+	if err != nil || job.State == provision.JobFailed {
 		return time.Time{}, err
 	}
 	s.log.Info("billing: instance provisioned for a subscription", "customer", sub.CustomerID, "instance", job.InstanceID, "job", job.ID)
@@ -153,7 +153,7 @@ func (s *Service) sendMails(ctx context.Context) time.Time {
 	return retry
 }
 
-func (s *Service) sendMail(ctx context.Context, m store.BillingMail) error {
+func (s *Service) sendMail(ctx context.Context, m OwedMail) error {
 	users, err := s.o.Store.CustomerUsers(m.CustomerID)
 	if err != nil {
 		return err

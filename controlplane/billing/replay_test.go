@@ -1,4 +1,4 @@
-package billing
+package billing_test
 
 import (
 	"fmt"
@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stackpro/stackpro/controlplane/billing"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 )
 
@@ -15,14 +16,14 @@ import (
 type scenario struct {
 	name   string
 	events func(c, plan string, t0 time.Time) [][]byte
-	status fleet.SubscriptionStatus
+	status billing.SubscriptionStatus
 	// upgrade: the subscription ends on the business plan.
 	upgrade bool
 	mail    string
 }
 
 var scenarios = []scenario{
-	{name: "trial converts", status: fleet.SubscriptionActive, mail: "trial ends", events: func(c, plan string, t0 time.Time) [][]byte {
+	{name: "trial converts", status: billing.SubscriptionActive, mail: "trial ends", events: func(c, plan string, t0 time.Time) [][]byte {
 		price, end := testPlans[plan].PriceID, t0.Add(14*24*time.Hour)
 		return [][]byte{
 			event("evt_"+c+"_1", "checkout.session.completed", t0.Add(1*time.Second), checkoutCompleted(c, plan, "cs_"+c, "sub_"+c)),
@@ -32,28 +33,28 @@ var scenarios = []scenario{
 			event("evt_"+c+"_5", "invoice.paid", t0.Add(5*time.Second), invoiceObj(c, "sub_"+c, testPlans[plan].MonthlyPrice)),
 		}
 	}},
-	{name: "payment fails", status: fleet.SubscriptionPastDue, mail: "payment failed", events: func(c, plan string, t0 time.Time) [][]byte {
+	{name: "payment fails", status: billing.SubscriptionPastDue, mail: "payment failed", events: func(c, plan string, t0 time.Time) [][]byte {
 		return [][]byte{
 			event("evt_"+c+"_1", "checkout.session.completed", t0.Add(1*time.Second), checkoutCompleted(c, plan, "cs_"+c, "sub_"+c)),
 			event("evt_"+c+"_2", "invoice.paid", t0.Add(2*time.Second), invoiceObj(c, "sub_"+c, testPlans[plan].MonthlyPrice)),
 			event("evt_"+c+"_3", "invoice.payment_failed", t0.Add(3*time.Second), invoiceObj(c, "sub_"+c, testPlans[plan].MonthlyPrice)),
 		}
 	}},
-	{name: "upgrades", status: fleet.SubscriptionActive, upgrade: true, events: func(c, plan string, t0 time.Time) [][]byte {
+	{name: "upgrades", status: billing.SubscriptionActive, upgrade: true, events: func(c, plan string, t0 time.Time) [][]byte {
 		return [][]byte{
 			event("evt_"+c+"_1", "checkout.session.completed", t0.Add(1*time.Second), checkoutCompleted(c, plan, "cs_"+c, "sub_"+c)),
 			event("evt_"+c+"_2", "invoice.paid", t0.Add(2*time.Second), invoiceObj(c, "sub_"+c, testPlans[plan].MonthlyPrice)),
 			event("evt_"+c+"_3", "customer.subscription.updated", t0.Add(3*time.Second), subscriptionObj(c, "sub_"+c, "active", "price_business", 7900, time.Time{})),
 		}
 	}},
-	{name: "cancels", status: fleet.SubscriptionCanceled, events: func(c, plan string, t0 time.Time) [][]byte {
+	{name: "cancels", status: billing.SubscriptionCanceled, events: func(c, plan string, t0 time.Time) [][]byte {
 		return [][]byte{
 			event("evt_"+c+"_1", "checkout.session.completed", t0.Add(1*time.Second), checkoutCompleted(c, plan, "cs_"+c, "sub_"+c)),
 			event("evt_"+c+"_2", "invoice.paid", t0.Add(2*time.Second), invoiceObj(c, "sub_"+c, testPlans[plan].MonthlyPrice)),
 			event("evt_"+c+"_3", "customer.subscription.deleted", t0.Add(3*time.Second), subscriptionObj(c, "sub_"+c, "canceled", testPlans[plan].PriceID, testPlans[plan].MonthlyPrice, time.Time{})),
 		}
 	}},
-	{name: "recovers", status: fleet.SubscriptionActive, events: func(c, plan string, t0 time.Time) [][]byte {
+	{name: "recovers", status: billing.SubscriptionActive, events: func(c, plan string, t0 time.Time) [][]byte {
 		return [][]byte{
 			event("evt_"+c+"_1", "checkout.session.completed", t0.Add(1*time.Second), checkoutCompleted(c, plan, "cs_"+c, "sub_"+c)),
 			event("evt_"+c+"_2", "invoice.payment_failed", t0.Add(2*time.Second), invoiceObj(c, "sub_"+c, testPlans[plan].MonthlyPrice)),
@@ -134,7 +135,7 @@ func TestReplayShuffledWithDuplicates(t *testing.T) {
 		switch {
 		case provisions > 1:
 			t.Errorf("%s: provisioned %d times", c.id, provisions)
-		case c.sc.status == fleet.SubscriptionCanceled:
+		case c.sc.status == billing.SubscriptionCanceled:
 			// The cancellation may come before the checkout: then nothing
 			// is provisioned; otherwise the instance is suspended.
 			if len(insts) == 1 && insts[0].Lifecycle != fleet.LifecycleSuspended {
@@ -145,7 +146,7 @@ func TestReplayShuffledWithDuplicates(t *testing.T) {
 		case insts[0].Plan != wantPlan || insts[0].Lifecycle != fleet.LifecycleActive:
 			t.Errorf("%s: instance on %s, %s; want %s, active", c.id, insts[0].Plan, insts[0].Lifecycle, wantPlan)
 		}
-		if c.sc.status == fleet.SubscriptionActive || c.sc.status == fleet.SubscriptionPastDue {
+		if c.sc.status == billing.SubscriptionActive || c.sc.status == billing.SubscriptionPastDue {
 			want := testPlans[wantPlan].MonthlyPrice
 			if c.sc.name == "payment fails" || c.sc.name == "recovers" {
 				want = fixtureAmount // no subscription event

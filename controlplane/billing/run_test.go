@@ -1,4 +1,4 @@
-package billing
+package billing_test
 
 import (
 	"context"
@@ -7,9 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
-
-	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/billing"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
 	"github.com/stackpro/stackpro/internal/proctest"
 )
@@ -27,16 +25,15 @@ func (h *harness) restart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	o := h.s.o
-	o.Store = st
-	h.st, h.s = st, New(o)
+	h.opts.Store = st
+	h.st, h.s = st, billing.New(h.opts)
 }
 
 // run runs h's Service until stop is called, or the test ends.
 func (h *harness) run(t *testing.T) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func(s *Service) { done <- s.Run(ctx) }(h.s)
+	go func(s *billing.Service) { done <- s.Run(ctx) }(h.s)
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
@@ -74,16 +71,16 @@ func TestQueuedEventsAppliedAfterRestart(t *testing.T) {
 	stop := h.run(t)
 	h.applied(t, "evt_1", func() bool { return h.subscription(t, "c1").InstanceID != "" })
 	stop()
-	if n := testutil.ToFloat64(h.s.counters.applied.WithLabelValues("applied")); n != 1 {
+	if n := h.s.Applied("applied"); n != 1 {
 		t.Errorf("the first restart applied %v events, want 1", n)
 	}
 
 	h.restart(t)
 	h.deliver(t, event("evt_2", "invoice.payment_failed", at.Add(time.Second), invoiceObj("c1", "sub_1", 2900)))
 	stop = h.run(t)
-	h.applied(t, "evt_2", func() bool { return h.subscription(t, "c1").Status == fleet.SubscriptionPastDue })
+	h.applied(t, "evt_2", func() bool { return h.subscription(t, "c1").Status == billing.SubscriptionPastDue })
 	stop()
-	if n := testutil.ToFloat64(h.s.counters.applied.WithLabelValues("applied")); n != 1 {
+	if n := h.s.Applied("applied"); n != 1 {
 		t.Errorf("the second restart applied %v events, want 1 (evt_2 alone)", n)
 	}
 	if q, err := h.st.QueuedBillingEvents(10); err != nil || len(q) != 0 {

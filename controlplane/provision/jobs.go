@@ -14,7 +14,6 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/fleet"
-	"github.com/stackpro/stackpro/controlplane/internal/store"
 )
 
 // Job kinds.
@@ -40,7 +39,7 @@ type step struct {
 
 // run is one job being worked on.
 type run struct {
-	job fleet.Job
+	job Job
 	// touched are the instance records the current step changed; they are
 	// saved with the job.
 	touched []fleet.Instance
@@ -121,7 +120,7 @@ func (s *Service) start(ctx context.Context, id string) {
 func (s *Service) save(r *run, stepName, outcome string) error {
 	now := time.Now().UTC()
 	r.job.UpdatedAt = now
-	r.job.Log = append(r.job.Log, fleet.JobLog{At: now, Step: stepName, Outcome: outcome, Detail: r.detail})
+	r.job.Log = append(r.job.Log, JobLog{At: now, Step: stepName, Outcome: outcome, Detail: r.detail})
 	err := s.record(r.job, r.touched...)
 	s.log.Info("job step", "job", r.job.ID, "kind", r.job.Kind, "instance", r.job.InstanceID,
 		"step", stepName, "outcome", outcome, "detail", r.detail)
@@ -142,12 +141,12 @@ func (s *Service) work(ctx context.Context, id string) error {
 		return err
 	}
 	r := &run{job: job}
-	if r.job.State == fleet.JobPending {
-		r.job.State = fleet.JobRunning
+	if r.job.State == JobPending {
+		r.job.State = JobRunning
 	}
-	for r.job.State == fleet.JobRunning {
+	for r.job.State == JobRunning {
 		if r.job.Done == len(steps) {
-			r.job.State = fleet.JobSucceeded
+			r.job.State = JobSucceeded
 			return s.save(r, "job", "succeeded")
 		}
 		st := steps[r.job.Done]
@@ -166,7 +165,7 @@ func (s *Service) work(ctx context.Context, id string) error {
 				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 			}
 		case errors.As(err, new(errPermanent)) || r.job.Attempt+1 >= s.o.Attempts:
-			r.job.State, r.job.Error, r.detail = fleet.JobCompensating, st.name+": "+err.Error(), err.Error()
+			r.job.State, r.job.Error, r.detail = JobCompensating, st.name+": "+err.Error(), err.Error()
 			if err := s.save(r, st.name, "failed"); err != nil {
 				return err
 			}
@@ -181,9 +180,9 @@ func (s *Service) work(ctx context.Context, id string) error {
 			}
 		}
 	}
-	for r.job.State == fleet.JobCompensating {
+	for r.job.State == JobCompensating {
 		if r.job.Done == 0 {
-			r.job.State = fleet.JobFailed
+			r.job.State = JobFailed
 			return s.save(r, "job", "failed")
 		}
 		st := steps[r.job.Done-1]
@@ -215,7 +214,7 @@ func (s *Service) work(ctx context.Context, id string) error {
 // plan is the steps of job, looked up by the names saved with it: a job
 // saved by an earlier version of the control plane carries on with its own
 // list of steps, not the current one.
-func (s *Service) plan(job fleet.Job) ([]step, error) {
+func (s *Service) plan(job Job) ([]step, error) {
 	defs, ok := s.defs[job.Kind]
 	if !ok {
 		return nil, fmt.Errorf("provision: job %s has unknown kind %q", job.ID, job.Kind)
@@ -281,47 +280,47 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // provision job's instance does not exist yet (its first step records it);
 // any other job's instance must exist and have no unfinished job. A job
 // with a key is submitted once: asked for again, it is the same job.
-func (s *Service) submit(kind, id, key string, params map[string]string) (fleet.Job, error) {
+func (s *Service) submit(kind, id, key string, params map[string]string) (Job, error) {
 	s.submitMu.Lock()
 	defer s.submitMu.Unlock()
 	if key != "" {
 		job, err := s.o.Store.JobByKey(key)
-		if err == nil || !errors.Is(err, store.ErrNotFound) {
+		if err == nil || !errors.Is(err, fault.ErrNotFound) {
 			return job, err
 		}
 	}
 	if kind != KindProvision {
 		cur, err := s.o.Tracker.Get(id, time.Now())
 		if errors.Is(err, fleet.ErrNotFound) {
-			return fleet.Job{}, ErrNotFound
+			return Job{}, ErrNotFound
 		}
 		if cur.Job != "" {
 			if j, err := s.o.Store.Job(cur.Job); err == nil && !j.State.Finished() {
-				return fleet.Job{}, fmt.Errorf("%w: %s job %s", ErrBusy, j.Kind, j.ID)
+				return Job{}, fmt.Errorf("%w: %s job %s", ErrBusy, j.Kind, j.ID)
 			}
 		}
 	}
 	now := time.Now().UTC()
-	job := fleet.Job{ID: newID("job-"), Kind: kind, InstanceID: id, Key: key, State: fleet.JobPending,
+	job := Job{ID: newID("job-"), Kind: kind, InstanceID: id, Key: key, State: JobPending,
 		Params: params, CreatedAt: now, UpdatedAt: now}
 	for _, st := range s.defs[kind] {
 		job.Steps = append(job.Steps, st.name)
 	}
-	job.Log = []fleet.JobLog{{At: now, Step: "job", Outcome: "submitted"}}
+	job.Log = []JobLog{{At: now, Step: "job", Outcome: "submitted"}}
 	var touched []fleet.Instance
 	if kind != KindProvision {
 		inst, _ := s.o.Tracker.Update(id, func(i *fleet.Instance) { i.Job = job.ID })
 		touched = append(touched, inst)
 	}
 	if err := s.record(job, touched...); err != nil {
-		return fleet.Job{}, err
+		return Job{}, err
 	}
 	s.submitted <- job.ID
 	return job, nil
 }
 
 // Job returns job id as stored.
-func (s *Service) Job(id string) (fleet.Job, error) {
+func (s *Service) Job(id string) (Job, error) {
 	job, err := s.o.Store.Job(id)
 	if errors.Is(err, fault.ErrNotFound) {
 		return job, errJobNotFound

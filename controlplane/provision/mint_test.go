@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/provision"
 	"github.com/stackpro/stackpro/internal/proctest"
 )
@@ -75,7 +74,7 @@ func TestMintTokenRetried(t *testing.T) {
 				e.cancel()
 				e, m = startEnrolling(context.Background(), t, dir, c, setup)
 			}
-			if job = e.wait(t, job.ID); job.State != fleet.JobSucceeded {
+			if job = e.wait(t, job.ID); job.State != provision.JobSucceeded {
 				_, refused := m.launched(inst.ID)
 				t.Fatalf("job %s (%s), enrollments refused: %v", job.State, job.Error, refused)
 			}

@@ -75,11 +75,11 @@ type DNS interface {
 
 // Store is what the jobs record.
 type Store interface {
-	SaveJob(job fleet.Job, insts ...fleet.Instance) error
-	Job(id string) (fleet.Job, error)
-	Jobs() ([]fleet.Job, error)
-	// JobByKey returns the job saved with key, or store.ErrNotFound.
-	JobByKey(key string) (fleet.Job, error)
+	SaveJob(job Job, insts ...fleet.Instance) error
+	Job(id string) (Job, error)
+	Jobs() ([]Job, error)
+	// JobByKey returns the job saved with key, or a NotFound error.
+	JobByKey(key string) (Job, error)
 	ReserveSubdomain(name, instanceID string) error
 	ReleaseSubdomain(name, instanceID string) error
 	RecordToken(instanceID, token string, ttl time.Duration, now time.Time) error
@@ -215,4 +215,7 @@ var (
 	ErrBadRequest = fault.New(fault.Invalid, "invalid request")
 	ErrBusy       = fault.New(fault.Busy, "another job is working on this instance")
 	ErrNotFound   = fault.New(fault.NotFound, "instance not found")
+	// ErrSubdomainTaken is a subdomain another instance holds (the store
+	// returns it).
+	ErrSubdomainTaken = fault.New(fault.Conflict, "subdomain taken")
 )

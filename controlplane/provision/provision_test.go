@@ -227,9 +227,9 @@ func start(t *testing.T, dir string, faults provision.Faults, c *cloud) *env {
 	return e
 }
 
-func (e *env) wait(t *testing.T, id string) fleet.Job {
+func (e *env) wait(t *testing.T, id string) provision.Job {
 	t.Helper()
-	var job fleet.Job
+	var job provision.Job
 	proctest.Within(t, 30*time.Second, "job "+id+" to finish", func() bool {
 		var err error
 		if job, err = e.st.Job(id); err != nil {
@@ -241,7 +241,7 @@ func (e *env) wait(t *testing.T, id string) fleet.Job {
 }
 
 // job reads job id from the store.
-func (e *env) job(t *testing.T, id string) fleet.Job {
+func (e *env) job(t *testing.T, id string) provision.Job {
 	t.Helper()
 	job, err := e.st.Job(id)
 	if err != nil {
@@ -295,7 +295,7 @@ func (e *env) subdomainOwner(t *testing.T, name string) string {
 }
 
 // jobs reads every job from the store.
-func (e *env) jobs(t *testing.T) []fleet.Job {
+func (e *env) jobs(t *testing.T) []provision.Job {
 	t.Helper()
 	jobs, err := e.st.Jobs()
 	if err != nil {
@@ -311,7 +311,7 @@ func TestProvision(t *testing.T) {
 		t.Fatal(err)
 	}
 	job = e.wait(t, job.ID)
-	if job.State != fleet.JobSucceeded || job.Done != len(job.Steps) {
+	if job.State != provision.JobSucceeded || job.Done != len(job.Steps) {
 		t.Fatalf("job = %+v", job)
 	}
 	got := e.instance(t, inst.ID)
@@ -351,7 +351,7 @@ func TestProvision(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if job2 = e.wait(t, job2.ID); job2.State != fleet.JobFailed {
+	if job2 = e.wait(t, job2.ID); job2.State != provision.JobFailed {
 		t.Errorf("second provision of acme: %+v, want failed", job2)
 	}
 	if owner := e.subdomainOwner(t, "acme"); owner != inst.ID {
@@ -413,7 +413,7 @@ func TestFailureCompensates(t *testing.T) {
 				t.Fatal(err)
 			}
 			job = e.wait(t, job.ID)
-			if job.State != fleet.JobFailed || job.Done != 0 || job.Error == "" {
+			if job.State != provision.JobFailed || job.Done != 0 || job.Error == "" {
 				t.Fatalf("job = %+v, want failed and fully undone", job)
 			}
 			e.left(t, inst.ID)
@@ -438,7 +438,7 @@ func TestTransientFailureRetries(t *testing.T) {
 			retries++
 		}
 	}
-	if job.State != fleet.JobSucceeded || retries != 2 || c.launches != 3 {
+	if job.State != provision.JobSucceeded || retries != 2 || c.launches != 3 {
 		t.Errorf("job %s after %d retries and %d launches, want succeeded after 2 retries", job.State, retries, c.launches)
 	}
 }
@@ -453,7 +453,7 @@ func TestFailedStackFailsFast(t *testing.T) {
 		t.Fatal(err)
 	}
 	job = e.wait(t, job.ID)
-	if job.State != fleet.JobFailed || !strings.Contains(job.Error, "no such image") {
+	if job.State != provision.JobFailed || !strings.Contains(job.Error, "no such image") {
 		t.Fatalf("job %s (%s), want failed with the agent's reason", job.State, job.Error)
 	}
 	for _, l := range job.Log {
@@ -472,7 +472,7 @@ func TestWaitsHoldNoWorker(t *testing.T) {
 	c := &cloud{machines: map[string]bool{}, dns: map[string]string{}, targets: map[string]protocol.Target{}, holdEnrollment: true}
 	e := start(t, t.TempDir(), provision.Faults{}, c)
 	const n = 10 // start gives the service 4 workers
-	var jobs []fleet.Job
+	var jobs []provision.Job
 	for range n {
 		_, job, err := e.svc.Provision("acme", "starter", "")
 		if err != nil {
@@ -498,7 +498,7 @@ func TestWaitsHoldNoWorker(t *testing.T) {
 		e.tracker.Enrolled(job.InstanceID, time.Now())
 	}
 	for _, job := range jobs {
-		if job = e.wait(t, job.ID); job.State != fleet.JobSucceeded {
+		if job = e.wait(t, job.ID); job.State != provision.JobSucceeded {
 			t.Errorf("job %s: %s (%s)", job.ID, job.State, job.Error)
 		}
 	}
@@ -526,7 +526,7 @@ func TestResumeAfterRestart(t *testing.T) {
 	if job, err = st.Job(job.ID); err != nil {
 		t.Fatal(err)
 	}
-	job.State, job.Done = fleet.JobRunning, 4
+	job.State, job.Done = provision.JobRunning, 4
 	job.Steps = slices.DeleteFunc(job.Steps, func(name string) bool { return name == "dns_record" })
 	insts, err := st.Instances()
 	if err != nil || len(insts) != 1 {
@@ -541,7 +541,7 @@ func TestResumeAfterRestart(t *testing.T) {
 	e2 := start(t, dir, provision.Faults{}, c)
 	e2.tracker.Enrolled(insts[0].ID, time.Now())
 	job = e2.wait(t, job.ID)
-	if job.State != fleet.JobSucceeded || c.launches != 0 {
+	if job.State != provision.JobSucceeded || c.launches != 0 {
 		t.Errorf("resumed job %s with %d launches, want succeeded without launching again", job.State, c.launches)
 	}
 	if len(c.dns) != 0 {
@@ -558,18 +558,18 @@ func TestLifecycleJobs(t *testing.T) {
 	e.wait(t, job.ID)
 	lifecycle := func() fleet.Lifecycle { return e.instance(t, inst.ID).Lifecycle }
 	for _, tt := range []struct {
-		start func() (fleet.Job, error)
+		start func() (provision.Job, error)
 		want  fleet.Lifecycle
 	}{
-		{func() (fleet.Job, error) { return e.svc.Suspend(inst.ID) }, fleet.LifecycleSuspended},
-		{func() (fleet.Job, error) { return e.svc.Resume(inst.ID) }, fleet.LifecycleActive},
-		{func() (fleet.Job, error) { return e.svc.Resize(inst.ID, "business") }, fleet.LifecycleActive},
+		{func() (provision.Job, error) { return e.svc.Suspend(inst.ID) }, fleet.LifecycleSuspended},
+		{func() (provision.Job, error) { return e.svc.Resume(inst.ID) }, fleet.LifecycleActive},
+		{func() (provision.Job, error) { return e.svc.Resize(inst.ID, "business") }, fleet.LifecycleActive},
 	} {
 		job, err := tt.start()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if job = e.wait(t, job.ID); job.State != fleet.JobSucceeded || lifecycle() != tt.want {
+		if job = e.wait(t, job.ID); job.State != provision.JobSucceeded || lifecycle() != tt.want {
 			t.Errorf("%s: job %s, lifecycle %s; want succeeded and %s", job.Kind, job.State, lifecycle(), tt.want)
 		}
 	}
@@ -590,7 +590,7 @@ func TestLifecycleJobs(t *testing.T) {
 	if _, err := e.svc.Suspend(inst.ID); !errors.Is(err, provision.ErrBusy) && !errors.Is(err, provision.ErrNotFound) {
 		t.Errorf("a second job during terminate: %v, want ErrBusy", err)
 	}
-	if job = e.wait(t, job.ID); job.State != fleet.JobSucceeded {
+	if job = e.wait(t, job.ID); job.State != provision.JobSucceeded {
 		t.Fatalf("terminate: %+v", job)
 	}
 	e.left(t, inst.ID)
@@ -617,7 +617,7 @@ func TestTerminateTakesFinalSnapshot(t *testing.T) {
 			if job, err = e.svc.Terminate(inst.ID); err != nil {
 				t.Fatal(err)
 			}
-			if job = e.wait(t, job.ID); job.State != fleet.JobSucceeded {
+			if job = e.wait(t, job.ID); job.State != provision.JobSucceeded {
 				t.Fatalf("terminate: %+v", job)
 			}
 			if i := slices.Index(job.Steps, "final_snapshot"); i < 0 || job.Steps[i+1] != "terminate_instance" {
@@ -627,7 +627,7 @@ func TestTerminateTakesFinalSnapshot(t *testing.T) {
 			if keeps {
 				want, wantSnapshotted = "snap-m-"+inst.ID, map[string]string{job.ID: "m-" + inst.ID}
 			}
-			i := slices.IndexFunc(job.Log, func(l fleet.JobLog) bool { return l.Step == "final_snapshot" })
+			i := slices.IndexFunc(job.Log, func(l provision.JobLog) bool { return l.Step == "final_snapshot" })
 			if i < 0 || job.Log[i].Outcome != "ok" || job.Log[i].Detail != want {
 				t.Errorf("final_snapshot in the log %+v: want ok %q", job.Log, want)
 			}

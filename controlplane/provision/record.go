@@ -12,7 +12,7 @@ import (
 // record saves job with the instances it touched, then counts it and
 // publishes it to the fleet's followers. A change that cannot be published
 // is logged: it is stored, and clients that miss it read it from the lists.
-func (s *Service) record(job fleet.Job, touched ...fleet.Instance) error {
+func (s *Service) record(job Job, touched ...fleet.Instance) error {
 	if err := s.o.Store.SaveJob(job, touched...); err != nil {
 		return err
 	}
@@ -31,19 +31,19 @@ func (s *Service) record(job fleet.Job, touched ...fleet.Instance) error {
 // reading the store at every scrape.
 type jobCounts struct {
 	mu    sync.Mutex
-	state map[string]fleet.Job // job id → kind and state only
+	state map[string]Job // job id → kind and state only
 	desc  *prometheus.Desc
 }
 
 func newJobCounts() *jobCounts {
-	return &jobCounts{state: map[string]fleet.Job{},
+	return &jobCounts{state: map[string]Job{},
 		desc: prometheus.NewDesc("stackpro_jobs", "Provisioning jobs by kind and state.", []string{"kind", "state"}, nil)}
 }
 
-func (c *jobCounts) saw(j fleet.Job) {
+func (c *jobCounts) saw(j Job) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.state[j.ID] = fleet.Job{Kind: j.Kind, State: j.State}
+	c.state[j.ID] = Job{Kind: j.Kind, State: j.State}
 }
 
 // Describe implements prometheus.Collector: the service counts its jobs.

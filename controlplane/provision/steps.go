@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
-	"github.com/stackpro/stackpro/controlplane/internal/store"
 	"github.com/stackpro/stackpro/controlplane/internal/targets"
 	"github.com/stackpro/stackpro/deploy/stacks"
 	"github.com/stackpro/stackpro/shared/protocol"
@@ -22,18 +21,18 @@ var subdomainPattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`
 
 // Provision records a new instance for customer on plan and starts the job
 // that brings it to active. An empty subdomain becomes the instance id.
-func (s *Service) Provision(customer, plan, subdomain string) (fleet.Instance, fleet.Job, error) {
+func (s *Service) Provision(customer, plan, subdomain string) (fleet.Instance, Job, error) {
 	return s.provision("", customer, plan, subdomain)
 }
 
 // ProvisionOnce is Provision for the one instance key stands for (a
 // checkout, say): asked again with the same key, it returns the first job.
-func (s *Service) ProvisionOnce(key, customer, plan string) (fleet.Job, error) {
+func (s *Service) ProvisionOnce(key, customer, plan string) (Job, error) {
 	_, job, err := s.provision(key, customer, plan, "")
 	return job, err
 }
 
-func (s *Service) provision(key, customer, plan, subdomain string) (fleet.Instance, fleet.Job, error) {
+func (s *Service) provision(key, customer, plan, subdomain string) (fleet.Instance, Job, error) {
 	p, ok := s.o.Plans[plan]
 	var errs []error
 	if !ok {
@@ -50,7 +49,7 @@ func (s *Service) provision(key, customer, plan, subdomain string) (fleet.Instan
 		errs = append(errs, fmt.Errorf("subdomain %q: want a DNS label of a-z, 0-9 and -", subdomain))
 	}
 	if err := errors.Join(errs...); err != nil {
-		return fleet.Instance{}, fleet.Job{}, ErrBadRequest.With(err)
+		return fleet.Instance{}, Job{}, ErrBadRequest.With(err)
 	}
 	job, err := s.submit(KindProvision, id, key, map[string]string{"customer": customer, "plan": plan,
 		"subdomain": subdomain, "instance_type": p.InstanceType, "region": s.o.Region})
@@ -58,7 +57,7 @@ func (s *Service) provision(key, customer, plan, subdomain string) (fleet.Instan
 }
 
 // newInstance is the record a provision job starts with.
-func newInstance(provider string, job fleet.Job) fleet.Instance {
+func newInstance(provider string, job Job) fleet.Instance {
 	p := job.Params
 	return fleet.Instance{ID: job.InstanceID, Provider: provider, CreatedAt: job.CreatedAt, Customer: p["customer"],
 		Plan: p["plan"], Subdomain: p["subdomain"], InstanceType: p["instance_type"], Region: p["region"],
@@ -66,19 +65,19 @@ func newInstance(provider string, job fleet.Job) fleet.Instance {
 }
 
 // Terminate starts the job that takes instance id out for good.
-func (s *Service) Terminate(id string) (fleet.Job, error) {
+func (s *Service) Terminate(id string) (Job, error) {
 	return s.submit(KindTerminate, id, "", nil)
 }
 
 // Suspend starts the job that stops instance id's stack and keeps its data.
-func (s *Service) Suspend(id string) (fleet.Job, error) { return s.submit(KindSuspend, id, "", nil) }
+func (s *Service) Suspend(id string) (Job, error) { return s.submit(KindSuspend, id, "", nil) }
 
 // Resume starts the job that brings a suspended instance back.
-func (s *Service) Resume(id string) (fleet.Job, error) { return s.submit(KindResume, id, "", nil) }
+func (s *Service) Resume(id string) (Job, error) { return s.submit(KindResume, id, "", nil) }
 
 // Start starts a job of kind (terminate, suspend, resume, resize, with
 // params["plan"]) on instance id.
-func (s *Service) Start(kind, id string, params map[string]string) (fleet.Job, error) {
+func (s *Service) Start(kind, id string, params map[string]string) (Job, error) {
 	switch kind {
 	case KindTerminate:
 		return s.Terminate(id)
@@ -89,14 +88,14 @@ func (s *Service) Start(kind, id string, params map[string]string) (fleet.Job, e
 	case KindResize:
 		return s.Resize(id, params["plan"])
 	}
-	return fleet.Job{}, ErrBadRequest.With(fmt.Errorf("no job %q", kind))
+	return Job{}, ErrBadRequest.With(fmt.Errorf("no job %q", kind))
 }
 
 // InstanceJobs is every job of instance id. It reads every job: jobs are
 // few per instance, and the store keeps no index of them by instance.
-func (s *Service) InstanceJobs(id string) ([]fleet.Job, error) {
+func (s *Service) InstanceJobs(id string) ([]Job, error) {
 	jobs, err := s.o.Store.Jobs()
-	return slices.DeleteFunc(jobs, func(job fleet.Job) bool { return job.InstanceID != id }), err
+	return slices.DeleteFunc(jobs, func(job Job) bool { return job.InstanceID != id }), err
 }
 
 // SetTags replaces instance id's tags, which the caller has checked, in
@@ -114,9 +113,9 @@ func (s *Service) SetTags(_ context.Context, id string, tags map[string]string) 
 }
 
 // Resize starts the job that moves instance id to plan's instance type.
-func (s *Service) Resize(id, plan string) (fleet.Job, error) {
+func (s *Service) Resize(id, plan string) (Job, error) {
 	if _, ok := s.o.Plans[plan]; !ok {
-		return fleet.Job{}, ErrBadRequest.With(fmt.Errorf("unknown plan %q", plan))
+		return Job{}, ErrBadRequest.With(fmt.Errorf("unknown plan %q", plan))
 	}
 	return s.submit(KindResize, id, "", map[string]string{"plan": plan})
 }
@@ -184,7 +183,7 @@ func (s *Service) provisionSteps() []step {
 				if err != nil {
 					return err
 				}
-				if err := s.o.Store.ReserveSubdomain(inst.Subdomain, inst.ID); errors.Is(err, store.ErrTaken) {
+				if err := s.o.Store.ReserveSubdomain(inst.Subdomain, inst.ID); errors.Is(err, ErrSubdomainTaken) {
 					return permanent(err)
 				} else if err != nil {
 					return err

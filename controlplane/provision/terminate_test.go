@@ -11,6 +11,7 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/broker"
+	"github.com/stackpro/stackpro/controlplane/provision"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -50,7 +51,7 @@ func TestTerminateWithoutAgent(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if job = e.wait(t, job.ID); job.State != fleet.JobSucceeded {
+			if job = e.wait(t, job.ID); job.State != provision.JobSucceeded {
 				t.Fatalf("provision: %s (%s)", job.State, job.Error)
 			}
 			if tokens, creds, _ := e.st.Access(inst.ID); tokens != 1 || creds != 1 {
@@ -61,10 +62,10 @@ func TestTerminateWithoutAgent(t *testing.T) {
 			if job, err = e.svc.Terminate(inst.ID); err != nil {
 				t.Fatal(err)
 			}
-			if job = e.wait(t, job.ID); job.State != fleet.JobSucceeded {
+			if job = e.wait(t, job.ID); job.State != provision.JobSucceeded {
 				t.Fatalf("terminate: %s (%s), log %+v", job.State, job.Error, job.Log)
 			}
-			i := slices.IndexFunc(job.Log, func(l fleet.JobLog) bool { return l.Step == "stop_stack" })
+			i := slices.IndexFunc(job.Log, func(l provision.JobLog) bool { return l.Step == "stop_stack" })
 			if i < 0 || job.Log[i].Outcome != "ok" || !strings.HasPrefix(job.Log[i].Detail, "skipped: ") {
 				t.Errorf("stop_stack in the log %+v: want ok, skipped with the reason", job.Log)
 			}

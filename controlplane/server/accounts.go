@@ -96,7 +96,7 @@ func errTokenUser(what string) error {
 	return fault.New(fault.Forbidden, "an API token has no %s", what)
 }
 
-func profile(u store.User, c *store.Customer) dashboardapi.Profile {
+func profile(u accounts.User, c *accounts.Customer) dashboardapi.Profile {
 	p := dashboardapi.Profile{ID: u.ID, Email: u.Email, EmailVerified: !u.EmailVerifiedAt.IsZero(), Role: string(u.Role),
 		FirstName: u.FirstName, LastName: u.LastName}
 	if c != nil {
@@ -137,7 +137,7 @@ func (a authAPI) Refresh(ctx context.Context, refreshToken string, m dashboardap
 }
 
 func (a authAPI) Logout(ctx context.Context, p dashboardapi.Principal, refreshToken string, m dashboardapi.Meta) error {
-	caller := accounts.Caller{UserID: p.UserID, Role: store.Role(p.Role)}
+	caller := accounts.Caller{UserID: p.UserID, Role: accounts.Role(p.Role)}
 	return a.svc.Logout(ctx, acctMeta(m), caller, refreshToken)
 }
 
@@ -182,19 +182,19 @@ func (a authAPI) UpdateMe(ctx context.Context, p dashboardapi.Principal, patch d
 func (a authAPI) JWKS() ([]byte, error) { return a.signer.JWKS() }
 
 func (a authAPI) CreateOperator(ctx context.Context, req dashboardapi.OperatorRequest, m dashboardapi.Meta) (dashboardapi.Profile, error) {
-	u, err := a.svc.CreateOperator(ctx, acctMeta(m), req.Email, req.Password, req.FirstName, req.LastName, store.Role(req.Role))
+	u, err := a.svc.CreateOperator(ctx, acctMeta(m), req.Email, req.Password, req.FirstName, req.LastName, accounts.Role(req.Role))
 	if err != nil {
 		return dashboardapi.Profile{}, err
 	}
 	return profile(u, nil), nil
 }
 
-func apiToken(info store.APITokenInfo) dashboardapi.APIToken {
+func apiToken(info accounts.APITokenInfo) dashboardapi.APIToken {
 	return dashboardapi.APIToken{ID: info.ID, Name: info.Name, Role: string(info.Role), CreatedAt: info.CreatedAt}
 }
 
 func (a authAPI) CreateAPIToken(ctx context.Context, name, role string, m dashboardapi.Meta) (string, dashboardapi.APIToken, error) {
-	token, info, err := a.svc.CreateAPIToken(ctx, acctMeta(m), name, store.Role(role))
+	token, info, err := a.svc.CreateAPIToken(ctx, acctMeta(m), name, accounts.Role(role))
 	if err != nil {
 		return "", dashboardapi.APIToken{}, err
 	}

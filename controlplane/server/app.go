@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/stackpro/stackpro/controlplane/accounts"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/broker"
 	"github.com/stackpro/stackpro/controlplane/internal/config"
@@ -38,7 +39,7 @@ import (
 	"github.com/stackpro/stackpro/controlplane/provision/ec2"
 	"github.com/stackpro/stackpro/controlplane/provision/local"
 	"github.com/stackpro/stackpro/controlplane/provision/route53"
-	"github.com/stackpro/stackpro/controlplane/rollout"
+	"github.com/stackpro/stackpro/controlplane/rollout/engine"
 	dashboardapi "github.com/stackpro/stackpro/dashboard-api"
 	"github.com/stackpro/stackpro/shared/buildinfo"
 	"github.com/stackpro/stackpro/shared/protocol"
@@ -183,7 +184,7 @@ func Run(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	}
 	defer mon.Stop()
 	brk.Open()
-	runs := rollout.New(rollout.Options{Store: st, Fleet: tracker, Conn: brk.Conn(), Sealer: brk,
+	runs := engine.New(engine.Options{Store: st, Fleet: tracker, Conn: brk.Conn(), Sealer: brk,
 		CommandKey: commandKey, Log: log})
 	awsConfig := sync.OnceValues(func() (aws.Config, error) { return loadAWS(ctx, cfg.AWS) })
 	provider, dns, err := machines(cfg, awsConfig, st, log)
@@ -422,7 +423,7 @@ func bootstrapAdminToken(st *store.Store, dataDir string) (string, error) {
 	if err != nil || has {
 		return path, err
 	}
-	token, err := st.CreateAPIToken("admin", store.RoleAdmin, time.Now().UTC())
+	token, err := st.CreateAPIToken("admin", accounts.RoleAdmin, time.Now().UTC())
 	if err != nil {
 		return "", err
 	}

@@ -253,7 +253,7 @@ func BenchmarkStatusEndpoint(b *testing.B) {
 	// Each customer's access token, signed as a login signs it.
 	auths := make([]string, n)
 	for i := range n {
-		tok, _, err := lf.signer.Sign(accounts.Claims{Role: store.RoleCustomer, CustomerID: benchCustomer(i), SessionID: "ses-bench",
+		tok, _, err := lf.signer.Sign(accounts.Claims{Role: accounts.RoleCustomer, CustomerID: benchCustomer(i), SessionID: "ses-bench",
 			RegisteredClaims: jwt.RegisteredClaims{Subject: fmt.Sprintf("usr_%05d", i)}})
 		if err != nil {
 			b.Fatal(err)
@@ -437,7 +437,7 @@ func BenchmarkHeartbeatToSSE(b *testing.B) {
 	}
 	const rate = 1000 // heartbeats per second
 	lf := startLiveFleet(b, n, true)
-	token, err := lf.st.CreateAPIToken("bench", store.RoleOperator, time.Now())
+	token, err := lf.st.CreateAPIToken("bench", accounts.RoleOperator, time.Now())
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/stripe/stripe-go/v76"
 	"github.com/stripe/stripe-go/v76/webhook"
 
+	"github.com/stackpro/stackpro/controlplane/billing"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/mail"
 	"github.com/stackpro/stackpro/internal/proctest"
@@ -119,7 +120,7 @@ billing:
 		!strings.HasPrefix(checkout.URL, "https://") {
 		t.Fatalf("checkout: %d %+v", code, checkout)
 	}
-	var sub fleet.Subscription
+	var sub billing.Subscription
 	if code := call(t, base, "GET", "/api/v1/billing", token, "", &sub); code != http.StatusOK || !strings.HasPrefix(sub.StripeCustomer, "cus_") {
 		t.Fatalf("subscription after checkout: %d %+v", code, sub)
 	}
@@ -166,7 +167,7 @@ billing:
 		return inst.Lifecycle == fleet.LifecycleActive && stackHealthy(inst, 1)
 	})
 	call(t, base, "GET", "/api/v1/billing", token, "", &sub)
-	if sub.Status != fleet.SubscriptionActive || sub.Plan != "starter" || sub.InstanceID != inst.ID {
+	if sub.Status != billing.SubscriptionActive || sub.Plan != "starter" || sub.InstanceID != inst.ID {
 		t.Errorf("subscription once provisioned: %+v", sub)
 	}
 
@@ -186,7 +187,7 @@ billing:
 		return now.Plan == "business" && now.InstanceType == "t3.medium" && now.Job == ""
 	})
 
-	var metrics fleet.BillingMetrics
+	var metrics billing.Metrics
 	if code := call(t, base, "GET", "/api/v1/admin/billing/metrics", cp.token(), "", &metrics); code != http.StatusOK ||
 		metrics.MRR != 7900 || metrics.Active["business"] != 1 {
 		t.Errorf("billing metrics: %d %+v", code, metrics)
@@ -224,7 +225,7 @@ billing:
 	call(t, base, "GET", "/api/v1/billing", token, "", &sub)
 	var me struct{ Customer struct{ Status, Plan string } }
 	call(t, base, "GET", "/api/v1/me", token, "", &me)
-	if sub.Status != fleet.SubscriptionCanceled || me.Customer.Status != "canceled" || me.Customer.Plan != "business" || len(sub.History) != 3 {
+	if sub.Status != billing.SubscriptionCanceled || me.Customer.Status != "canceled" || me.Customer.Plan != "business" || len(sub.History) != 3 {
 		t.Errorf("after cancellation: %+v, customer status %q", sub, me.Customer.Status)
 	}
 }

@@ -20,6 +20,8 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/provision"
+	"github.com/stackpro/stackpro/controlplane/rollout"
 	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/internal/testenv"
 )
@@ -263,7 +265,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	// over SSE and turns online.
 	var started struct {
 		Instance fleet.Instance
-		Job      fleet.Job
+		Job      provision.Job
 	}
 	if code := cp.send(http.MethodPost, "/api/v1/instances", `{"customer":"cus_console","plan":"starter"}`, &started); code != http.StatusAccepted {
 		t.Fatalf("POST /api/v1/instances: %d", code)
@@ -288,7 +290,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		`document.querySelector('#metrics-chart [data-chart="cpu"] svg path.line, #metrics-chart [data-chart="cpu"] svg circle.dot') !== null`,
 		3*time.Minute)
 	job := cp.waitJob(started.Job.ID)
-	if job.State != fleet.JobSucceeded {
+	if job.State != provision.JobSucceeded {
 		t.Fatalf("provision job: %+v", job)
 	}
 	var logged []string
@@ -370,12 +372,12 @@ func TestConsoleInBrowser(t *testing.T) {
 	if eval[bool](b, `!document.querySelector('#run-cancel').hidden`) {
 		t.Error("a completed run still offers Cancel")
 	}
-	var run fleet.Run
+	var run rollout.Run
 	if code := cp.api(http.MethodGet, "/api/v1/runs/"+runID, &run); code != http.StatusOK {
 		t.Fatalf("GET /api/v1/runs/%s: %d", runID, code)
 	}
-	if run.Spec.Command != "ping" || !run.Spec.Select.All || run.State != fleet.RunCompleted || run.Total != 1 ||
-		run.Counts[fleet.TargetSucceeded] != 1 {
+	if run.Spec.Command != "ping" || !run.Spec.Select.All || run.State != rollout.RunCompleted || run.Total != 1 ||
+		run.Counts[rollout.TargetSucceeded] != 1 {
 		t.Errorf("the run the form started: %+v", run)
 	}
 	b.screenshot("console-run.png")

@@ -11,6 +11,7 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/controlplane/provision"
 	"github.com/stackpro/stackpro/internal/proctest"
 )
 
@@ -63,12 +64,12 @@ func TestProvisionSurvivesCrashes(t *testing.T) {
 				t.Fatalf("instances = %+v, want the one", insts)
 			}
 			started := insts[0]
-			var jobs struct{ Jobs []fleet.Job }
+			var jobs struct{ Jobs []provision.Job }
 			if code := cp2.api(http.MethodGet, "/api/v1/instances/"+started.ID+"/jobs", &jobs); code != http.StatusOK || len(jobs.Jobs) != 1 {
 				t.Fatalf("jobs of %s: %d %+v, want the provision job", started.ID, code, jobs.Jobs)
 			}
 			job := cp2.waitJob(jobs.Jobs[0].ID)
-			if job.State != fleet.JobSucceeded {
+			if job.State != provision.JobSucceeded {
 				t.Fatalf("after a crash after %s the job ended %+v", step, job)
 			}
 			insts = cp2.instances()

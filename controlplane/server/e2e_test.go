@@ -21,7 +21,9 @@ import (
 	"time"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/provision"
 	"github.com/stackpro/stackpro/controlplane/provision/local"
+	"github.com/stackpro/stackpro/controlplane/rollout"
 	"github.com/stackpro/stackpro/internal/dockertest"
 	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
@@ -167,9 +169,9 @@ func (cp *controlPlane) instances() []fleet.Instance {
 }
 
 // waitJob polls a job until it has finished.
-func (cp *controlPlane) waitJob(id string) fleet.Job {
+func (cp *controlPlane) waitJob(id string) provision.Job {
 	cp.t.Helper()
-	var job fleet.Job
+	var job provision.Job
 	proctest.Until(cp.t, "job "+id+" to finish", func() bool {
 		return cp.api(http.MethodGet, "/api/v1/jobs/"+id, &job) == http.StatusOK && job.State.Finished()
 	})
@@ -363,11 +365,11 @@ func TestFleetEndToEnd(t *testing.T) {
 	// Terminate an instance: its agent stops, its directory goes, and the API forgets it.
 	victim := online[1]
 	pid := agentPID(t, data, victim)
-	var job fleet.Job
+	var job provision.Job
 	if code := cp2.api(http.MethodDelete, "/api/v1/instances/"+victim, &job); code != http.StatusAccepted {
 		t.Fatalf("DELETE: %d, want 202", code)
 	}
-	if job = cp2.waitJob(job.ID); job.State != fleet.JobSucceeded {
+	if job = cp2.waitJob(job.ID); job.State != provision.JobSucceeded {
 		t.Fatalf("terminate job: %+v", job)
 	}
 	if alive(pid) {
@@ -541,14 +543,14 @@ func testTargets(t *testing.T, cp *controlPlane, data, id string) {
 func testProvision(t *testing.T, cp *controlPlane) {
 	var started struct {
 		Instance fleet.Instance
-		Job      fleet.Job
+		Job      provision.Job
 	}
 	body := `{"customer":"cus_acme","plan":"business","subdomain":"acme"}`
 	if code := cp.send(http.MethodPost, "/api/v1/instances", body, &started); code != http.StatusAccepted {
 		t.Fatalf("POST /api/v1/instances: %d", code)
 	}
 	job := cp.waitJob(started.Job.ID)
-	if job.State != fleet.JobSucceeded {
+	if job.State != provision.JobSucceeded {
 		t.Fatalf("provision job: %+v", job)
 	}
 	var inst fleet.Instance
@@ -570,7 +572,7 @@ func testProvision(t *testing.T, cp *controlPlane) {
 			t.Errorf("POST %s: %d, want %d", tt.body, code, tt.code)
 		}
 	}
-	if job := cp.waitJob(started.Job.ID); job.State != fleet.JobFailed || !strings.Contains(job.Error, "taken") {
+	if job := cp.waitJob(started.Job.ID); job.State != provision.JobFailed || !strings.Contains(job.Error, "taken") {
 		t.Errorf("provisioning a taken subdomain: %+v, want failed", job)
 	}
 	for _, action := range []struct {
@@ -580,7 +582,7 @@ func testProvision(t *testing.T, cp *controlPlane) {
 		if code := cp.send(http.MethodPost, "/api/v1/instances/"+inst.ID+"/"+action.path, "", &job); code != http.StatusAccepted {
 			t.Fatalf("%s: %d", action.path, code)
 		}
-		if job = cp.waitJob(job.ID); job.State != fleet.JobSucceeded {
+		if job = cp.waitJob(job.ID); job.State != provision.JobSucceeded {
 			t.Fatalf("%s job: %+v", action.path, job)
 		}
 		cp.api(http.MethodGet, "/api/v1/instances/"+inst.ID, &inst)
@@ -661,7 +663,7 @@ func testCommands(t *testing.T, cp *controlPlane, id, offline string) {
 	}
 	// A fleet run: one signed request per instance, acknowledged, then
 	// answered, by the real agents.
-	var run fleet.Run
+	var run rollout.Run
 	if code := cp.send(http.MethodPost, "/api/v1/runs", `{"command":"facts","select":{"ids":["`+id+`","`+offline+`"]},"max_concurrency":"100%","max_errors":"100%","timeout":"10s"}`, &run); code != http.StatusCreated {
 		t.Fatalf("POST /api/v1/runs: %d", code)
 	}
@@ -669,9 +671,9 @@ func testCommands(t *testing.T, cp *controlPlane, id, offline string) {
 		cp.api(http.MethodGet, "/api/v1/runs/"+run.ID, &run)
 		return run.Done()
 	})
-	var targets struct{ Targets []fleet.Target }
+	var targets struct{ Targets []rollout.Target }
 	cp.api(http.MethodGet, "/api/v1/runs/"+run.ID+"/targets", &targets)
-	if run.State != fleet.RunCompleted || run.Counts[fleet.TargetSucceeded] != 1 || run.Counts[fleet.TargetUndeliverable] != 1 || len(targets.Targets) != 2 {
+	if run.State != rollout.RunCompleted || run.Counts[rollout.TargetSucceeded] != 1 || run.Counts[rollout.TargetUndeliverable] != 1 || len(targets.Targets) != 2 {
 		t.Fatalf("run %+v targets %+v: want the online agent to answer and the offline one undeliverable", run, targets)
 	}
 	for _, tg := range targets.Targets {

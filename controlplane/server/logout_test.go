@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/stackpro/stackpro/controlplane/accounts"
-	"github.com/stackpro/stackpro/controlplane/internal/store"
 )
 
 const testPassword = "a long unusual passphrase"
@@ -105,12 +104,12 @@ func TestLogoutOwnership(t *testing.T) {
 	srv := newAuthServer(t)
 	srv.customer(t, "ann@example.com")
 	srv.customer(t, "bob@example.com")
-	for email, role := range map[string]store.Role{"oscar@stackpro.example": store.RoleOperator, "ada@stackpro.example": store.RoleAdmin} {
+	for email, role := range map[string]accounts.Role{"oscar@stackpro.example": accounts.RoleOperator, "ada@stackpro.example": accounts.RoleAdmin} {
 		if _, err := srv.svc.CreateOperator(t.Context(), accounts.Meta{}, email, testPassword, "O", "P", role); err != nil {
 			t.Fatal(err)
 		}
 	}
-	apiToken := func(role store.Role) string {
+	apiToken := func(role accounts.Role) string {
 		token, _, err := srv.svc.CreateAPIToken(t.Context(), accounts.Meta{}, "ci-"+string(role), role)
 		if err != nil {
 			t.Fatal(err)
@@ -125,7 +124,7 @@ func TestLogoutOwnership(t *testing.T) {
 	for _, tt := range []struct{ who, bearer string }{
 		{"another customer", srv.login(t, "bob@example.com").AccessToken},
 		{"an operator", srv.login(t, "oscar@stackpro.example").AccessToken},
-		{"an operator's API token", apiToken(store.RoleOperator)},
+		{"an operator's API token", apiToken(accounts.RoleOperator)},
 	} {
 		code, raw := logout(tt.bearer, ann.RefreshToken)
 		var p struct{ Detail string }
@@ -143,7 +142,7 @@ func TestLogoutOwnership(t *testing.T) {
 	for _, tt := range []struct{ who, bearer string }{
 		{"its user", ann.AccessToken},
 		{"an admin", srv.login(t, "ada@stackpro.example").AccessToken},
-		{"an admin's API token", apiToken(store.RoleAdmin)},
+		{"an admin's API token", apiToken(accounts.RoleAdmin)},
 	} {
 		session := srv.login(t, "ann@example.com")
 		if code, raw := logout(tt.bearer, session.RefreshToken); code != http.StatusNoContent {

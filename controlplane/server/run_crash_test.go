@@ -13,6 +13,7 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/controlplane/rollout"
 	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
@@ -62,7 +63,7 @@ func TestRunSurvivesCrashWithRealAgents(t *testing.T) {
 	// Two targets at a time: the third waits until one has finished.
 	body := `{"command":"stack.restart","args":{"service":"crm"},"select":{"ids":["` + strings.Join(ids, `","`) +
 		`"]},"max_concurrency":"2","max_errors":"0","timeout":"2m"}`
-	var run fleet.Run
+	var run rollout.Run
 	if code := cp.send(http.MethodPost, "/api/v1/runs", body, &run); code != http.StatusCreated {
 		t.Fatalf("POST /api/v1/runs: %d", code)
 	}
@@ -71,7 +72,7 @@ func TestRunSurvivesCrashWithRealAgents(t *testing.T) {
 		if run.Done() {
 			t.Fatalf("the run finished before the kill: %+v", run)
 		}
-		return run.Counts[fleet.TargetRunning] > 0 && run.Counts[fleet.TargetPending] > 0
+		return run.Counts[rollout.TargetRunning] > 0 && run.Counts[rollout.TargetPending] > 0
 	})
 	if err := cp.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -90,8 +91,8 @@ func TestRunSurvivesCrashWithRealAgents(t *testing.T) {
 		run = getRun(cp, run.ID)
 		return run.Done()
 	})
-	if run.State != fleet.RunCompleted || run.Counts[fleet.TargetSucceeded] != n {
-		var targets struct{ Targets []fleet.Target }
+	if run.State != rollout.RunCompleted || run.Counts[rollout.TargetSucceeded] != n {
+		var targets struct{ Targets []rollout.Target }
 		cp.api(http.MethodGet, "/api/v1/runs/"+run.ID+"/targets", &targets)
 		t.Errorf("resumed run %s %v, want completed with every target succeeded; targets %+v", run.State, run.Counts, targets.Targets)
 	}
@@ -108,9 +109,9 @@ func TestRunSurvivesCrashWithRealAgents(t *testing.T) {
 
 // getRun reads run id afresh: decoding into an earlier run would keep
 // counts of states that have since emptied.
-func getRun(cp *controlPlane, id string) fleet.Run {
+func getRun(cp *controlPlane, id string) rollout.Run {
 	cp.t.Helper()
-	var run fleet.Run
+	var run rollout.Run
 	if code := cp.api(http.MethodGet, "/api/v1/runs/"+id, &run); code != http.StatusOK {
 		cp.t.Fatalf("GET run %s: %d", id, code)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/controlplane/provision"
 	"github.com/stackpro/stackpro/internal/proctest"
 )
 
@@ -34,7 +35,7 @@ func provisionMany(t testing.TB, n, failing int) time.Duration {
 		"STACKPRO_FLEET_STALE_AFTER=5s", "STACKPRO_FLEET_OFFLINE_AFTER=15s",
 		"STACKPRO_FAULTS_FAIL_STEP=wait_healthy", "STACKPRO_FAULTS_FAIL_FOR="+failingCustomers)
 
-	jobs := make([]fleet.Job, n)
+	jobs := make([]provision.Job, n)
 	var wg sync.WaitGroup
 	start := time.Now()
 	for i := range n {
@@ -43,7 +44,7 @@ func provisionMany(t testing.TB, n, failing int) time.Duration {
 			if i < failing {
 				customer = fmt.Sprintf("%s%03d", failingCustomers, i)
 			}
-			var started struct{ Job fleet.Job }
+			var started struct{ Job provision.Job }
 			body := fmt.Sprintf(`{"customer":%q,"plan":"starter","subdomain":"c%03d"}`, customer, i)
 			if code := cp.send(http.MethodPost, "/api/v1/instances", body, &started); code != http.StatusAccepted {
 				t.Errorf("POST /api/v1/instances %s: %d", body, code)
@@ -74,14 +75,14 @@ func provisionMany(t testing.TB, n, failing int) time.Duration {
 	logStepTimes(t, jobs)
 	active := map[string]bool{}
 	for i, job := range jobs {
-		want := fleet.JobSucceeded
+		want := provision.JobSucceeded
 		if i < failing {
-			want = fleet.JobFailed
+			want = provision.JobFailed
 		}
 		if job.State != want {
 			t.Errorf("job %s of customer %d: %s (%s), want %s", job.ID, i, job.State, job.Error, want)
 		}
-		if want == fleet.JobSucceeded {
+		if want == provision.JobSucceeded {
 			active[job.InstanceID] = true
 		}
 	}
@@ -120,7 +121,7 @@ func provisionMany(t testing.TB, n, failing int) time.Duration {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if failed := job.State == fleet.JobFailed; failed && tokens+creds != 0 || !failed && creds != 1 {
+		if failed := job.State == provision.JobFailed; failed && tokens+creds != 0 || !failed && creds != 1 {
 			t.Errorf("instance %s (%s): %d tokens and %d credentials", job.InstanceID, job.State, tokens, creds)
 		}
 	}
@@ -139,7 +140,7 @@ func provisionMany(t testing.TB, n, failing int) time.Duration {
 		containers[id]++
 	}
 	for _, job := range jobs {
-		if want := map[bool]int{true: 2}[job.State == fleet.JobSucceeded]; containers[job.InstanceID] != want {
+		if want := map[bool]int{true: 2}[job.State == provision.JobSucceeded]; containers[job.InstanceID] != want {
 			t.Errorf("instance %s (%s): %d containers, want %d", job.InstanceID, job.State, containers[job.InstanceID], want)
 		}
 	}
@@ -174,7 +175,7 @@ func BenchmarkProvision(b *testing.B) {
 
 // logStepTimes logs the mean time the jobs spent in each step, from their
 // logs, to show where the time goes.
-func logStepTimes(t testing.TB, jobs []fleet.Job) {
+func logStepTimes(t testing.TB, jobs []provision.Job) {
 	total := make([]time.Duration, len(provisionSteps))
 	for _, job := range jobs {
 		prev := job.CreatedAt

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/rollout"
 )
 
 // progress shows a followed run: one redrawn line on a terminal, else a
@@ -29,7 +29,7 @@ func newProgress(w io.Writer, now func() time.Time) *progress {
 	return &progress{w: w, tty: tty, now: now}
 }
 
-func (p *progress) show(run fleet.Run) {
+func (p *progress) show(run rollout.Run) {
 	now := p.now()
 	counts := countsLine(run)
 	took := elapsed(run, now).Truncate(time.Second)
@@ -71,7 +71,7 @@ func bar(n, total, width int) string {
 }
 
 // finished is how many targets of run are final.
-func finished(run fleet.Run) int {
+func finished(run rollout.Run) int {
 	n := 0
 	for st, c := range run.Counts {
 		if st.Final() {
@@ -83,9 +83,9 @@ func finished(run fleet.Run) int {
 
 // countsLine is run's counts by state, in state order: "succeeded 3,
 // running 2".
-func countsLine(run fleet.Run) string {
+func countsLine(run rollout.Run) string {
 	var parts []string
-	for _, st := range fleet.TargetStates {
+	for _, st := range rollout.TargetStates {
 		if n := run.Counts[st]; n > 0 {
 			parts = append(parts, fmt.Sprintf("%s %d", st, n))
 		}

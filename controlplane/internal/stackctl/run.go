@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/rollout"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -64,8 +65,8 @@ Commands: ` + strings.Join(protocol.OperatorCommands, ", ") + ".",
 
 // spec checks the run's command line and makes it a RunSpec, reporting
 // every problem at once.
-func (f runFlags) spec(command string) (fleet.RunSpec, error) {
-	spec := fleet.RunSpec{Command: command}
+func (f runFlags) spec(command string) (rollout.RunSpec, error) {
+	spec := rollout.RunSpec{Command: command}
 	var problems []string
 	if !slices.Contains(protocol.OperatorCommands, command) {
 		problems = append(problems, fmt.Sprintf("unknown command %q (want one of %s)", command, strings.Join(protocol.OperatorCommands, ", ")))
@@ -83,16 +84,16 @@ func (f runFlags) spec(command string) (fleet.RunSpec, error) {
 	} else if spec.Select, err = fleet.ParseSelection(f.selector); err != nil {
 		problems = append(problems, strings.ReplaceAll(err.Error(), "\n", "; "))
 	}
-	if spec.MaxConcurrency, err = fleet.ParseLimit(f.concurrency); err != nil {
+	if spec.MaxConcurrency, err = rollout.ParseLimit(f.concurrency); err != nil {
 		problems = append(problems, "--max-concurrency: "+err.Error())
 	}
-	if spec.MaxErrors, err = fleet.ParseLimit(f.maxErrors); err != nil {
+	if spec.MaxErrors, err = rollout.ParseLimit(f.maxErrors); err != nil {
 		problems = append(problems, "--max-errors: "+err.Error())
 	}
-	if d, err := time.ParseDuration(f.timeout); err != nil || d < fleet.MinRunTimeout || d > fleet.MaxRunTimeout {
-		problems = append(problems, fmt.Sprintf("--timeout %q: want %s to %s", f.timeout, fleet.MinRunTimeout, fleet.MaxRunTimeout))
+	if d, err := time.ParseDuration(f.timeout); err != nil || d < rollout.MinRunTimeout || d > rollout.MaxRunTimeout {
+		problems = append(problems, fmt.Sprintf("--timeout %q: want %s to %s", f.timeout, rollout.MinRunTimeout, rollout.MaxRunTimeout))
 	} else {
-		spec.Timeout = fleet.Duration(d)
+		spec.Timeout = rollout.Duration(d)
 	}
 	if len(problems) > 0 {
 		return spec, usageErrorf("run: %s", strings.Join(problems, "; "))
@@ -109,7 +110,7 @@ func (c *cli) run(ctx context.Context, command string, f runFlags) error {
 	if err != nil {
 		return err
 	}
-	var run fleet.Run
+	var run rollout.Run
 	if err := api.do(ctx, http.MethodPost, "/api/v1/runs", nil, spec, &run); err != nil {
 		return err
 	}
@@ -142,13 +143,13 @@ const pollInterval = 300 * time.Millisecond
 
 // follow reads run id until it is done, showing its progress on stderr.
 // Being interrupted leaves the run going.
-func (c *cli) follow(ctx context.Context, api *client, id string) (fleet.Run, error) {
+func (c *cli) follow(ctx context.Context, api *client, id string) (rollout.Run, error) {
 	p := newProgress(c.stderr, time.Now)
 	defer p.end()
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
 	for seen := false; ; seen = true {
-		var run fleet.Run
+		var run rollout.Run
 		err := api.do(ctx, http.MethodGet, "/api/v1/runs/"+url.PathEscape(id), nil, nil, &run)
 		switch {
 		case ctx.Err() != nil:
@@ -178,7 +179,7 @@ func continues(id string) error {
 
 // notSucceeded are the final states of targets that did not succeed, in
 // the order a report lists them.
-var notSucceeded = []fleet.TargetState{fleet.TargetFailed, fleet.TargetTimedOut, fleet.TargetUndeliverable, fleet.TargetSkipped}
+var notSucceeded = []rollout.TargetState{rollout.TargetFailed, rollout.TargetTimedOut, rollout.TargetUndeliverable, rollout.TargetSkipped}
 
 // reportedPerState is how many targets of each unsuccessful state a
 // report lists.
@@ -186,8 +187,8 @@ const reportedPerState = 20
 
 // unsuccessful reads up to reportedPerState targets of run in each state
 // of notSucceeded.
-func unsuccessful(ctx context.Context, api *client, run fleet.Run) ([]fleet.Target, error) {
-	targets := []fleet.Target{}
+func unsuccessful(ctx context.Context, api *client, run rollout.Run) ([]rollout.Target, error) {
+	targets := []rollout.Target{}
 	for _, st := range notSucceeded {
 		if run.Counts[st] == 0 {
 			continue
@@ -203,24 +204,24 @@ func unsuccessful(ctx context.Context, api *client, run fleet.Run) ([]fleet.Targ
 
 // runTargets reads the targets of run id, those in state st if st is
 // set, at most max (0: all).
-func runTargets(ctx context.Context, api *client, id string, st fleet.TargetState, max int) ([]fleet.Target, error) {
+func runTargets(ctx context.Context, api *client, id string, st rollout.TargetState, max int) ([]rollout.Target, error) {
 	query := url.Values{}
 	if st != "" {
 		query.Set("state", string(st))
 	}
-	return list[fleet.Target](ctx, api, "/api/v1/runs/"+url.PathEscape(id)+"/targets", "targets", query, max)
+	return list[rollout.Target](ctx, api, "/api/v1/runs/"+url.PathEscape(id)+"/targets", "targets", query, max)
 }
 
 // runReport is what --json prints of a run.
 type runReport struct {
-	Run fleet.Run `json:"run"`
+	Run rollout.Run `json:"run"`
 	// Targets are those of interest: the unsuccessful ones (up to 20 per
 	// state), or those asked for with runs show --targets.
-	Targets []fleet.Target `json:"targets"`
+	Targets []rollout.Target `json:"targets"`
 }
 
 // report prints run and targets: as JSON, or a summary for people.
-func (c *cli) report(run fleet.Run, targets []fleet.Target, asJSON bool) error {
+func (c *cli) report(run rollout.Run, targets []rollout.Target, asJSON bool) error {
 	if asJSON {
 		return writeJSON(c.stdout, runReport{Run: run, Targets: targets})
 	}
@@ -249,7 +250,7 @@ func (c *cli) report(run fleet.Run, targets []fleet.Target, asJSON bool) error {
 }
 
 // runSummary writes what run is, where it stands and its counts by state.
-func runSummary(w io.Writer, run fleet.Run, now time.Time) error {
+func runSummary(w io.Writer, run rollout.Run, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	state := string(run.State)
 	if run.Reason != "" {
@@ -268,7 +269,7 @@ func runSummary(w io.Writer, run fleet.Run, now time.Time) error {
 		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], strings.TrimSpace(kv[1]))
 	}
 	fmt.Fprintf(tw, "\nSTATE\tTARGETS\n")
-	for _, st := range fleet.TargetStates {
+	for _, st := range rollout.TargetStates {
 		if n := run.Counts[st]; n > 0 {
 			fmt.Fprintf(tw, "%s\t%d\n", st, n)
 		}
@@ -278,7 +279,7 @@ func runSummary(w io.Writer, run fleet.Run, now time.Time) error {
 }
 
 // targetTable writes one line per target.
-func targetTable(w io.Writer, targets []fleet.Target) error {
+func targetTable(w io.Writer, targets []rollout.Target) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "INSTANCE\tSTATE\tTOOK\tERROR")
 	for _, t := range targets {
@@ -296,7 +297,7 @@ func targetTable(w io.Writer, targets []fleet.Target) error {
 }
 
 // elapsed is how long run has taken, or took.
-func elapsed(run fleet.Run, now time.Time) time.Duration {
+func elapsed(run rollout.Run, now time.Time) time.Duration {
 	end := now
 	if !run.FinishedAt.IsZero() {
 		end = run.FinishedAt
@@ -306,14 +307,14 @@ func elapsed(run fleet.Run, now time.Time) time.Duration {
 
 // outcome is the error (and with it the exit code) a finished run ends
 // stackctl with; nil when every target succeeded.
-func outcome(run fleet.Run) error {
+func outcome(run rollout.Run) error {
 	switch run.State {
-	case fleet.RunStopped:
+	case rollout.RunStopped:
 		return &codedError{code: ExitStopped, msg: fmt.Sprintf("run %s stopped: %s", run.ID, orDash(run.Reason))}
-	case fleet.RunCancelled:
+	case rollout.RunCancelled:
 		return &codedError{code: ExitCancelled, msg: fmt.Sprintf("run %s was cancelled: %s", run.ID, orDash(run.Reason))}
-	case fleet.RunCompleted:
-		if ok := run.Counts[fleet.TargetSucceeded]; ok < run.Total {
+	case rollout.RunCompleted:
+		if ok := run.Counts[rollout.TargetSucceeded]; ok < run.Total {
 			return &codedError{code: ExitTargetsFailed, msg: fmt.Sprintf("run %s completed; %d of %d targets did not succeed",
 				run.ID, run.Total-ok, run.Total)}
 		}

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/rollout"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -18,18 +18,18 @@ func TestRunExitCodes(t *testing.T) {
 		name  string
 		args  []string
 		code  int
-		state fleet.RunState
+		state rollout.RunState
 		// out must be in stdout (the summary), errOut in stderr.
 		out, errOut []string
 	}{
 		{name: "every target succeeds", args: []string{"ping", "--select", "plan=pro"}, code: ExitOK,
-			state: fleet.RunCompleted, out: []string{"succeeded 2", "total 2"}},
+			state: rollout.RunCompleted, out: []string{"succeeded 2", "total 2"}},
 		{name: "some targets fail", args: []string{"stack.pull", "--select", "all", "--max-errors", "50%"},
-			code: ExitTargetsFailed, state: fleet.RunCompleted,
+			code: ExitTargetsFailed, state: rollout.RunCompleted,
 			out:    []string{"failed     1", "timed_out  1", "i-c", "refused (forged) signature does not verify", "i-d", "no answer in 1m0s"},
 			errOut: []string{"2 of 4 targets did not succeed"}},
 		{name: "the error budget stops it", args: []string{"stack.restart", "--args", `{"service":"web"}`, "--select", "all"},
-			code: ExitStopped, state: fleet.RunStopped,
+			code: ExitStopped, state: rollout.RunStopped,
 			out: []string{"stopped: 1 errors, more than the 0 allowed", "skipped 1", "i-d skipped"}},
 	}
 	for _, tt := range tests {
@@ -122,7 +122,7 @@ func TestRunJSON(t *testing.T) {
 	if err := json.Unmarshal([]byte(res.stdout), &rep); err != nil {
 		t.Fatalf("--json output does not decode: %v\n%s", err, res.stdout)
 	}
-	if rep.Run.ID != "r-1" || rep.Run.State != fleet.RunCompleted || rep.Run.Total != 4 || rep.Run.Counts[fleet.TargetSucceeded] != 2 ||
+	if rep.Run.ID != "r-1" || rep.Run.State != rollout.RunCompleted || rep.Run.Total != 4 || rep.Run.Counts[rollout.TargetSucceeded] != 2 ||
 		rep.Run.Spec.Command != "facts" || rep.Run.CreatedBy != "oscar" {
 		t.Errorf("run = %+v", rep.Run)
 	}
@@ -136,7 +136,7 @@ func TestRunJSON(t *testing.T) {
 
 	res = e.stackctl(t, "runs", "ls", "--json")
 	wantCode(t, res, ExitOK, "runs ls --json")
-	var runs []fleet.Run
+	var runs []rollout.Run
 	if err := json.Unmarshal([]byte(res.stdout), &runs); err != nil || len(runs) != 1 || runs[0].ID != "r-1" {
 		t.Errorf("runs ls --json = %s (%v)", res.stdout, err)
 	}

@@ -11,7 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/rollout"
 )
 
 func (c *cli) runsCommand() *cobra.Command {
@@ -35,7 +35,7 @@ func (c *cli) runsListCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			runs, err := list[fleet.Run](ctx, api, "/api/v1/runs", "runs", nil, limit)
+			runs, err := list[rollout.Run](ctx, api, "/api/v1/runs", "runs", nil, limit)
 			if err != nil {
 				return err
 			}
@@ -70,8 +70,8 @@ run's outcome, as 'stackctl run' does.`,
 		Args: cobra.ExactArgs(1),
 		RunE: action(func(ctx context.Context, args []string) error {
 			id := args[0]
-			if state != "" && !slices.Contains(fleet.TargetStates, fleet.TargetState(state)) {
-				return usageErrorf("runs show: --state %q: want one of %v", state, fleet.TargetStates)
+			if state != "" && !slices.Contains(rollout.TargetStates, rollout.TargetState(state)) {
+				return usageErrorf("runs show: --state %q: want one of %v", state, rollout.TargetStates)
 			}
 			if follow && (withTargets || state != "") {
 				return usageErrorf("runs show: --follow does not go with --targets or --state")
@@ -83,13 +83,13 @@ run's outcome, as 'stackctl run' does.`,
 			if follow {
 				return c.followAndReport(ctx, api, id, asJSON)
 			}
-			var run fleet.Run
+			var run rollout.Run
 			if err := api.do(ctx, http.MethodGet, "/api/v1/runs/"+url.PathEscape(id), nil, nil, &run); err != nil {
 				return err
 			}
-			var targets []fleet.Target
+			var targets []rollout.Target
 			if withTargets || state != "" {
-				targets, err = runTargets(ctx, api, id, fleet.TargetState(state), 0)
+				targets, err = runTargets(ctx, api, id, rollout.TargetState(state), 0)
 			} else {
 				targets, err = unsuccessful(ctx, api, run)
 			}
@@ -105,7 +105,7 @@ run's outcome, as 'stackctl run' does.`,
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the run and its targets as JSON")
 	_ = cmd.RegisterFlagCompletionFunc("state", func(*cobra.Command, []string, string) ([]cobra.Completion, cobra.ShellCompDirective) {
 		var states []cobra.Completion
-		for _, st := range fleet.TargetStates {
+		for _, st := range rollout.TargetStates {
 			states = append(states, string(st))
 		}
 		return states, cobra.ShellCompDirectiveNoFileComp
@@ -123,7 +123,7 @@ func (c *cli) runCancelCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var run fleet.Run
+			var run rollout.Run
 			if err := api.do(ctx, http.MethodPost, "/api/v1/runs/"+url.PathEscape(args[0])+"/cancel", nil, nil, &run); err != nil {
 				return err
 			}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/rollout"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -79,7 +80,7 @@ func (t trackerTags) SetTags(_ context.Context, id string, tags map[string]strin
 // stops.
 type fakeRuns struct {
 	tr       *fleet.Tracker
-	outcomes map[string]fleet.TargetState // by instance; succeeded if absent
+	outcomes map[string]rollout.TargetState // by instance; succeeded if absent
 
 	mu      sync.Mutex
 	runs    map[string]*fakeRun
@@ -89,22 +90,22 @@ type fakeRuns struct {
 }
 
 type fakeRun struct {
-	run     fleet.Run
-	targets []fleet.Target
+	run     rollout.Run
+	targets []rollout.Target
 	polls   int
 }
 
-func (f *fakeRuns) Start(_ context.Context, spec fleet.RunSpec, by string) (fleet.Run, error) {
+func (f *fakeRuns) Start(_ context.Context, spec rollout.RunSpec, by string) (rollout.Run, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var targets []fleet.Target
+	var targets []rollout.Target
 	for _, inst := range f.tr.List(time.Now()) {
 		if spec.Select.Match(inst, inst.Status) {
-			targets = append(targets, fleet.Target{Instance: inst.ID, State: fleet.TargetPending})
+			targets = append(targets, rollout.Target{Instance: inst.ID, State: rollout.TargetPending})
 		}
 	}
 	if len(targets) == 0 {
-		return fleet.Run{}, fault.New(fault.Invalid, "invalid run: the selection %s matches no instance", spec.Select)
+		return rollout.Run{}, fault.New(fault.Invalid, "invalid run: the selection %s matches no instance", spec.Select)
 	}
 	n := len(targets)
 	conc := spec.MaxConcurrency.Of(n)
@@ -112,8 +113,8 @@ func (f *fakeRuns) Start(_ context.Context, spec fleet.RunSpec, by string) (flee
 		conc = n
 	}
 	id := fmt.Sprintf("r-%d", len(f.order)+1)
-	r := &fakeRun{targets: targets, run: fleet.Run{ID: id, Spec: spec, CreatedBy: by, CreatedAt: time.Now(),
-		State: fleet.RunRunning, Total: n, Concurrency: conc, ErrorBudget: spec.MaxErrors.Of(n)}}
+	r := &fakeRun{targets: targets, run: rollout.Run{ID: id, Spec: spec, CreatedBy: by, CreatedAt: time.Now(),
+		State: rollout.RunRunning, Total: n, Concurrency: conc, ErrorBudget: spec.MaxErrors.Of(n)}}
 	f.recount(r)
 	f.runs[id] = r
 	f.order = append(f.order, id)
@@ -122,7 +123,7 @@ func (f *fakeRuns) Start(_ context.Context, spec fleet.RunSpec, by string) (flee
 
 // recount sets the run's counts from its targets.
 func (f *fakeRuns) recount(r *fakeRun) {
-	r.run.Counts = map[fleet.TargetState]int{}
+	r.run.Counts = map[rollout.TargetState]int{}
 	for _, t := range r.targets {
 		r.run.Counts[t.State]++
 	}
@@ -134,60 +135,60 @@ func (f *fakeRuns) advance(r *fakeRun) {
 		return
 	}
 	now := time.Now()
-	i := slices.IndexFunc(r.targets, func(t fleet.Target) bool { return !t.State.Final() })
-	if i >= 0 && r.targets[i].State == fleet.TargetRunning {
+	i := slices.IndexFunc(r.targets, func(t rollout.Target) bool { return !t.State.Final() })
+	if i >= 0 && r.targets[i].State == rollout.TargetRunning {
 		t := &r.targets[i]
-		t.State, t.FinishedAt = fleet.TargetSucceeded, now
+		t.State, t.FinishedAt = rollout.TargetSucceeded, now
 		if st, ok := f.outcomes[t.Instance]; ok {
 			t.State = st
 		}
 		switch t.State {
-		case fleet.TargetFailed:
+		case rollout.TargetFailed:
 			t.Error, t.Refused = "signature does not verify", string(protocol.RefusedForged)
-		case fleet.TargetTimedOut:
+		case rollout.TargetTimedOut:
 			t.Error = "no answer in " + time.Duration(r.run.Spec.Timeout).String()
-		case fleet.TargetUndeliverable:
+		case rollout.TargetUndeliverable:
 			t.Error, t.SentAt = "no agent connected", time.Time{}
 		}
 		f.recount(r)
 		if r.run.Errors() > r.run.ErrorBudget {
-			f.finish(r, fleet.RunStopped, fmt.Sprintf("%d errors, more than the %d allowed", r.run.Errors(), r.run.ErrorBudget))
+			f.finish(r, rollout.RunStopped, fmt.Sprintf("%d errors, more than the %d allowed", r.run.Errors(), r.run.ErrorBudget))
 			return
 		}
 	}
 	running := 0
 	for j := range r.targets {
 		t := &r.targets[j]
-		if t.State == fleet.TargetPending && running < r.run.Concurrency {
-			t.State, t.SentAt, t.Nonce = fleet.TargetRunning, now, protocol.NewNonce()
+		if t.State == rollout.TargetPending && running < r.run.Concurrency {
+			t.State, t.SentAt, t.Nonce = rollout.TargetRunning, now, protocol.NewNonce()
 		}
-		if t.State == fleet.TargetRunning {
+		if t.State == rollout.TargetRunning {
 			running++
 		}
 	}
 	f.recount(r)
 	if running == 0 {
-		f.finish(r, fleet.RunCompleted, "")
+		f.finish(r, rollout.RunCompleted, "")
 	}
 }
 
 // finish ends r in state, skipping every target not yet final.
-func (f *fakeRuns) finish(r *fakeRun, state fleet.RunState, reason string) {
+func (f *fakeRuns) finish(r *fakeRun, state rollout.RunState, reason string) {
 	for j := range r.targets {
 		if !r.targets[j].State.Final() {
-			r.targets[j].State = fleet.TargetSkipped
+			r.targets[j].State = rollout.TargetSkipped
 		}
 	}
 	r.run.State, r.run.Reason, r.run.FinishedAt = state, reason, time.Now()
 	f.recount(r)
 }
 
-func (f *fakeRuns) Get(id string) (fleet.Run, error) {
+func (f *fakeRuns) Get(id string) (rollout.Run, error) {
 	f.mu.Lock()
 	r, ok := f.runs[id]
 	if !ok {
 		f.mu.Unlock()
-		return fleet.Run{}, fault.New(fault.NotFound, "run not found")
+		return rollout.Run{}, fault.New(fault.NotFound, "run not found")
 	}
 	r.polls++
 	f.advance(r)
@@ -199,17 +200,17 @@ func (f *fakeRuns) Get(id string) (fleet.Run, error) {
 	return run, nil
 }
 
-func (f *fakeRuns) List() ([]fleet.Run, error) {
+func (f *fakeRuns) List() ([]rollout.Run, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var runs []fleet.Run
+	var runs []rollout.Run
 	for _, id := range slices.Backward(f.order) {
 		runs = append(runs, f.runs[id].run)
 	}
 	return runs, nil
 }
 
-func (f *fakeRuns) Targets(id string) ([]fleet.Target, error) {
+func (f *fakeRuns) Targets(id string) ([]rollout.Target, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	r, ok := f.runs[id]
@@ -219,18 +220,18 @@ func (f *fakeRuns) Targets(id string) ([]fleet.Target, error) {
 	return slices.Clone(r.targets), nil
 }
 
-func (f *fakeRuns) Cancel(id, by string) (fleet.Run, error) {
+func (f *fakeRuns) Cancel(id, by string) (rollout.Run, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	r, ok := f.runs[id]
 	switch {
 	case !ok:
-		return fleet.Run{}, fault.New(fault.NotFound, "run not found")
+		return rollout.Run{}, fault.New(fault.NotFound, "run not found")
 	case r.run.Done():
-		return fleet.Run{}, fault.New(fault.Conflict, "run already finished")
+		return rollout.Run{}, fault.New(fault.Conflict, "run already finished")
 	}
 	f.cancels++
-	f.finish(r, fleet.RunCancelled, "cancelled by "+by)
+	f.finish(r, rollout.RunCancelled, "cancelled by "+by)
 	return r.run, nil
 }
 
@@ -288,7 +289,7 @@ func newTestEnv(t *testing.T, extra ...fleet.Instance) *testEnv {
 		tr.Heartbeat(hb, now)
 	}
 	runs := &fakeRuns{tr: tr, runs: map[string]*fakeRun{},
-		outcomes: map[string]fleet.TargetState{"i-c": fleet.TargetFailed, "i-d": fleet.TargetTimedOut}}
+		outcomes: map[string]rollout.TargetState{"i-c": rollout.TargetFailed, "i-d": rollout.TargetTimedOut}}
 	api, err := dashboardapi.New(dashboardapi.Options{
 		Fleet:   tr,
 		Metrics: noMetrics{},

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/rollout"
 )
 
 func TestAgo(t *testing.T) {
@@ -56,11 +56,11 @@ func TestProgressPlainLines(t *testing.T) {
 	clk := &clock{start}
 	var out bytes.Buffer
 	p := &progress{w: &out, now: clk.now}
-	run := fleet.Run{ID: "r-9", State: fleet.RunRunning, Total: 3, CreatedAt: start,
-		Counts: map[fleet.TargetState]int{fleet.TargetRunning: 3}}
+	run := rollout.Run{ID: "r-9", State: rollout.RunRunning, Total: 3, CreatedAt: start,
+		Counts: map[rollout.TargetState]int{rollout.TargetRunning: 3}}
 	p.show(run) // the first line
 	p.show(run) // nothing changed
-	run.Counts = map[fleet.TargetState]int{fleet.TargetRunning: 2, fleet.TargetSucceeded: 1}
+	run.Counts = map[rollout.TargetState]int{rollout.TargetRunning: 2, rollout.TargetSucceeded: 1}
 	clk.t = start.Add(500 * time.Millisecond)
 	p.show(run) // changed, but within the second
 	clk.t = start.Add(1500 * time.Millisecond)
@@ -80,11 +80,11 @@ func TestProgressTerminal(t *testing.T) {
 	clk := &clock{start.Add(2 * time.Second)}
 	var out bytes.Buffer
 	p := &progress{w: &out, tty: true, now: clk.now}
-	run := fleet.Run{ID: "r-9", State: fleet.RunRunning, Total: 3, CreatedAt: start,
-		Counts: map[fleet.TargetState]int{fleet.TargetRunning: 2, fleet.TargetFailed: 1}}
+	run := rollout.Run{ID: "r-9", State: rollout.RunRunning, Total: 3, CreatedAt: start,
+		Counts: map[rollout.TargetState]int{rollout.TargetRunning: 2, rollout.TargetFailed: 1}}
 	p.show(run)
-	run.State, run.FinishedAt = fleet.RunStopped, start.Add(3*time.Second)
-	run.Counts = map[fleet.TargetState]int{fleet.TargetFailed: 2, fleet.TargetSkipped: 1}
+	run.State, run.FinishedAt = rollout.RunStopped, start.Add(3*time.Second)
+	run.Counts = map[rollout.TargetState]int{rollout.TargetFailed: 2, rollout.TargetSkipped: 1}
 	p.show(run)
 	p.end()
 	want := "\r" + bar(1, 3, barWidth) + " 1/3  running 2, failed 1  2s\x1b[K" +

@@ -11,83 +11,9 @@ import (
 
 	"go.etcd.io/bbolt"
 
+	"github.com/stackpro/stackpro/controlplane/accounts"
 	"github.com/stackpro/stackpro/controlplane/audit"
 )
-
-// Errors of the account records.
-var (
-	// ErrEmailTaken is returned when another user has the address.
-	ErrEmailTaken = errors.New("email address taken")
-	// ErrExpired is returned for a token past its expiry.
-	ErrExpired = errors.New("token expired")
-	// ErrTokenReused is returned for a refresh token presented after it was
-	// rotated; its whole family is revoked by then.
-	ErrTokenReused = errors.New("refresh token reused")
-)
-
-// RoleCustomer is the role of a customer's users.
-const RoleCustomer Role = "customer"
-
-// User is a person who logs in. The password hash is kept apart, so a User
-// can be shown as it is.
-type User struct {
-	ID    string `json:"id"`
-	Email string `json:"email"` // normalized: trimmed, lower case
-	Role  Role   `json:"role"`
-	// CustomerID is the customer the user belongs to; empty for operators.
-	CustomerID      string    `json:"customer_id,omitempty"`
-	FirstName       string    `json:"first_name"`
-	LastName        string    `json:"last_name"`
-	EmailVerifiedAt time.Time `json:"email_verified_at,omitzero"`
-	CreatedAt       time.Time `json:"created_at"`
-	UpdatedAt       time.Time `json:"updated_at"`
-}
-
-// Customer is the account a customer's users share.
-type Customer struct {
-	ID          string    `json:"id"`
-	Company     string    `json:"company"`
-	Plan        string    `json:"plan"`
-	Status      string    `json:"status"`
-	TrialEndsAt time.Time `json:"trial_ends_at,omitzero"`
-	CreatedAt   time.Time `json:"created_at"`
-	UpdatedAt   time.Time `json:"updated_at"`
-}
-
-// OneTimeToken is an emailed token, good once before it expires.
-type OneTimeToken struct {
-	Purpose   string    `json:"purpose"`
-	UserID    string    `json:"user_id"`
-	ExpiresAt time.Time `json:"expires_at"`
-}
-
-// RefreshToken is one refresh token of a session. Every rotation adds a
-// token to the session's family and marks the one presented as used.
-type RefreshToken struct {
-	SessionID string    `json:"session_id"`
-	UserID    string    `json:"user_id"`
-	ExpiresAt time.Time `json:"expires_at"`
-	UsedAt    time.Time `json:"used_at,omitzero"`
-}
-
-// SigningKey is an Ed25519 key that signs access tokens.
-type SigningKey struct {
-	ID         string    `json:"id"`
-	PrivateKey []byte    `json:"private_key"` // ed25519.PrivateKey
-	CreatedAt  time.Time `json:"created_at"`
-}
-
-// APITokenInfo is an API token as listed. Its ID, the first digits of the
-// token's hash, names it without granting anything.
-type APITokenInfo struct {
-	ID string `json:"id"`
-	APIToken
-}
-
-const apiTokenIDLen = 16
-
-// APITokenID returns the id under which token is listed.
-func APITokenID(token string) string { return string(hashKey(token)[:apiTokenIDLen]) }
 
 func wrap(what string, err error) error {
 	if err == nil {
@@ -107,12 +33,12 @@ func getJSON(b *bbolt.Bucket, key string, v any) error {
 
 // CreateUser creates a customer and its first user with the password hash,
 // in one transaction, or returns ErrEmailTaken. An operator's user comes
-// with a zero Customer, and none is created.
-func (s *Store) CreateUser(u User, passwordHash string, c Customer) error {
+// with a zero accounts.Customer, and none is created.
+func (s *Store) CreateUser(u accounts.User, passwordHash string, c accounts.Customer) error {
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		emails := tx.Bucket(bucketUserEmails)
 		if emails.Get([]byte(u.Email)) != nil {
-			return ErrEmailTaken
+			return accounts.ErrEmailTaken
 		}
 		if err := emails.Put([]byte(u.Email), []byte(u.ID)); err != nil {
 			return err
@@ -132,8 +58,8 @@ func (s *Store) CreateUser(u User, passwordHash string, c Customer) error {
 }
 
 // User returns user id, or ErrNotFound.
-func (s *Store) User(id string) (User, error) {
-	var u User
+func (s *Store) User(id string) (accounts.User, error) {
+	var u accounts.User
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		return getJSON(tx.Bucket(bucketUsers), id, &u)
 	})
@@ -141,8 +67,8 @@ func (s *Store) User(id string) (User, error) {
 }
 
 // UserByEmail returns the user with the normalized address, or ErrNotFound.
-func (s *Store) UserByEmail(email string) (User, error) {
-	var u User
+func (s *Store) UserByEmail(email string) (accounts.User, error) {
+	var u accounts.User
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		id := tx.Bucket(bucketUserEmails).Get([]byte(email))
 		if id == nil {
@@ -156,8 +82,8 @@ func (s *Store) UserByEmail(email string) (User, error) {
 // UpdateUser applies update to user id in one transaction and returns the
 // result. update runs inside the transaction: it must be quick, and may not
 // change the id or the address.
-func (s *Store) UpdateUser(id string, update func(*User) error) (User, error) {
-	var u User
+func (s *Store) UpdateUser(id string, update func(*accounts.User) error) (accounts.User, error) {
+	var u accounts.User
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketUsers)
 		if err := getJSON(b, id, &u); err != nil {
@@ -205,8 +131,8 @@ func (s *Store) SetPassword(userID, passwordHash string) error {
 }
 
 // Customer returns customer id, or ErrNotFound.
-func (s *Store) Customer(id string) (Customer, error) {
-	var c Customer
+func (s *Store) Customer(id string) (accounts.Customer, error) {
+	var c accounts.Customer
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		return getJSON(tx.Bucket(bucketCustomers), id, &c)
 	})
@@ -216,8 +142,8 @@ func (s *Store) Customer(id string) (Customer, error) {
 // UpdateCustomer applies update to customer id in one transaction and
 // returns the result. update runs inside the transaction and may not change
 // the id.
-func (s *Store) UpdateCustomer(id string, update func(*Customer) error) (Customer, error) {
-	var c Customer
+func (s *Store) UpdateCustomer(id string, update func(*accounts.Customer) error) (accounts.Customer, error) {
+	var c accounts.Customer
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketCustomers)
 		if err := getJSON(b, id, &c); err != nil {
@@ -236,11 +162,11 @@ func (s *Store) UpdateCustomer(id string, update func(*Customer) error) (Custome
 
 // PutOneTimeToken stores the hash of token. Earlier tokens of the same user
 // and purpose are deleted: only the last one emailed works.
-func (s *Store) PutOneTimeToken(token string, t OneTimeToken) error {
+func (s *Store) PutOneTimeToken(token string, t accounts.OneTimeToken) error {
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketAuthTokens)
 		err := deleteWhere(b, func(v []byte) bool {
-			var old OneTimeToken
+			var old accounts.OneTimeToken
 			return json.Unmarshal(v, &old) == nil && old.UserID == t.UserID && old.Purpose == t.Purpose
 		})
 		if err != nil {
@@ -252,9 +178,9 @@ func (s *Store) PutOneTimeToken(token string, t OneTimeToken) error {
 }
 
 // OneTimeToken returns the record of token without using it: ErrNotFound
-// if it is unknown, used or for another purpose, ErrExpired if it expired.
-func (s *Store) OneTimeToken(token, purpose string, now time.Time) (OneTimeToken, error) {
-	var t OneTimeToken
+// if it is unknown, used or for another purpose, accounts.ErrExpired if it expired.
+func (s *Store) OneTimeToken(token, purpose string, now time.Time) (accounts.OneTimeToken, error) {
+	var t accounts.OneTimeToken
 	err := s.db.View(func(tx *bbolt.Tx) (err error) {
 		t, err = oneTimeToken(tx, token, purpose, now)
 		return err
@@ -262,11 +188,11 @@ func (s *Store) OneTimeToken(token, purpose string, now time.Time) (OneTimeToken
 	return t, wrap("reading one-time token", err)
 }
 
-// UseOneTimeToken returns the record of token like OneTimeToken and
+// UseOneTimeToken returns the record of token like accounts.OneTimeToken and
 // deletes it in the same transaction, so it is good once. A token that
 // fails stays until the next one of its user and purpose replaces it.
-func (s *Store) UseOneTimeToken(token, purpose string, now time.Time) (OneTimeToken, error) {
-	var t OneTimeToken
+func (s *Store) UseOneTimeToken(token, purpose string, now time.Time) (accounts.OneTimeToken, error) {
+	var t accounts.OneTimeToken
 	err := s.db.Update(func(tx *bbolt.Tx) (err error) {
 		if t, err = oneTimeToken(tx, token, purpose, now); err != nil {
 			return err
@@ -276,23 +202,23 @@ func (s *Store) UseOneTimeToken(token, purpose string, now time.Time) (OneTimeTo
 	return t, wrap("using one-time token", err)
 }
 
-func oneTimeToken(tx *bbolt.Tx, token, purpose string, now time.Time) (OneTimeToken, error) {
-	var t OneTimeToken
+func oneTimeToken(tx *bbolt.Tx, token, purpose string, now time.Time) (accounts.OneTimeToken, error) {
+	var t accounts.OneTimeToken
 	if err := getJSON(tx.Bucket(bucketAuthTokens), string(hashKey(token)), &t); err != nil {
 		return t, err
 	}
 	if t.Purpose != purpose {
-		return OneTimeToken{}, ErrNotFound
+		return accounts.OneTimeToken{}, ErrNotFound
 	}
 	if !now.Before(t.ExpiresAt) {
-		return OneTimeToken{}, ErrExpired
+		return accounts.OneTimeToken{}, accounts.ErrExpired
 	}
 	return t, nil
 }
 
 // PutRefreshToken stores the hash of a refresh token in its session's
 // family, which it creates if need be.
-func (s *Store) PutRefreshToken(token string, rt RefreshToken) error {
+func (s *Store) PutRefreshToken(token string, rt accounts.RefreshToken) error {
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		family, err := tx.Bucket(bucketRefresh).CreateBucketIfNotExists([]byte(rt.SessionID))
 		if err != nil {
@@ -306,11 +232,11 @@ func (s *Store) PutRefreshToken(token string, rt RefreshToken) error {
 // RotateRefreshToken marks token of session sessionID used and stores next
 // in the family, valid for ttl from now, in one transaction; it returns
 // next's record. A token used before revokes the family and returns
-// ErrTokenReused with its own record; an unknown one returns ErrNotFound,
+// accounts.ErrTokenReused with its own record; an unknown one returns ErrNotFound,
 // an expired one ErrExpired. The family's expired tokens go on the way, so
 // it holds at most the tokens of one refresh token lifetime.
-func (s *Store) RotateRefreshToken(sessionID, token, next string, now time.Time, ttl time.Duration) (RefreshToken, error) {
-	var rt RefreshToken
+func (s *Store) RotateRefreshToken(sessionID, token, next string, now time.Time, ttl time.Duration) (accounts.RefreshToken, error) {
+	var rt accounts.RefreshToken
 	reused := false
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		family, key, err := refreshToken(tx, sessionID, token, &rt)
@@ -322,10 +248,10 @@ func (s *Store) RotateRefreshToken(sessionID, token, next string, now time.Time,
 			return tx.Bucket(bucketRefresh).DeleteBucket([]byte(sessionID))
 		}
 		if !now.Before(rt.ExpiresAt) {
-			return ErrExpired
+			return accounts.ErrExpired
 		}
 		err = deleteWhere(family, func(v []byte) bool {
-			var old RefreshToken
+			var old accounts.RefreshToken
 			return json.Unmarshal(v, &old) == nil && !now.Before(old.ExpiresAt)
 		})
 		if err != nil {
@@ -335,11 +261,11 @@ func (s *Store) RotateRefreshToken(sessionID, token, next string, now time.Time,
 		if err := putJSON(family, key, rt); err != nil {
 			return err
 		}
-		rt = RefreshToken{SessionID: rt.SessionID, UserID: rt.UserID, ExpiresAt: now.Add(ttl)}
+		rt = accounts.RefreshToken{SessionID: rt.SessionID, UserID: rt.UserID, ExpiresAt: now.Add(ttl)}
 		return putJSON(family, string(hashKey(next)), rt)
 	})
 	if err == nil && reused {
-		err = ErrTokenReused // reported after the commit, which keeps the revocation
+		err = accounts.ErrTokenReused // reported after the commit, which keeps the revocation
 	}
 	return rt, wrap("rotating refresh token", err)
 }
@@ -348,8 +274,8 @@ func (s *Store) RotateRefreshToken(sessionID, token, next string, now time.Time,
 // family, if token is one of them, used or not, and allow answers nil for
 // token's record; it returns that record. An unknown token gets
 // ErrNotFound; allow's error, wrapped, leaves the session as it was.
-func (s *Store) RevokeRefreshFamily(sessionID, token string, allow func(RefreshToken) error) (RefreshToken, error) {
-	var rt RefreshToken
+func (s *Store) RevokeRefreshFamily(sessionID, token string, allow func(accounts.RefreshToken) error) (accounts.RefreshToken, error) {
+	var rt accounts.RefreshToken
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		if _, _, err := refreshToken(tx, sessionID, token, &rt); err != nil {
 			return err
@@ -364,7 +290,7 @@ func (s *Store) RevokeRefreshFamily(sessionID, token string, allow func(RefreshT
 
 // refreshToken reads token of session sessionID into rt and returns the
 // family's bucket and the token's key.
-func refreshToken(tx *bbolt.Tx, sessionID, token string, rt *RefreshToken) (*bbolt.Bucket, string, error) {
+func refreshToken(tx *bbolt.Tx, sessionID, token string, rt *accounts.RefreshToken) (*bbolt.Bucket, string, error) {
 	family := tx.Bucket(bucketRefresh).Bucket([]byte(sessionID))
 	if family == nil {
 		return nil, "", ErrNotFound
@@ -376,7 +302,7 @@ func refreshToken(tx *bbolt.Tx, sessionID, token string, rt *RefreshToken) (*bbo
 // revokeSessions deletes every session of user id.
 func revokeSessions(tx *bbolt.Tx, userID string) error {
 	_, err := deleteSessions(tx, func(family *bbolt.Bucket) bool {
-		var rt RefreshToken // every token of a family has the same user
+		var rt accounts.RefreshToken // every token of a family has the same user
 		_, v := family.Cursor().First()
 		return v != nil && json.Unmarshal(v, &rt) == nil && rt.UserID == userID
 	})
@@ -391,7 +317,7 @@ func (s *Store) PruneSessions(now time.Time) (int, error) {
 		n, err = deleteSessions(tx, func(family *bbolt.Bucket) bool {
 			live := false
 			_ = family.ForEach(func(_, v []byte) error {
-				var rt RefreshToken
+				var rt accounts.RefreshToken
 				live = live || json.Unmarshal(v, &rt) == nil && now.Before(rt.ExpiresAt)
 				return nil
 			})
@@ -421,11 +347,11 @@ func deleteSessions(tx *bbolt.Tx, match func(family *bbolt.Bucket) bool) (int, e
 }
 
 // SigningKeys returns the signing keys, oldest first.
-func (s *Store) SigningKeys() ([]SigningKey, error) {
-	var keys []SigningKey
+func (s *Store) SigningKeys() ([]accounts.SigningKey, error) {
+	var keys []accounts.SigningKey
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketSigningKeys).ForEach(func(k, v []byte) error {
-			var key SigningKey
+			var key accounts.SigningKey
 			if err := json.Unmarshal(v, &key); err != nil {
 				return fmt.Errorf("key %s: %w", k, err)
 			}
@@ -433,17 +359,17 @@ func (s *Store) SigningKeys() ([]SigningKey, error) {
 			return nil
 		})
 	})
-	slices.SortFunc(keys, func(a, b SigningKey) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	slices.SortFunc(keys, func(a, b accounts.SigningKey) int { return a.CreatedAt.Compare(b.CreatedAt) })
 	return keys, wrap("reading signing keys", err)
 }
 
 // ReplaceSigningKeys makes keys the whole key set, in one transaction.
-func (s *Store) ReplaceSigningKeys(keys []SigningKey) error {
+func (s *Store) ReplaceSigningKeys(keys []accounts.SigningKey) error {
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketSigningKeys)
 		err := deleteWhere(b, func(v []byte) bool {
-			var old SigningKey
-			return json.Unmarshal(v, &old) != nil || !slices.ContainsFunc(keys, func(k SigningKey) bool { return k.ID == old.ID })
+			var old accounts.SigningKey
+			return json.Unmarshal(v, &old) != nil || !slices.ContainsFunc(keys, func(k accounts.SigningKey) bool { return k.ID == old.ID })
 		})
 		if err != nil {
 			return err
@@ -495,11 +421,11 @@ func (s *Store) AuditLog(limit int) ([]audit.Record, error) {
 }
 
 // ListAPITokens returns every API token, oldest first.
-func (s *Store) ListAPITokens() ([]APITokenInfo, error) {
-	var out []APITokenInfo
+func (s *Store) ListAPITokens() ([]accounts.APITokenInfo, error) {
+	var out []accounts.APITokenInfo
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketAPITokens).ForEach(func(k, v []byte) error {
-			info := APITokenInfo{ID: string(k[:apiTokenIDLen])}
+			info := accounts.APITokenInfo{ID: string(k[:accounts.APITokenIDLen])}
 			if err := json.Unmarshal(v, &info.APIToken); err != nil {
 				return fmt.Errorf("API token %s: %w", info.ID, err)
 			}
@@ -507,14 +433,14 @@ func (s *Store) ListAPITokens() ([]APITokenInfo, error) {
 			return nil
 		})
 	})
-	slices.SortFunc(out, func(a, b APITokenInfo) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	slices.SortFunc(out, func(a, b accounts.APITokenInfo) int { return a.CreatedAt.Compare(b.CreatedAt) })
 	return out, wrap("listing API tokens", err)
 }
 
 // RevokeAPIToken deletes the API token listed as id, or returns ErrNotFound.
 func (s *Store) RevokeAPIToken(id string) error {
 	err := s.db.Update(func(tx *bbolt.Tx) error {
-		if len(id) != apiTokenIDLen {
+		if len(id) != accounts.APITokenIDLen {
 			return ErrNotFound
 		}
 		c := tx.Bucket(bucketAPITokens).Cursor()

@@ -7,17 +7,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stackpro/stackpro/controlplane/accounts"
 	"github.com/stackpro/stackpro/controlplane/audit"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
 )
 
 // anyone lets anyone revoke a session.
-func anyone(store.RefreshToken) error { return nil }
+func anyone(accounts.RefreshToken) error { return nil }
 
-func createUser(t *testing.T, s *store.Store, id, email string) store.User {
+func createUser(t *testing.T, s *store.Store, id, email string) accounts.User {
 	t.Helper()
-	u := store.User{ID: id, Email: email, Role: store.RoleCustomer, CustomerID: "cus-" + id, CreatedAt: t0}
-	if err := s.CreateUser(u, "hash-of-"+id, store.Customer{ID: u.CustomerID, Plan: "starter", Status: "trial", CreatedAt: t0}); err != nil {
+	u := accounts.User{ID: id, Email: email, Role: accounts.RoleCustomer, CustomerID: "cus-" + id, CreatedAt: t0}
+	if err := s.CreateUser(u, "hash-of-"+id, accounts.Customer{ID: u.CustomerID, Plan: "starter", Status: "trial", CreatedAt: t0}); err != nil {
 		t.Fatalf("CreateUser(%s): %v", id, err)
 	}
 	return u
@@ -26,8 +27,8 @@ func createUser(t *testing.T, s *store.Store, id, email string) store.User {
 func TestCreateUser(t *testing.T) {
 	s, _ := newStore(t)
 	u := createUser(t, s, "usr-1", "ada@example.com")
-	err := s.CreateUser(store.User{ID: "usr-2", Email: "ada@example.com"}, "h", store.Customer{ID: "cus-2"})
-	if !errors.Is(err, store.ErrEmailTaken) {
+	err := s.CreateUser(accounts.User{ID: "usr-2", Email: "ada@example.com"}, "h", accounts.Customer{ID: "cus-2"})
+	if !errors.Is(err, accounts.ErrEmailTaken) {
 		t.Fatalf("CreateUser(taken address) = %v, want ErrEmailTaken", err)
 	}
 	if _, err := s.User("usr-2"); !errors.Is(err, store.ErrNotFound) {
@@ -53,7 +54,7 @@ func TestCreateUser(t *testing.T) {
 func TestUpdateUserKeepsIdentity(t *testing.T) {
 	s, _ := newStore(t)
 	u := createUser(t, s, "usr-1", "ada@example.com")
-	_, err := s.UpdateUser(u.ID, func(u *store.User) error {
+	_, err := s.UpdateUser(u.ID, func(u *accounts.User) error {
 		u.FirstName, u.Email = "Ada", "eve@example.com"
 		return nil
 	})
@@ -63,11 +64,11 @@ func TestUpdateUserKeepsIdentity(t *testing.T) {
 	if got, _ := s.User(u.ID); got != u {
 		t.Errorf("User after a refused update = %+v, want %+v", got, u)
 	}
-	got, err := s.UpdateUser(u.ID, func(u *store.User) error { u.FirstName = "Ada"; return nil })
+	got, err := s.UpdateUser(u.ID, func(u *accounts.User) error { u.FirstName = "Ada"; return nil })
 	if err != nil || got.FirstName != "Ada" {
 		t.Errorf("UpdateUser = %+v, %v", got, err)
 	}
-	if _, err := s.UpdateUser("usr-nobody", func(*store.User) error { return nil }); !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.UpdateUser("usr-nobody", func(*accounts.User) error { return nil }); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("UpdateUser(unknown) = %v, want ErrNotFound", err)
 	}
 }
@@ -76,7 +77,7 @@ func TestOneTimeTokens(t *testing.T) {
 	s, path := newStore(t)
 	put := func(token, purpose, user string, expires time.Time) {
 		t.Helper()
-		if err := s.PutOneTimeToken(token, store.OneTimeToken{Purpose: purpose, UserID: user, ExpiresAt: expires}); err != nil {
+		if err := s.PutOneTimeToken(token, accounts.OneTimeToken{Purpose: purpose, UserID: user, ExpiresAt: expires}); err != nil {
 			t.Fatalf("PutOneTimeToken: %v", err)
 		}
 	}
@@ -92,7 +93,7 @@ func TestOneTimeTokens(t *testing.T) {
 	}{
 		{"replaced", "spv_first", "verify", t0, store.ErrNotFound},
 		{"wrong purpose", "spv_second", "reset", t0, store.ErrNotFound},
-		{"expired", "spv_second", "verify", t0.Add(time.Hour), store.ErrExpired},
+		{"expired", "spv_second", "verify", t0.Add(time.Hour), accounts.ErrExpired},
 		{"unknown", "spv_unknown", "verify", t0, store.ErrNotFound},
 	}
 	for _, tt := range tests {
@@ -119,7 +120,7 @@ func TestOneTimeTokens(t *testing.T) {
 
 func TestRefreshTokenFamilies(t *testing.T) {
 	s, path := newStore(t)
-	for token, rt := range map[string]store.RefreshToken{
+	for token, rt := range map[string]accounts.RefreshToken{
 		"spr_a1": {SessionID: "ses-a", UserID: "usr-1", ExpiresAt: t0.Add(time.Hour)},
 		"spr_b1": {SessionID: "ses-b", UserID: "usr-1", ExpiresAt: t0.Add(time.Hour)},
 		"spr_c1": {SessionID: "ses-c", UserID: "usr-2", ExpiresAt: t0.Add(time.Hour)},
@@ -129,7 +130,7 @@ func TestRefreshTokenFamilies(t *testing.T) {
 		}
 	}
 	next, err := s.RotateRefreshToken("ses-a", "spr_a1", "spr_a2", t0.Add(time.Minute), time.Hour)
-	want := store.RefreshToken{SessionID: "ses-a", UserID: "usr-1", ExpiresAt: t0.Add(time.Minute + time.Hour)}
+	want := accounts.RefreshToken{SessionID: "ses-a", UserID: "usr-1", ExpiresAt: t0.Add(time.Minute + time.Hour)}
 	if err != nil || next != want {
 		t.Fatalf("RotateRefreshToken = %+v, %v, want %+v", next, err, want)
 	}
@@ -137,7 +138,7 @@ func TestRefreshTokenFamilies(t *testing.T) {
 		name, session, token string
 		want                 error
 	}{
-		{"expired", "ses-b", "spr_b1", store.ErrExpired},
+		{"expired", "ses-b", "spr_b1", accounts.ErrExpired},
 		{"unknown session", "ses-x", "spr_b1", store.ErrNotFound},
 		{"token of another session", "ses-b", "spr_c1", store.ErrNotFound},
 	} {
@@ -146,7 +147,7 @@ func TestRefreshTokenFamilies(t *testing.T) {
 		}
 	}
 	reused, err := s.RotateRefreshToken("ses-a", "spr_a1", "spr_a3", t0.Add(2*time.Minute), time.Hour)
-	if !errors.Is(err, store.ErrTokenReused) || reused.UserID != "usr-1" || reused.SessionID != "ses-a" {
+	if !errors.Is(err, accounts.ErrTokenReused) || reused.UserID != "usr-1" || reused.SessionID != "ses-a" {
 		t.Fatalf("RotateRefreshToken(used) = %+v, %v, want ErrTokenReused with the token's record", reused, err)
 	}
 	for _, token := range []string{"spr_a1", "spr_a2", "spr_a3"} {
@@ -168,11 +169,11 @@ func TestRefreshTokenFamilies(t *testing.T) {
 	if _, err := s.RevokeRefreshFamily("ses-c", "spr_b1", anyone); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("RevokeRefreshFamily(session id without its token) = %v, want ErrNotFound", err)
 	}
-	if err := s.PutRefreshToken("spr_Zq8x3kLmPw", store.RefreshToken{SessionID: "ses-d", UserID: "usr-2"}); err != nil {
+	if err := s.PutRefreshToken("spr_Zq8x3kLmPw", accounts.RefreshToken{SessionID: "ses-d", UserID: "usr-2"}); err != nil {
 		t.Fatal(err)
 	}
 	notYours := errors.New("not yours")
-	rt, err := s.RevokeRefreshFamily("ses-c", "spr_c1", func(store.RefreshToken) error { return notYours })
+	rt, err := s.RevokeRefreshFamily("ses-c", "spr_c1", func(accounts.RefreshToken) error { return notYours })
 	if !errors.Is(err, notYours) || rt.UserID != "usr-2" {
 		t.Errorf("RevokeRefreshFamily(refused) = %+v, %v, want the refusal and the token's record", rt, err)
 	}
@@ -189,7 +190,7 @@ func TestRefreshTokenFamilies(t *testing.T) {
 // tokens of one lifetime, not of its whole life.
 func TestRotationPrunesExpiredTokens(t *testing.T) {
 	s, _ := newStore(t)
-	if err := s.PutRefreshToken("spr_0", store.RefreshToken{SessionID: "ses-a", UserID: "usr-1", ExpiresAt: t0.Add(time.Hour)}); err != nil {
+	if err := s.PutRefreshToken("spr_0", accounts.RefreshToken{SessionID: "ses-a", UserID: "usr-1", ExpiresAt: t0.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	now := t0
@@ -204,14 +205,14 @@ func TestRotationPrunesExpiredTokens(t *testing.T) {
 	if _, err := s.RotateRefreshToken("ses-a", "spr_0", "spr_x", now, time.Hour); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("RotateRefreshToken(long expired) = %v, want ErrNotFound", err)
 	}
-	if _, err := s.RotateRefreshToken("ses-a", "spr_8", "spr_x", now, time.Hour); !errors.Is(err, store.ErrTokenReused) {
+	if _, err := s.RotateRefreshToken("ses-a", "spr_8", "spr_x", now, time.Hour); !errors.Is(err, accounts.ErrTokenReused) {
 		t.Errorf("RotateRefreshToken(recently used) = %v, want ErrTokenReused", err)
 	}
 }
 
 func TestPruneSessions(t *testing.T) {
 	s, _ := newStore(t)
-	for token, rt := range map[string]store.RefreshToken{
+	for token, rt := range map[string]accounts.RefreshToken{
 		"spr_a1": {SessionID: "ses-a", UserID: "usr-1", ExpiresAt: t0},
 		"spr_a2": {SessionID: "ses-a", UserID: "usr-1", ExpiresAt: t0.Add(time.Hour)},
 		"spr_b1": {SessionID: "ses-b", UserID: "usr-1", ExpiresAt: t0},
@@ -233,10 +234,10 @@ func TestPruneSessions(t *testing.T) {
 
 func TestSigningKeys(t *testing.T) {
 	s, _ := newStore(t)
-	k := func(id string, age time.Duration) store.SigningKey {
-		return store.SigningKey{ID: id, PrivateKey: []byte("key " + id), CreatedAt: t0.Add(-age)}
+	k := func(id string, age time.Duration) accounts.SigningKey {
+		return accounts.SigningKey{ID: id, PrivateKey: []byte("key " + id), CreatedAt: t0.Add(-age)}
 	}
-	for _, set := range [][]store.SigningKey{
+	for _, set := range [][]accounts.SigningKey{
 		{k("k1", 2*time.Hour), k("k2", time.Hour)},
 		{k("k3", 0), k("k2", time.Hour)},
 	} {
@@ -245,7 +246,7 @@ func TestSigningKeys(t *testing.T) {
 		}
 	}
 	got, err := s.SigningKeys()
-	if want := []store.SigningKey{k("k2", time.Hour), k("k3", 0)}; err != nil || !reflect.DeepEqual(got, want) {
+	if want := []accounts.SigningKey{k("k2", time.Hour), k("k3", 0)}; err != nil || !reflect.DeepEqual(got, want) {
 		t.Errorf("SigningKeys = %+v, %v, want %+v, oldest first", got, err, want)
 	}
 }
@@ -272,18 +273,18 @@ func TestAuditLogInTimeOrder(t *testing.T) {
 
 func TestListAndRevokeAPITokens(t *testing.T) {
 	s, _ := newStore(t)
-	alice, err := s.CreateAPIToken("alice", store.RoleAdmin, t0)
+	alice, err := s.CreateAPIToken("alice", accounts.RoleAdmin, t0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	bob, err := s.CreateAPIToken("bob", store.RoleOperator, t0.Add(time.Minute))
+	bob, err := s.CreateAPIToken("bob", accounts.RoleOperator, t0.Add(time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
 	got, err := s.ListAPITokens()
-	want := []store.APITokenInfo{
-		{ID: store.APITokenID(alice), APIToken: store.APIToken{Name: "alice", Role: store.RoleAdmin, CreatedAt: t0}},
-		{ID: store.APITokenID(bob), APIToken: store.APIToken{Name: "bob", Role: store.RoleOperator, CreatedAt: t0.Add(time.Minute)}},
+	want := []accounts.APITokenInfo{
+		{ID: accounts.APITokenID(alice), APIToken: accounts.APIToken{Name: "alice", Role: accounts.RoleAdmin, CreatedAt: t0}},
+		{ID: accounts.APITokenID(bob), APIToken: accounts.APIToken{Name: "bob", Role: accounts.RoleOperator, CreatedAt: t0.Add(time.Minute)}},
 	}
 	if err != nil || !reflect.DeepEqual(got, want) {
 		t.Fatalf("ListAPITokens = %+v, %v, want %+v", got, err, want)

@@ -10,54 +10,15 @@ import (
 
 	"go.etcd.io/bbolt"
 
-	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/accounts"
+	"github.com/stackpro/stackpro/controlplane/billing"
 )
-
-// BillingEvent is a Stripe event as received: recorded once per id, so a
-// redelivered event takes effect once.
-type BillingEvent struct {
-	ID         string    `json:"id"`
-	Type       string    `json:"type"`
-	Created    time.Time `json:"created"` // when Stripe created it
-	ReceivedAt time.Time `json:"received_at"`
-	// Outcome is queued until the event is applied; then applied, or
-	// ignored with the reason.
-	Outcome    string `json:"outcome"`
-	CustomerID string `json:"customer_id,omitempty"`
-}
-
-// QueuedEvent is a received event waiting to be applied, as its raw JSON.
-type QueuedEvent struct {
-	Seq uint64
-	Raw []byte
-}
-
-// BillingMail is an email billing owes a customer, kept until it is sent.
-type BillingMail struct {
-	Key        string            `json:"key"` // unique: the event id and kind
-	CustomerID string            `json:"customer_id"`
-	Kind       string            `json:"kind"`
-	Data       map[string]string `json:"data,omitempty"`
-	CreatedAt  time.Time         `json:"created_at"`
-}
-
-// BillingEffects is what applying an event asks of the store besides the
-// subscription itself.
-type BillingEffects struct {
-	// Outcome is recorded with the event: applied, or ignored: <why>.
-	Outcome string
-	// CustomerStatus and CustomerPlan, when set, become the customer's.
-	CustomerStatus, CustomerPlan string
-	// Reconcile marks the customer's instance for a look now.
-	Reconcile bool
-	Mails     []BillingMail
-}
 
 // QueueBillingEvent records ev and queues raw to be applied, unless an
 // event with its id was recorded before: then it changes nothing and
 // returns false. Concurrent calls share transactions (bbolt's Batch), so a
 // burst of webhooks costs few disk syncs.
-func (s *Store) QueueBillingEvent(ev BillingEvent, raw []byte) (bool, error) {
+func (s *Store) QueueBillingEvent(ev billing.Event, raw []byte) (bool, error) {
 	var queued bool
 	err := s.db.Batch(func(tx *bbolt.Tx) error {
 		queued = false // Batch may run this function again
@@ -81,12 +42,12 @@ func (s *Store) QueueBillingEvent(ev BillingEvent, raw []byte) (bool, error) {
 }
 
 // QueuedBillingEvents returns up to n queued events, oldest first.
-func (s *Store) QueuedBillingEvents(n int) ([]QueuedEvent, error) {
-	var out []QueuedEvent
+func (s *Store) QueuedBillingEvents(n int) ([]billing.QueuedEvent, error) {
+	var out []billing.QueuedEvent
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		c := tx.Bucket(bucketBillingQueue).Cursor()
 		for k, v := c.First(); k != nil && len(out) < n; k, v = c.Next() {
-			out = append(out, QueuedEvent{Seq: binary.BigEndian.Uint64(k), Raw: append([]byte(nil), v...)})
+			out = append(out, billing.QueuedEvent{Seq: binary.BigEndian.Uint64(k), Raw: append([]byte(nil), v...)})
 		}
 		return nil
 	})
@@ -94,8 +55,8 @@ func (s *Store) QueuedBillingEvents(n int) ([]QueuedEvent, error) {
 }
 
 // BillingEventRecord returns the record of event id, or ErrNotFound.
-func (s *Store) BillingEventRecord(id string) (BillingEvent, error) {
-	var ev BillingEvent
+func (s *Store) BillingEventRecord(id string) (billing.Event, error) {
+	var ev billing.Event
 	err := s.db.View(func(tx *bbolt.Tx) error { return getJSON(tx.Bucket(bucketBillingEvents), id, &ev) })
 	return ev, wrap("reading billing event "+id, err)
 }
@@ -106,13 +67,13 @@ func (s *Store) BillingEventRecord(id string) (BillingEvent, error) {
 // records its outcome and the effects apply returns. With no customer only
 // the outcome, from apply(nil), is recorded.
 func (s *Store) ApplyBillingEvent(seq uint64, eventID, customerID string, now time.Time,
-	apply func(*fleet.Subscription) BillingEffects) error {
+	apply func(*billing.Subscription) billing.Effects) error {
 	err := s.db.Update(func(tx *bbolt.Tx) error {
-		var fx BillingEffects
+		var fx billing.Effects
 		if customerID == "" {
 			fx = apply(nil)
 		} else {
-			sub := fleet.Subscription{CustomerID: customerID}
+			sub := billing.Subscription{CustomerID: customerID}
 			subs := tx.Bucket(bucketSubscriptions)
 			if err := getJSON(subs, customerID, &sub); err != nil && !errors.Is(err, ErrNotFound) {
 				return err
@@ -137,7 +98,7 @@ func (s *Store) ApplyBillingEvent(seq uint64, eventID, customerID string, now ti
 			}
 		}
 		events := tx.Bucket(bucketBillingEvents)
-		var ev BillingEvent
+		var ev billing.Event
 		if err := getJSON(events, eventID, &ev); err != nil {
 			return fmt.Errorf("event record: %w", err)
 		}
@@ -151,7 +112,7 @@ func (s *Store) ApplyBillingEvent(seq uint64, eventID, customerID string, now ti
 }
 
 // putSubscription writes sub and indexes its Stripe customer.
-func putSubscription(tx *bbolt.Tx, sub fleet.Subscription) error {
+func putSubscription(tx *bbolt.Tx, sub billing.Subscription) error {
 	if sub.StripeCustomer != "" {
 		if err := tx.Bucket(bucketStripeCustomers).Put([]byte(sub.StripeCustomer), []byte(sub.CustomerID)); err != nil {
 			return err
@@ -162,7 +123,7 @@ func putSubscription(tx *bbolt.Tx, sub fleet.Subscription) error {
 
 func setCustomer(tx *bbolt.Tx, id, status, plan string, now time.Time) error {
 	b := tx.Bucket(bucketCustomers)
-	var c Customer
+	var c accounts.Customer
 	if err := getJSON(b, id, &c); errors.Is(err, ErrNotFound) {
 		return nil
 	} else if err != nil {
@@ -178,16 +139,16 @@ func setCustomer(tx *bbolt.Tx, id, status, plan string, now time.Time) error {
 }
 
 // Subscription returns customer id's subscription, or ErrNotFound.
-func (s *Store) Subscription(customerID string) (fleet.Subscription, error) {
-	var sub fleet.Subscription
+func (s *Store) Subscription(customerID string) (billing.Subscription, error) {
+	var sub billing.Subscription
 	err := s.db.View(func(tx *bbolt.Tx) error { return getJSON(tx.Bucket(bucketSubscriptions), customerID, &sub) })
 	return sub, wrap("reading subscription of "+customerID, err)
 }
 
 // UpdateSubscription applies update to customer id's subscription (an
 // empty one if none) in one transaction and returns the result.
-func (s *Store) UpdateSubscription(customerID string, now time.Time, update func(*fleet.Subscription) error) (fleet.Subscription, error) {
-	sub := fleet.Subscription{CustomerID: customerID}
+func (s *Store) UpdateSubscription(customerID string, now time.Time, update func(*billing.Subscription) error) (billing.Subscription, error) {
+	sub := billing.Subscription{CustomerID: customerID}
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		if err := getJSON(tx.Bucket(bucketSubscriptions), customerID, &sub); err != nil && !errors.Is(err, ErrNotFound) {
 			return err
@@ -205,11 +166,11 @@ func (s *Store) UpdateSubscription(customerID string, now time.Time, update func
 }
 
 // Subscriptions returns every subscription.
-func (s *Store) Subscriptions() ([]fleet.Subscription, error) {
-	var out []fleet.Subscription
+func (s *Store) Subscriptions() ([]billing.Subscription, error) {
+	var out []billing.Subscription
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketSubscriptions).ForEach(func(k, v []byte) error {
-			var sub fleet.Subscription
+			var sub billing.Subscription
 			if err := json.Unmarshal(v, &sub); err != nil {
 				return fmt.Errorf("%s: %w", k, err)
 			}
@@ -269,11 +230,11 @@ func (s *Store) ClearBillingDue(customerID string, at time.Time) error {
 }
 
 // BillingMails returns the emails billing still owes.
-func (s *Store) BillingMails() ([]BillingMail, error) {
-	var out []BillingMail
+func (s *Store) BillingMails() ([]billing.OwedMail, error) {
+	var out []billing.OwedMail
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketBillingMail).ForEach(func(k, v []byte) error {
-			var m BillingMail
+			var m billing.OwedMail
 			if err := json.Unmarshal(v, &m); err != nil {
 				return fmt.Errorf("%s: %w", k, err)
 			}
@@ -292,11 +253,11 @@ func (s *Store) DeleteBillingMail(key string) error {
 }
 
 // CustomerUsers returns the users of customer id.
-func (s *Store) CustomerUsers(customerID string) ([]User, error) {
-	var out []User
+func (s *Store) CustomerUsers(customerID string) ([]accounts.User, error) {
+	var out []accounts.User
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketUsers).ForEach(func(k, v []byte) error {
-			var u User
+			var u accounts.User
 			if err := json.Unmarshal(v, &u); err != nil {
 				return fmt.Errorf("%s: %w", k, err)
 			}

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/billing"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
 )
 
@@ -21,7 +21,7 @@ func TestBillingEventsQueueOnce(t *testing.T) {
 	for i := range 40 { // 20 events, each delivered twice at once
 		wg.Go(func() {
 			id := fmt.Sprintf("evt_%d", i%20)
-			ok, err := s.QueueBillingEvent(store.BillingEvent{ID: id, Type: "invoice.paid", ReceivedAt: now}, []byte(`{"id":"`+id+`"}`))
+			ok, err := s.QueueBillingEvent(billing.Event{ID: id, Type: "invoice.paid", ReceivedAt: now}, []byte(`{"id":"`+id+`"}`))
 			if err != nil {
 				t.Error(err)
 			}
@@ -49,10 +49,10 @@ func TestBillingEventsQueueOnce(t *testing.T) {
 	if err := json.Unmarshal(q[0].Raw, &first); err != nil {
 		t.Fatal(err)
 	}
-	err = s.ApplyBillingEvent(q[0].Seq, first.ID, "c1", now, func(sub *fleet.Subscription) store.BillingEffects {
-		sub.Status, sub.StripeCustomer = fleet.SubscriptionActive, "cus_1"
-		return store.BillingEffects{Outcome: "applied", Reconcile: true,
-			Mails: []store.BillingMail{{Key: "m1", CustomerID: "c1", Kind: "payment_failed"}}}
+	err = s.ApplyBillingEvent(q[0].Seq, first.ID, "c1", now, func(sub *billing.Subscription) billing.Effects {
+		sub.Status, sub.StripeCustomer = billing.SubscriptionActive, "cus_1"
+		return billing.Effects{Outcome: "applied", Reconcile: true,
+			Mails: []billing.OwedMail{{Key: "m1", CustomerID: "c1", Kind: "payment_failed"}}}
 	})
 	if err != nil {
 		t.Fatal(err)

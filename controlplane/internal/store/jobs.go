@@ -10,12 +10,13 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/provision"
 )
 
 // SaveJob writes a job and, in the same transaction, the instances the
 // step changed (whole records: jobs own an instance's lifecycle fields)
 // and the job's key, if it has one.
-func (s *Store) SaveJob(job fleet.Job, insts ...fleet.Instance) error {
+func (s *Store) SaveJob(job provision.Job, insts ...fleet.Instance) error {
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		if err := putJSON(tx.Bucket(bucketJobs), job.ID, job); err != nil {
 			return err
@@ -40,8 +41,8 @@ func (s *Store) SaveJob(job fleet.Job, insts ...fleet.Instance) error {
 }
 
 // Job returns job id, or ErrNotFound.
-func (s *Store) Job(id string) (fleet.Job, error) {
-	var job fleet.Job
+func (s *Store) Job(id string) (provision.Job, error) {
+	var job provision.Job
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		raw := tx.Bucket(bucketJobs).Get([]byte(id))
 		if raw == nil {
@@ -56,24 +57,24 @@ func (s *Store) Job(id string) (fleet.Job, error) {
 }
 
 // JobByKey returns the job saved with key, or ErrNotFound.
-func (s *Store) JobByKey(key string) (fleet.Job, error) {
+func (s *Store) JobByKey(key string) (provision.Job, error) {
 	var id []byte
 	_ = s.db.View(func(tx *bbolt.Tx) error {
 		id = slices.Clone(tx.Bucket(bucketJobKeys).Get([]byte(key)))
 		return nil
 	})
 	if id == nil {
-		return fleet.Job{}, ErrNotFound
+		return provision.Job{}, ErrNotFound
 	}
 	return s.Job(string(id))
 }
 
 // Jobs returns every job, oldest first.
-func (s *Store) Jobs() ([]fleet.Job, error) {
-	var jobs []fleet.Job
+func (s *Store) Jobs() ([]provision.Job, error) {
+	var jobs []provision.Job
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketJobs).ForEach(func(k, v []byte) error {
-			var job fleet.Job
+			var job provision.Job
 			if err := json.Unmarshal(v, &job); err != nil {
 				return fmt.Errorf("job %s: %w", k, err)
 			}
@@ -84,7 +85,7 @@ func (s *Store) Jobs() ([]fleet.Job, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: reading jobs: %w", err)
 	}
-	slices.SortFunc(jobs, func(a, b fleet.Job) int {
+	slices.SortFunc(jobs, func(a, b provision.Job) int {
 		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
 			return c
 		}
@@ -93,16 +94,13 @@ func (s *Store) Jobs() ([]fleet.Job, error) {
 	return jobs, nil
 }
 
-// ErrTaken is returned for a subdomain another instance holds.
-var ErrTaken = errors.New("store: subdomain taken")
-
 // ReserveSubdomain gives name to instance id; reserving it again for the
 // same instance changes nothing.
 func (s *Store) ReserveSubdomain(name, instanceID string) error {
 	return s.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketSubdomains)
 		if owner := b.Get([]byte(name)); owner != nil && string(owner) != instanceID {
-			return fmt.Errorf("%w: %s", ErrTaken, name)
+			return fmt.Errorf("%w: %s", provision.ErrSubdomainTaken, name)
 		}
 		return b.Put([]byte(name), []byte(instanceID))
 	})
@@ -129,14 +127,8 @@ func (s *Store) SubdomainOwner(name string) (string, error) {
 	return owner, err
 }
 
-// DNSRecord is an A record of the local DNS provider.
-type DNSRecord struct {
-	Name    string `json:"name"`
-	Address string `json:"address"`
-}
-
 // PutDNSRecord creates or replaces a record.
-func (s *Store) PutDNSRecord(rec DNSRecord) error {
+func (s *Store) PutDNSRecord(rec provision.DNSRecord) error {
 	return s.db.Update(func(tx *bbolt.Tx) error { return putJSON(tx.Bucket(bucketDNS), rec.Name, rec) })
 }
 
@@ -146,11 +138,11 @@ func (s *Store) DeleteDNSRecord(name string) error {
 }
 
 // DNSRecords returns every record of the local zone.
-func (s *Store) DNSRecords() ([]DNSRecord, error) {
-	var out []DNSRecord
+func (s *Store) DNSRecords() ([]provision.DNSRecord, error) {
+	var out []provision.DNSRecord
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketDNS).ForEach(func(_, v []byte) error {
-			var rec DNSRecord
+			var rec provision.DNSRecord
 			if err := json.Unmarshal(v, &rec); err != nil {
 				return err
 			}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/stackpro/stackpro/controlplane/audit"
 	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/rollout"
 )
 
 // CommandKey returns the key commands to agents are signed with, making
@@ -39,7 +40,7 @@ func (s *Store) CommandKey() (ed25519.PrivateKey, error) {
 
 // CreateRun writes a new run and its targets, with its audit record, in
 // one transaction.
-func (s *Store) CreateRun(run fleet.Run, targets []fleet.Target, audit audit.Record) error {
+func (s *Store) CreateRun(run rollout.Run, targets []rollout.Target, audit audit.Record) error {
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		if tx.Bucket(bucketRuns).Get([]byte(run.ID)) != nil {
 			return fmt.Errorf("run %s exists", run.ID)
@@ -63,7 +64,7 @@ func (s *Store) CreateRun(run fleet.Run, targets []fleet.Target, audit audit.Rec
 
 // UpdateRun writes run, the targets that changed and their audit records
 // in one transaction.
-func (s *Store) UpdateRun(run fleet.Run, targets []fleet.Target, audit []audit.Record) error {
+func (s *Store) UpdateRun(run rollout.Run, targets []rollout.Target, audit []audit.Record) error {
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		if tx.Bucket(bucketRuns).Get([]byte(run.ID)) == nil {
 			return fmt.Errorf("run %s: %w", run.ID, ErrNotFound)
@@ -88,19 +89,19 @@ func (s *Store) UpdateRun(run fleet.Run, targets []fleet.Target, audit []audit.R
 }
 
 // Run returns one run, or ErrNotFound.
-func (s *Store) Run(id string) (fleet.Run, error) {
-	var run fleet.Run
+func (s *Store) Run(id string) (rollout.Run, error) {
+	var run rollout.Run
 	err := s.db.View(func(tx *bbolt.Tx) error { return getJSON(tx.Bucket(bucketRuns), id, &run) })
 	return run, wrap("reading run "+id, err)
 }
 
 // Runs returns every run, newest first.
-func (s *Store) Runs() ([]fleet.Run, error) {
-	var out []fleet.Run
+func (s *Store) Runs() ([]rollout.Run, error) {
+	var out []rollout.Run
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		c := tx.Bucket(bucketRuns).Cursor()
 		for k, v := c.Last(); k != nil; k, v = c.Prev() {
-			var run fleet.Run
+			var run rollout.Run
 			if err := json.Unmarshal(v, &run); err != nil {
 				return fmt.Errorf("run %s: %w", k, err)
 			}
@@ -112,15 +113,15 @@ func (s *Store) Runs() ([]fleet.Run, error) {
 }
 
 // RunTargets returns a run's targets ordered by instance id, or ErrNotFound.
-func (s *Store) RunTargets(id string) ([]fleet.Target, error) {
-	var out []fleet.Target
+func (s *Store) RunTargets(id string) ([]rollout.Target, error) {
+	var out []rollout.Target
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketRunTargets).Bucket([]byte(id))
 		if b == nil {
 			return ErrNotFound
 		}
 		return b.ForEach(func(k, v []byte) error {
-			var t fleet.Target
+			var t rollout.Target
 			if err := json.Unmarshal(v, &t); err != nil {
 				return fmt.Errorf("run %s target %s: %w", id, k, err)
 			}

@@ -8,36 +8,36 @@
 //	instances/    <instance id>        → fleet.Instance (JSON)
 //	tokens/       sha256(token) hex    → enrollToken (JSON)
 //	credentials/  <nkey public key>    → <instance id>
-//	api_tokens/   sha256(token) hex    → APIToken (JSON)
+//	api_tokens/   sha256(token) hex    → accounts.APIToken (JSON)
 //	events/       <instance id>/       (one bucket per instance)
 //	                <stream seq, 8-byte big-endian> → protocol.Event (JSON)
 //	jobs/         <job id>             → Job (JSON)
 //	subdomains/   <subdomain>          → <instance id>
 //	dns/          <fqdn>               → DNSRecord (JSON), the local DNS provider's zone
-//	users/        <user id>            → User (JSON)
+//	users/        <user id>            → accounts.User (JSON)
 //	user_emails/  <normalized email>   → <user id>
 //	passwords/    <user id>            → argon2id hash (PHC string)
-//	customers/    <customer id>        → Customer (JSON)
-//	auth_tokens/  sha256(token) hex    → OneTimeToken (JSON): email verification, password reset
+//	customers/    <customer id>        → accounts.Customer (JSON)
+//	auth_tokens/  sha256(token) hex    → accounts.OneTimeToken (JSON): email verification, password reset
 //	refresh_tokens/ <session id>/      (one bucket per session: a refresh token family)
-//	                sha256(token) hex  → RefreshToken (JSON)
-//	signing_keys/ <key id>             → SigningKey (JSON), with its private key
+//	                sha256(token) hex  → accounts.RefreshToken (JSON)
+//	signing_keys/ <key id>             → accounts.SigningKey (JSON), with its private key
 //	auth_audit/   <unix ns, 8-byte big-endian><seq, 8-byte big-endian> → audit.Record (JSON)
 //	job_keys/     <idempotency key>    → <job id>
-//	billing_events/ <stripe event id>  → BillingEvent (JSON): every event received, once
+//	billing_events/ <stripe event id>  → billing.Event (JSON): every event received, once
 //	billing_queue/  <seq, 8-byte big-endian> → raw event JSON, until applied
-//	subscriptions/  <customer id>      → fleet.Subscription (JSON)
+//	subscriptions/  <customer id>      → billing.Subscription (JSON)
 //	stripe_customers/ <stripe customer id> → <customer id>
 //	billing_due/    <customer id>      → <unix ns, 8-byte big-endian>: when to look at its instance
-//	billing_mail/   <key>              → BillingMail (JSON), until sent
+//	billing_mail/   <key>              → billing.OwedMail (JSON), until sent
 //	metrics_raw/    <instance id>/     (one bucket per instance): every sample, kept a day
 //	                <unix seconds, 8-byte big-endian> → fleet.MetricsPoint (binary, see metrics.go)
 //	metrics_hourly/ <instance id>/     (one bucket per instance): hourly rollups, kept a month
 //	                <hour start, unix seconds, 8-byte big-endian> → fleet.MetricsPoint (binary)
 //	command_key/  "ed25519"            → the private key every command to an agent is signed with
-//	runs/         <run id>             → fleet.Run (JSON); run ids sort by creation
+//	runs/         <run id>             → rollout.Run (JSON); run ids sort by creation
 //	run_targets/  <run id>/            (one bucket per run)
-//	                <instance id>      → fleet.Target (JSON): its state and outcome
+//	                <instance id>      → rollout.Target (JSON): its state and outcome
 //
 // Secrets (enrollment, API, refresh and one-time tokens) are kept only as
 // their SHA-256, so a copy of the file grants none of them; the signing keys
@@ -59,6 +59,7 @@ import (
 	"go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
+	"github.com/stackpro/stackpro/controlplane/accounts"
 	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/shared/protocol"
@@ -442,27 +443,11 @@ func (s *Store) Credentials() (map[string]string, error) {
 	return out, nil
 }
 
-// Role is what an API token may do.
-type Role string
-
-// Roles.
-const (
-	RoleOperator Role = "operator"
-	RoleAdmin    Role = "admin"
-)
-
-// APIToken is an operator's bearer token for the HTTP API, stored hashed.
-type APIToken struct {
-	Name      string    `json:"name"`
-	Role      Role      `json:"role"`
-	CreatedAt time.Time `json:"created_at"`
-}
-
 // CreateAPIToken mints a bearer token and returns it; only its hash is kept.
-func (s *Store) CreateAPIToken(name string, role Role, now time.Time) (string, error) {
+func (s *Store) CreateAPIToken(name string, role accounts.Role, now time.Time) (string, error) {
 	token := newSecret("spt_")
 	err := s.db.Update(func(tx *bbolt.Tx) error {
-		return putJSON(tx.Bucket(bucketAPITokens), string(hashKey(token)), APIToken{Name: name, Role: role, CreatedAt: now})
+		return putJSON(tx.Bucket(bucketAPITokens), string(hashKey(token)), accounts.APIToken{Name: name, Role: role, CreatedAt: now})
 	})
 	if err != nil {
 		return "", fmt.Errorf("store: creating API token: %w", err)
@@ -472,8 +457,8 @@ func (s *Store) CreateAPIToken(name string, role Role, now time.Time) (string, e
 
 // LookupAPIToken returns the record of a bearer token, or ErrNotFound.
 // The lookup is by hash, so it takes the same time whatever the token.
-func (s *Store) LookupAPIToken(token string) (APIToken, error) {
-	var out APIToken
+func (s *Store) LookupAPIToken(token string) (accounts.APIToken, error) {
+	var out accounts.APIToken
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		raw := tx.Bucket(bucketAPITokens).Get(hashKey(token))
 		if raw == nil {

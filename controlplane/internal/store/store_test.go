@@ -16,6 +16,7 @@ import (
 
 	bolterrors "go.etcd.io/bbolt/errors"
 
+	"github.com/stackpro/stackpro/controlplane/accounts"
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
 	"github.com/stackpro/stackpro/shared/protocol"
@@ -511,11 +512,11 @@ func TestAPITokens(t *testing.T) {
 	if has, err := s.HasAPITokens(); err != nil || has {
 		t.Fatalf("HasAPITokens() of a new store = %v, %v, want false, nil", has, err)
 	}
-	admin, err := s.CreateAPIToken("alice", store.RoleAdmin, t0)
+	admin, err := s.CreateAPIToken("alice", accounts.RoleAdmin, t0)
 	if err != nil {
 		t.Fatalf("CreateAPIToken: %v", err)
 	}
-	operator, err := s.CreateAPIToken("bob", store.RoleOperator, t0.Add(time.Minute))
+	operator, err := s.CreateAPIToken("bob", accounts.RoleOperator, t0.Add(time.Minute))
 	if err != nil {
 		t.Fatalf("CreateAPIToken: %v", err)
 	}
@@ -526,14 +527,14 @@ func TestAPITokens(t *testing.T) {
 	tests := []struct {
 		name    string
 		token   string
-		want    store.APIToken
+		want    accounts.APIToken
 		wantErr error
 	}{
-		{"admin", admin, store.APIToken{Name: "alice", Role: store.RoleAdmin, CreatedAt: t0}, nil},
-		{"operator", operator, store.APIToken{Name: "bob", Role: store.RoleOperator, CreatedAt: t0.Add(time.Minute)}, nil},
-		{"unknown", "spt_NOTAREALTOKEN", store.APIToken{}, store.ErrNotFound},
-		{"empty", "", store.APIToken{}, store.ErrNotFound},
-		{"prefix of a real token", admin[:len(admin)-1], store.APIToken{}, store.ErrNotFound},
+		{"admin", admin, accounts.APIToken{Name: "alice", Role: accounts.RoleAdmin, CreatedAt: t0}, nil},
+		{"operator", operator, accounts.APIToken{Name: "bob", Role: accounts.RoleOperator, CreatedAt: t0.Add(time.Minute)}, nil},
+		{"unknown", "spt_NOTAREALTOKEN", accounts.APIToken{}, store.ErrNotFound},
+		{"empty", "", accounts.APIToken{}, store.ErrNotFound},
+		{"prefix of a real token", admin[:len(admin)-1], accounts.APIToken{}, store.ErrNotFound},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -550,7 +551,7 @@ func TestAPITokens(t *testing.T) {
 
 func TestAPITokenNotInFile(t *testing.T) {
 	s, path := newStore(t)
-	token, err := s.CreateAPIToken("alice", store.RoleAdmin, t0)
+	token, err := s.CreateAPIToken("alice", accounts.RoleAdmin, t0)
 	if err != nil {
 		t.Fatalf("CreateAPIToken: %v", err)
 	}
@@ -622,7 +623,7 @@ func TestReopenKeepsEverything(t *testing.T) {
 	used := mint(t, s, "i-1", time.Hour, t0)
 	unused := mint(t, s, "i-2", time.Hour, t0)
 	redeem(t, s, "i-1", used, keyA, t0.Add(time.Minute))
-	apiToken, err := s.CreateAPIToken("alice", store.RoleAdmin, t0)
+	apiToken, err := s.CreateAPIToken("alice", accounts.RoleAdmin, t0)
 	if err != nil {
 		t.Fatalf("CreateAPIToken: %v", err)
 	}

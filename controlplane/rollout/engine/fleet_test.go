@@ -1,4 +1,4 @@
-package rollout_test
+package engine_test
 
 import (
 	"bytes"
@@ -19,6 +19,7 @@ import (
 	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/fleetsim"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/controlplane/rollout"
 	"github.com/stackpro/stackpro/internal/proctest"
 )
 
@@ -204,8 +205,8 @@ func TestFleetCommandsEndToEnd(t *testing.T) {
 	})
 
 	type report struct {
-		Run     fleet.Run      `json:"run"`
-		Targets []fleet.Target `json:"targets"`
+		Run     rollout.Run      `json:"run"`
+		Targets []rollout.Target `json:"targets"`
 	}
 	t.Run("error budget", func(t *testing.T) {
 		var report report
@@ -214,13 +215,13 @@ func TestFleetCommandsEndToEnd(t *testing.T) {
 			t.Fatalf("stackctl run --json: %v\n%s", err, out)
 		}
 		run := report.Run
-		if code != 6 || run.State != fleet.RunStopped {
+		if code != 6 || run.State != rollout.RunStopped {
 			t.Errorf("exit %d, run %s: want 6 and stopped", code, run.State)
 		}
 		if errs := run.Errors(); errs < 51 || errs > 51+20 {
 			t.Errorf("%d errors, want 51 to 71 (the budget of 50, one more, and what was in flight)", errs)
 		}
-		if run.Counts[fleet.TargetSkipped] == 0 || run.Total != n {
+		if run.Counts[rollout.TargetSkipped] == 0 || run.Total != n {
 			t.Errorf("counts %v of %d: want skipped targets", run.Counts, run.Total)
 		}
 	})
@@ -236,7 +237,7 @@ func TestFleetCommandsEndToEnd(t *testing.T) {
 			t.Fatalf("stackctl run --json: %v\n%s", err, out)
 		}
 		c := report.Run.Counts
-		if code != 5 || c[fleet.TargetUndeliverable] != 50 || c[fleet.TargetSucceeded]+c[fleet.TargetFailed] != n-50 {
+		if code != 5 || c[rollout.TargetUndeliverable] != 50 || c[rollout.TargetSucceeded]+c[rollout.TargetFailed] != n-50 {
 			t.Errorf("exit %d, counts %v: want 5, with 50 undeliverable and the rest answered", code, c)
 		}
 		if err := sim.Send("normal"); err != nil {
@@ -251,7 +252,7 @@ func TestFleetCommandsEndToEnd(t *testing.T) {
 		if code != 0 || !strings.HasPrefix(id, "r-") {
 			t.Fatalf("stackctl run --detach: %d %q", code, out)
 		}
-		var run fleet.Run
+		var run rollout.Run
 		proctest.Within(t, time.Minute, "the run to be under way", func() bool {
 			getJSON(t, url+"/api/v1/runs/"+id, token, &run)
 			return run.Sent >= 100
@@ -270,7 +271,7 @@ func TestFleetCommandsEndToEnd(t *testing.T) {
 			t.Fatalf("stackctl runs show --json: %v\n%s", err, out)
 		}
 		c := report.Run.Counts
-		if code != 0 || report.Run.State != fleet.RunCompleted || c[fleet.TargetSucceeded] != n {
+		if code != 0 || report.Run.State != rollout.RunCompleted || c[rollout.TargetSucceeded] != n {
 			t.Errorf("exit %d, resumed run %s %v: want 0, completed, every target succeeded", code, report.Run.State, c)
 		}
 		// Every agent ran this run's command once: none ran it twice. A
@@ -282,7 +283,7 @@ func TestFleetCommandsEndToEnd(t *testing.T) {
 		if err := json.Unmarshal([]byte(out), &report); err != nil {
 			t.Fatalf("stackctl run --json: %v\n%s", err, out)
 		}
-		if c := report.Run.Counts; code != 0 || c[fleet.TargetSucceeded] != n {
+		if c := report.Run.Counts; code != 0 || c[rollout.TargetSucceeded] != n {
 			t.Fatalf("marker run: exit %d, counts %v; want every agent to answer", code, c)
 		}
 		if err := sim.Stop(); err != nil {

@@ -1,9 +1,9 @@
-package rollout
+package engine
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/rollout"
 )
 
 // counters count what runs did since the control plane started.
@@ -48,9 +48,9 @@ func (e *Engine) Collect(ch chan<- prometheus.Metric) {
 var _ prometheus.Collector = (*Engine)(nil)
 
 // target counts a target of a command run that reached final state.
-func (c counters) target(command string, state fleet.TargetState) {
+func (c counters) target(command string, state rollout.TargetState) {
 	c.targets.WithLabelValues(string(state), command).Inc()
 }
 
 // run counts a run that ended in state.
-func (c counters) run(state fleet.RunState) { c.runs.WithLabelValues(string(state)).Inc() }
+func (c counters) run(state rollout.RunState) { c.runs.WithLabelValues(string(state)).Inc() }

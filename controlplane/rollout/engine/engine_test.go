@@ -1,4 +1,4 @@
-package rollout_test
+package engine_test
 
 import (
 	"context"
@@ -20,6 +20,7 @@ import (
 	"github.com/stackpro/stackpro/controlplane/internal/fleetsim"
 	"github.com/stackpro/stackpro/controlplane/internal/store"
 	"github.com/stackpro/stackpro/controlplane/rollout"
+	"github.com/stackpro/stackpro/controlplane/rollout/engine"
 	"github.com/stackpro/stackpro/internal/proctest"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
@@ -84,12 +85,12 @@ func startFleet(t testing.TB, n int, fail float64) *testFleet {
 }
 
 // engine runs a rollout engine over f until the test ends or stop is called.
-func (f *testFleet) engine(t testing.TB, sealer rollout.Sealer) (e *rollout.Engine, stop func()) {
+func (f *testFleet) engine(t testing.TB, sealer engine.Sealer) (e *engine.Engine, stop func()) {
 	t.Helper()
 	if sealer == nil {
 		sealer = f.brk
 	}
-	e = rollout.New(rollout.Options{Store: f.st, Fleet: f.tracker, Conn: f.brk.Conn(), Sealer: sealer,
+	e = engine.New(engine.Options{Store: f.st, Fleet: f.tracker, Conn: f.brk.Conn(), Sealer: sealer,
 		CommandKey: f.key, Log: quiet()})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -107,22 +108,22 @@ func (f *testFleet) engine(t testing.TB, sealer rollout.Sealer) (e *rollout.Engi
 	return e, stop
 }
 
-func spec(command string, sel fleet.Selection, concurrency, maxErrors string) fleet.RunSpec {
-	c, err := fleet.ParseLimit(concurrency)
+func spec(command string, sel fleet.Selection, concurrency, maxErrors string) rollout.RunSpec {
+	c, err := rollout.ParseLimit(concurrency)
 	if err != nil {
 		panic(err)
 	}
-	m, err := fleet.ParseLimit(maxErrors)
+	m, err := rollout.ParseLimit(maxErrors)
 	if err != nil {
 		panic(err)
 	}
-	return fleet.RunSpec{Command: command, Select: sel, MaxConcurrency: c, MaxErrors: m, Timeout: fleet.Duration(5 * time.Second)}
+	return rollout.RunSpec{Command: command, Select: sel, MaxConcurrency: c, MaxErrors: m, Timeout: rollout.Duration(5 * time.Second)}
 }
 
 // waitDone polls run id until it is final.
-func waitDone(t testing.TB, e *rollout.Engine, id string) fleet.Run {
+func waitDone(t testing.TB, e *engine.Engine, id string) rollout.Run {
 	t.Helper()
-	var run fleet.Run
+	var run rollout.Run
 	proctest.Within(t, 2*time.Minute, "run "+id+" to be done", func() bool {
 		var err error
 		if run, err = e.Get(id); err != nil {
@@ -133,7 +134,7 @@ func waitDone(t testing.TB, e *rollout.Engine, id string) fleet.Run {
 	return run
 }
 
-func sum(c map[fleet.TargetState]int) int {
+func sum(c map[rollout.TargetState]int) int {
 	n := 0
 	for _, v := range c {
 		n += v
@@ -155,13 +156,13 @@ func TestErrorBudgetStopsRun(t *testing.T) {
 		t.Fatalf("run = %+v, want 1000 targets, budget 50, concurrency 10", run)
 	}
 	run = waitDone(t, e, run.ID)
-	if run.State != fleet.RunStopped || !strings.Contains(run.Reason, "error budget") {
+	if run.State != rollout.RunStopped || !strings.Contains(run.Reason, "error budget") {
 		t.Errorf("run ended %s (%q), want stopped by the error budget", run.State, run.Reason)
 	}
 	if errs := run.Errors(); errs < 51 || errs > 51+run.Concurrency {
 		t.Errorf("%d errors, want 51 (the one past the budget) to %d (plus what was in flight)", errs, 51+run.Concurrency)
 	}
-	if run.Counts[fleet.TargetSkipped] == 0 || sum(run.Counts) != 1000 {
+	if run.Counts[rollout.TargetSkipped] == 0 || sum(run.Counts) != 1000 {
 		t.Errorf("counts %v: want skipped targets, and 1000 in all", run.Counts)
 	}
 	// What the engine reports is what the store holds once written, and
@@ -174,10 +175,10 @@ func TestErrorBudgetStopsRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	counts := map[fleet.TargetState]int{}
+	counts := map[rollout.TargetState]int{}
 	for _, tg := range stored {
 		counts[tg.State]++
-		if tg.State == fleet.TargetFailed && tg.Error != "simulated failure" {
+		if tg.State == rollout.TargetFailed && tg.Error != "simulated failure" {
 			t.Errorf("%s failed with %q, want the simulated failure", tg.Instance, tg.Error)
 		}
 	}
@@ -186,11 +187,11 @@ func TestErrorBudgetStopsRun(t *testing.T) {
 			t.Errorf("store has %d %s, run says %d", counts[s], s, n)
 		}
 	}
-	if sent := 1000 - run.Counts[fleet.TargetSkipped]; int(f.sim.Stats().Ran) != sent || run.Sent != sent {
+	if sent := 1000 - run.Counts[rollout.TargetSkipped]; int(f.sim.Stats().Ran) != sent || run.Sent != sent {
 		t.Errorf("agents ran %d, run sent %d, want %d each", f.sim.Stats().Ran, run.Sent, sent)
 	}
-	for state, want := range map[fleet.TargetState]int{fleet.TargetSucceeded: run.Counts[fleet.TargetSucceeded],
-		fleet.TargetFailed: run.Counts[fleet.TargetFailed], fleet.TargetSkipped: run.Counts[fleet.TargetSkipped]} {
+	for state, want := range map[rollout.TargetState]int{rollout.TargetSucceeded: run.Counts[rollout.TargetSucceeded],
+		rollout.TargetFailed: run.Counts[rollout.TargetFailed], rollout.TargetSkipped: run.Counts[rollout.TargetSkipped]} {
 		if got := counted(t, e, "stackpro_run_targets_total", string(state)); got != float64(want) {
 			t.Errorf("stackpro_run_targets_total{state=%q} = %v, want %d", state, got, want)
 		}
@@ -209,7 +210,7 @@ func TestErrorBudgetStopsRun(t *testing.T) {
 			t.Errorf("audit record %+v: want the operator as actor", rec)
 		}
 	}
-	if events["run.started"] != 1 || events["run.finished"] != 1 || events["run.target"] != 1000-run.Counts[fleet.TargetSkipped] {
+	if events["run.started"] != 1 || events["run.finished"] != 1 || events["run.target"] != 1000-run.Counts[rollout.TargetSkipped] {
 		t.Errorf("audit events %v: want one start, one finish and one record per target sent", events)
 	}
 }
@@ -228,7 +229,7 @@ func TestOfflineUndeliverable(t *testing.T) {
 		t.Fatal(err)
 	}
 	run = waitDone(t, e, run.ID)
-	if run.State != fleet.RunCompleted || run.Counts[fleet.TargetUndeliverable] != len(offline) || run.Counts[fleet.TargetSucceeded] != 100-len(offline) {
+	if run.State != rollout.RunCompleted || run.Counts[rollout.TargetUndeliverable] != len(offline) || run.Counts[rollout.TargetSucceeded] != 100-len(offline) {
 		t.Fatalf("run %s %v, want completed with %d undeliverable and the rest succeeded", run.State, run.Counts, len(offline))
 	}
 	targets, err := e.Targets(run.ID)
@@ -236,7 +237,7 @@ func TestOfflineUndeliverable(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tg := range targets {
-		if (tg.State == fleet.TargetUndeliverable) != contains(offline, tg.Instance) {
+		if (tg.State == rollout.TargetUndeliverable) != contains(offline, tg.Instance) {
 			t.Errorf("%s is %s; offline: %v", tg.Instance, tg.State, contains(offline, tg.Instance))
 		}
 	}
@@ -292,7 +293,7 @@ func TestRefusalsAudited(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if run := waitDone(t, e, first.ID); run.Counts[fleet.TargetSucceeded] != 8 {
+	if run := waitDone(t, e, first.ID); run.Counts[rollout.TargetSucceeded] != 8 {
 		t.Fatalf("first run: %v", run.Counts)
 	}
 	stop()
@@ -328,9 +329,9 @@ func TestRefusalsAudited(t *testing.T) {
 	for _, tg := range targets {
 		reason, refused := want[tg.Instance]
 		switch {
-		case refused && (tg.State != fleet.TargetFailed || tg.Refused != string(reason)):
+		case refused && (tg.State != rollout.TargetFailed || tg.Refused != string(reason)):
 			t.Errorf("%s: %s refused=%q, want failed, refused %q", tg.Instance, tg.State, tg.Refused, reason)
-		case !refused && tg.State != fleet.TargetSucceeded:
+		case !refused && tg.State != rollout.TargetSucceeded:
 			t.Errorf("%s: %s (%s), want succeeded", tg.Instance, tg.State, tg.Error)
 		}
 	}
@@ -387,7 +388,7 @@ func TestResumeWithoutDuplicates(t *testing.T) {
 	}
 	e, _ = f.engine(t, nil)
 	run = waitDone(t, e, run.ID)
-	if run.State != fleet.RunCompleted || run.Counts[fleet.TargetSucceeded] != 300 {
+	if run.State != rollout.RunCompleted || run.Counts[rollout.TargetSucceeded] != 300 {
 		t.Fatalf("resumed run %s %v, want all 300 succeeded", run.State, run.Counts)
 	}
 	// A second run to every agent is the marker: an agent takes the
@@ -397,7 +398,7 @@ func TestResumeWithoutDuplicates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m := waitDone(t, e, marker.ID); m.State != fleet.RunCompleted || m.Counts[fleet.TargetSucceeded] != 300 {
+	if m := waitDone(t, e, marker.ID); m.State != rollout.RunCompleted || m.Counts[rollout.TargetSucceeded] != 300 {
 		t.Fatalf("marker run %s %v, want all 300 succeeded", m.State, m.Counts)
 	}
 	st := f.sim.Stats()
@@ -422,25 +423,25 @@ func TestCancel(t *testing.T) {
 	}
 	proctest.Within(t, time.Minute, "the online agents to answer and the offline ones to wait", func() bool {
 		r, err := e.Get(run.ID)
-		return err == nil && r.Counts[fleet.TargetSucceeded] == 40 && r.Counts[fleet.TargetPending] == 10
+		return err == nil && r.Counts[rollout.TargetSucceeded] == 40 && r.Counts[rollout.TargetPending] == 10
 	})
 	if _, err := e.Cancel(run.ID, "ops2"); err != nil {
 		t.Fatal(err)
 	}
 	run = waitDone(t, e, run.ID)
-	if run.State != fleet.RunCancelled || run.Counts[fleet.TargetSkipped] != 10 || run.Counts[fleet.TargetSucceeded] != 40 || run.Reason != "cancelled by ops2" {
+	if run.State != rollout.RunCancelled || run.Counts[rollout.TargetSkipped] != 10 || run.Counts[rollout.TargetSucceeded] != 40 || run.Reason != "cancelled by ops2" {
 		t.Errorf("cancelled run %s %v %q: want cancelled, 40 succeeded, 10 skipped", run.State, run.Counts, run.Reason)
 	}
-	if _, err := e.Cancel(run.ID, "ops"); !errors.Is(err, rollout.ErrFinished) {
+	if _, err := e.Cancel(run.ID, "ops"); !errors.Is(err, engine.ErrFinished) {
 		t.Errorf("cancelling a finished run: %v, want ErrFinished", err)
 	}
-	if _, err := e.Cancel("r-nope", "ops"); !errors.Is(err, rollout.ErrNotFound) {
+	if _, err := e.Cancel("r-nope", "ops"); !errors.Is(err, engine.ErrNotFound) {
 		t.Errorf("cancelling an unknown run: %v, want ErrNotFound", err)
 	}
-	if _, err := e.Start(context.Background(), spec("shell", fleet.Selection{All: true}, "1", "0"), "ops"); !errors.Is(err, rollout.ErrInvalid) {
+	if _, err := e.Start(context.Background(), spec("shell", fleet.Selection{All: true}, "1", "0"), "ops"); !errors.Is(err, engine.ErrInvalid) {
 		t.Errorf("a command outside the catalog: %v, want ErrInvalid", err)
 	}
-	if _, err := e.Start(context.Background(), spec(protocol.CommandPing, fleet.Selection{Plan: "nope"}, "1", "0"), "ops"); !errors.Is(err, rollout.ErrInvalid) {
+	if _, err := e.Start(context.Background(), spec(protocol.CommandPing, fleet.Selection{Plan: "nope"}, "1", "0"), "ops"); !errors.Is(err, engine.ErrInvalid) {
 		t.Errorf("a selection matching nothing: %v, want ErrInvalid", err)
 	}
 }

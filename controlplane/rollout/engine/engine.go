@@ -1,4 +1,4 @@
-// Package rollout runs fleet commands. A run resolves a selection to its
+// Package engine runs fleet commands (their vocabulary is package rollout). A run resolves a selection to its
 // targets, sends each one a signed request of the agents' catalog with rate
 // control (at most so many in flight; no new target once the error budget
 // is spent), follows each target's acknowledgement, outcome or timeout, and
@@ -11,7 +11,7 @@
 // the targets sent but not answered are asked what became of their nonce
 // (command.result) instead of being sent again, and the unsent rest go out
 // as before.
-package rollout
+package engine
 
 import (
 	"context"
@@ -35,20 +35,18 @@ import (
 	"github.com/stackpro/stackpro/controlplane/audit"
 	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/fleet"
-	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/controlplane/rollout"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
 // Store keeps runs, their targets and the audit log.
 type Store interface {
-	CreateRun(run fleet.Run, targets []fleet.Target, audit audit.Record) error
-	UpdateRun(run fleet.Run, targets []fleet.Target, audit []audit.Record) error
-	Run(id string) (fleet.Run, error)
-	Runs() ([]fleet.Run, error)
-	RunTargets(id string) ([]fleet.Target, error)
+	CreateRun(run rollout.Run, targets []rollout.Target, audit audit.Record) error
+	UpdateRun(run rollout.Run, targets []rollout.Target, audit []audit.Record) error
+	Run(id string) (rollout.Run, error)
+	Runs() ([]rollout.Run, error)
+	RunTargets(id string) ([]rollout.Target, error)
 }
-
-var _ Store = (*store.Store)(nil)
 
 // Fleet lists the instances a selection picks from, with their status.
 type Fleet interface {
@@ -107,8 +105,8 @@ type Engine struct {
 
 // active is a run in progress, in memory. Guarded by Engine.mu.
 type active struct {
-	run     fleet.Run
-	targets map[string]*fleet.Target
+	run     rollout.Run
+	targets map[string]*rollout.Target
 	// order is every target in send order; run.Sent of them were sent.
 	order []string
 	// resend holds targets whose nonce the agent never saw after a
@@ -184,7 +182,7 @@ func (e *Engine) Run(ctx context.Context) error {
 
 // load rebuilds an unfinished run from the store. Targets sent but
 // without an outcome are returned: only their agents know what happened.
-func (e *Engine) load(run fleet.Run) (*active, []string, error) {
+func (e *Engine) load(run rollout.Run) (*active, []string, error) {
 	stored, err := e.o.Store.RunTargets(run.ID)
 	if err != nil {
 		return nil, nil, fmt.Errorf("rollout: resuming %s: %w", run.ID, err)
@@ -206,10 +204,10 @@ func (e *Engine) load(run fleet.Run) (*active, []string, error) {
 
 // newActive holds run and its targets in memory. Counts are counted from
 // the targets: after a crash, a run's record may be ahead of its targets'.
-func newActive(run fleet.Run, targets []fleet.Target) *active {
-	a := &active{run: run, targets: make(map[string]*fleet.Target, len(targets)), inflight: map[string]time.Time{},
+func newActive(run rollout.Run, targets []rollout.Target) *active {
+	a := &active{run: run, targets: make(map[string]*rollout.Target, len(targets)), inflight: map[string]time.Time{},
 		retry: map[string]time.Time{}, dirty: map[string]struct{}{}, kick: make(chan struct{}, 1)}
-	a.run.Counts = map[fleet.TargetState]int{}
+	a.run.Counts = map[rollout.TargetState]int{}
 	for i := range targets {
 		t := &targets[i]
 		a.targets[t.Instance] = t
@@ -221,31 +219,31 @@ func newActive(run fleet.Run, targets []fleet.Target) *active {
 }
 
 // Start resolves spec's selection, writes the run and starts sending.
-func (e *Engine) Start(ctx context.Context, spec fleet.RunSpec, by string) (fleet.Run, error) {
+func (e *Engine) Start(ctx context.Context, spec rollout.RunSpec, by string) (rollout.Run, error) {
 	if err := spec.Validate(); err != nil {
-		return fleet.Run{}, ErrInvalid.With(err)
+		return rollout.Run{}, ErrInvalid.With(err)
 	}
 	if !slices.Contains(protocol.OperatorCommands, spec.Command) {
-		return fleet.Run{}, ErrInvalid.With(fmt.Errorf("command %q is not one of %s", spec.Command,
+		return rollout.Run{}, ErrInvalid.With(fmt.Errorf("command %q is not one of %s", spec.Command,
 			strings.Join(protocol.OperatorCommands, ", ")))
 	}
 	select {
 	case <-e.ready:
 	case <-ctx.Done():
-		return fleet.Run{}, ctx.Err()
+		return rollout.Run{}, ctx.Err()
 	}
 	now := time.Now().UTC()
-	var targets []fleet.Target
+	var targets []rollout.Target
 	for _, inst := range e.o.Fleet.List(now) {
 		if spec.Select.Match(inst, inst.Status) {
-			targets = append(targets, fleet.Target{Instance: inst.ID, State: fleet.TargetPending})
+			targets = append(targets, rollout.Target{Instance: inst.ID, State: rollout.TargetPending})
 		}
 	}
 	if len(targets) == 0 {
-		return fleet.Run{}, ErrInvalid.With(fmt.Errorf("the selection %s matches no instance", spec.Select))
+		return rollout.Run{}, ErrInvalid.With(fmt.Errorf("the selection %s matches no instance", spec.Select))
 	}
-	run := fleet.Run{ID: newRunID(now), Spec: spec, CreatedBy: by, CreatedAt: now, State: fleet.RunRunning,
-		Total: len(targets), Counts: map[fleet.TargetState]int{fleet.TargetPending: len(targets)}}
+	run := rollout.Run{ID: newRunID(now), Spec: spec, CreatedBy: by, CreatedAt: now, State: rollout.RunRunning,
+		Total: len(targets), Counts: map[rollout.TargetState]int{rollout.TargetPending: len(targets)}}
 	run.Concurrency = spec.MaxConcurrency.Of(run.Total)
 	if run.Concurrency <= 0 || run.Concurrency > run.Total {
 		run.Concurrency = run.Total
@@ -255,7 +253,7 @@ func (e *Engine) Start(ctx context.Context, spec fleet.RunSpec, by string) (flee
 		"run %s: %s %s on %s: %d targets, max concurrency %s, max errors %s, timeout %s", run.ID, spec.Command,
 		string(spec.Args), spec.Select, run.Total, spec.MaxConcurrency, spec.MaxErrors, time.Duration(spec.Timeout))}
 	if err := e.o.Store.CreateRun(run, targets, audit); err != nil {
-		return fleet.Run{}, fmt.Errorf("rollout: %w", err)
+		return rollout.Run{}, fmt.Errorf("rollout: %w", err)
 	}
 	a := newActive(run, targets)
 	e.mu.Lock()
@@ -312,9 +310,9 @@ func (e *Engine) dispatch(ctx context.Context, a *active) {
 		deadline := now.Add(time.Duration(a.run.Spec.Timeout))
 		for _, id := range batch {
 			t := a.targets[id]
-			t.State, t.Nonce, t.SentAt = fleet.TargetDelivered, e.nonce(a.run.ID, id), now
+			t.State, t.Nonce, t.SentAt = rollout.TargetDelivered, e.nonce(a.run.ID, id), now
 			a.inflight[id] = deadline
-			a.count(fleet.TargetPending, fleet.TargetDelivered)
+			a.count(rollout.TargetPending, rollout.TargetDelivered)
 			a.dirty[id] = struct{}{}
 		}
 		a.run.Sent += fresh
@@ -358,15 +356,15 @@ func (e *Engine) unsend(a *active, batch []string, fresh int) {
 	a.resend = append(batch[:len(batch)-fresh:len(batch)-fresh], a.resend...)
 	for _, id := range batch {
 		t := a.targets[id]
-		t.State, t.SentAt = fleet.TargetPending, time.Time{}
+		t.State, t.SentAt = rollout.TargetPending, time.Time{}
 		delete(a.inflight, id)
-		a.count(fleet.TargetDelivered, fleet.TargetPending)
+		a.count(rollout.TargetDelivered, rollout.TargetPending)
 	}
 }
 
 // send seals and publishes batch, spread over a few goroutines: signing
 // is most of the cost of a large fan-out.
-func (e *Engine) send(a *active, run fleet.Run, batch []string, now time.Time) {
+func (e *Engine) send(a *active, run rollout.Run, batch []string, now time.Time) {
 	const workers = 4
 	var wg sync.WaitGroup
 	for w := range min(workers, len(batch)) {
@@ -381,7 +379,7 @@ func (e *Engine) send(a *active, run fleet.Run, batch []string, now time.Time) {
 					err = e.o.Conn.PublishMsg(&nats.Msg{Subject: protocol.CommandSubject(id), Reply: protocol.ReplySubject(id, replyToken+"."+run.ID), Data: data})
 				}
 				if err != nil {
-					e.finish(a, id, fleet.TargetFailed, "control plane could not send: "+err.Error(), "", nil)
+					e.finish(a, id, rollout.TargetFailed, "control plane could not send: "+err.Error(), "", nil)
 				}
 			}
 		})
@@ -418,7 +416,7 @@ func (e *Engine) reply(m *nats.Msg) {
 	}
 	var r protocol.CommandReply
 	if err := json.Unmarshal(m.Data, &r); err != nil || r.InstanceID != id {
-		e.finish(a, id, fleet.TargetFailed, "malformed reply from the agent", "", nil)
+		e.finish(a, id, rollout.TargetFailed, "malformed reply from the agent", "", nil)
 		return
 	}
 	e.outcome(a, id, r)
@@ -434,11 +432,11 @@ func (e *Engine) noAgent(a *active, id string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	t := a.targets[id]
-	if t == nil || t.State != fleet.TargetDelivered || a.run.Done() {
+	if t == nil || t.State != rollout.TargetDelivered || a.run.Done() {
 		return
 	}
-	a.count(t.State, fleet.TargetPending)
-	t.State, t.Error = fleet.TargetPending, "waiting for its agent to connect"
+	a.count(t.State, rollout.TargetPending)
+	t.State, t.Error = rollout.TargetPending, "waiting for its agent to connect"
 	a.retry[id] = time.Now().Add(retryEvery)
 	a.dirty[id] = struct{}{}
 }
@@ -449,15 +447,15 @@ func (e *Engine) outcome(a *active, id string, r protocol.CommandReply) {
 	case r.State == protocol.StateRunning:
 		e.mu.Lock()
 		defer e.mu.Unlock()
-		if t := a.targets[id]; t != nil && t.State == fleet.TargetDelivered {
-			t.State = fleet.TargetRunning
-			a.count(fleet.TargetDelivered, fleet.TargetRunning)
+		if t := a.targets[id]; t != nil && t.State == rollout.TargetDelivered {
+			t.State = rollout.TargetRunning
+			a.count(rollout.TargetDelivered, rollout.TargetRunning)
 			a.dirty[id] = struct{}{}
 		}
 	case r.OK:
-		e.finish(a, id, fleet.TargetSucceeded, "", "", r.Result)
+		e.finish(a, id, rollout.TargetSucceeded, "", "", r.Result)
 	default:
-		e.finish(a, id, fleet.TargetFailed, r.Error, string(r.Refused), r.Result)
+		e.finish(a, id, rollout.TargetFailed, r.Error, string(r.Refused), r.Result)
 	}
 }
 
@@ -465,7 +463,7 @@ func (e *Engine) outcome(a *active, id string, r protocol.CommandReply) {
 const maxResult = 16 << 10
 
 // finish records target id's outcome, once, and decides what the run does next.
-func (e *Engine) finish(a *active, id string, state fleet.TargetState, msg, refused string, result json.RawMessage) {
+func (e *Engine) finish(a *active, id string, state rollout.TargetState, msg, refused string, result json.RawMessage) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	t := a.targets[id]
@@ -512,18 +510,18 @@ func (e *Engine) settle(a *active, now time.Time) {
 	if a.run.Done() || len(a.inflight) > 0 || len(a.resend) > 0 || !a.stopping && a.run.Sent < len(a.order) {
 		return
 	}
-	a.run.State = fleet.RunCompleted
+	a.run.State = rollout.RunCompleted
 	if a.stopping {
-		a.run.State = fleet.RunStopped
+		a.run.State = rollout.RunStopped
 		if isCancel(a.run.Reason) {
-			a.run.State = fleet.RunCancelled
+			a.run.State = rollout.RunCancelled
 		}
 	}
 	for _, id := range a.order {
-		if t := a.targets[id]; t.State == fleet.TargetPending {
-			t.State = fleet.TargetSkipped
-			a.count(fleet.TargetPending, fleet.TargetSkipped)
-			e.counters.target(a.run.Spec.Command, fleet.TargetSkipped)
+		if t := a.targets[id]; t.State == rollout.TargetPending {
+			t.State = rollout.TargetSkipped
+			a.count(rollout.TargetPending, rollout.TargetSkipped)
+			e.counters.target(a.run.Spec.Command, rollout.TargetSkipped)
 			a.dirty[id] = struct{}{}
 		}
 	}
@@ -542,9 +540,9 @@ func (e *Engine) settle(a *active, now time.Time) {
 	}
 }
 
-func countsText(c map[fleet.TargetState]int) string {
+func countsText(c map[rollout.TargetState]int) string {
 	var parts []string
-	for _, s := range fleet.TargetStates {
+	for _, s := range rollout.TargetStates {
 		if c[s] > 0 {
 			parts = append(parts, fmt.Sprintf("%s %d", s, c[s]))
 		}
@@ -553,7 +551,7 @@ func countsText(c map[fleet.TargetState]int) string {
 }
 
 // count moves one target from state from to state to in the run's counts.
-func (a *active) count(from, to fleet.TargetState) {
+func (a *active) count(from, to rollout.TargetState) {
 	a.run.Counts[from]--
 	if a.run.Counts[from] == 0 {
 		delete(a.run.Counts, from)
@@ -567,12 +565,12 @@ func (e *Engine) expire(now time.Time) {
 	type late struct {
 		a     *active
 		id    string
-		state fleet.TargetState
+		state rollout.TargetState
 		msg   string
 	}
 	var ended []late
 	type retry struct {
-		run fleet.Run
+		run rollout.Run
 		ids []string
 	}
 	retries := map[*active]*retry{}
@@ -583,13 +581,13 @@ func (e *Engine) expire(now time.Time) {
 			next, waiting := a.retry[id]
 			switch {
 			case now.After(deadline) && waiting:
-				ended = append(ended, late{a, id, fleet.TargetUndeliverable, "no agent connected within " + timeout})
+				ended = append(ended, late{a, id, rollout.TargetUndeliverable, "no agent connected within " + timeout})
 			case now.After(deadline):
-				ended = append(ended, late{a, id, fleet.TargetTimedOut, "no answer within " + timeout})
+				ended = append(ended, late{a, id, rollout.TargetTimedOut, "no answer within " + timeout})
 			case waiting && now.After(next):
 				t := a.targets[id]
-				a.count(t.State, fleet.TargetDelivered)
-				t.State = fleet.TargetDelivered
+				a.count(t.State, rollout.TargetDelivered)
+				t.State = rollout.TargetDelivered
 				delete(a.retry, id)
 				if retries[a] == nil {
 					retries[a] = &retry{run: a.run}
@@ -611,8 +609,8 @@ func (e *Engine) expire(now time.Time) {
 // runs that are done and written.
 func (e *Engine) flush() {
 	type write struct {
-		run     fleet.Run
-		targets []fleet.Target
+		run     rollout.Run
+		targets []rollout.Target
 		audit   []audit.Record
 		a       *active
 	}

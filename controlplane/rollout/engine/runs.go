@@ -1,4 +1,4 @@
-package rollout
+package engine
 
 import (
 	"context"
@@ -13,9 +13,9 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/stackpro/stackpro/controlplane/audit"
-	"github.com/stackpro/stackpro/controlplane/fleet"
+	"github.com/stackpro/stackpro/controlplane/fault"
 	"github.com/stackpro/stackpro/controlplane/internal/broker"
-	"github.com/stackpro/stackpro/controlplane/internal/store"
+	"github.com/stackpro/stackpro/controlplane/rollout"
 	"github.com/stackpro/stackpro/shared/protocol"
 )
 
@@ -42,7 +42,7 @@ func (e *Engine) resolve(ctx context.Context, a *active, ids []string) {
 	wg.Wait()
 }
 
-func (e *Engine) resolveOne(ctx context.Context, a *active, run fleet.Run, id string) {
+func (e *Engine) resolveOne(ctx context.Context, a *active, run rollout.Run, id string) {
 	args, _ := json.Marshal(protocol.ResultArgs{Nonce: e.nonce(run.ID, id)})
 	// Agents reconnect after the control plane's restart: give them the
 	// run's timeout to come back.
@@ -54,7 +54,7 @@ func (e *Engine) resolveOne(ctx context.Context, a *active, run fleet.Run, id st
 		data, err = e.o.Sealer.Seal(protocol.CommandRequest{V: protocol.Version, ID: run.ID, Name: protocol.CommandResult,
 			Args: args, Target: id, Nonce: protocol.NewNonce(), IssuedAt: now, Expires: now.Add(resolveTimeout), Run: run.ID})
 		if err != nil {
-			e.finish(a, id, fleet.TargetFailed, "control plane could not ask for the outcome: "+err.Error(), "", nil)
+			e.finish(a, id, rollout.TargetFailed, "control plane could not ask for the outcome: "+err.Error(), "", nil)
 			return
 		}
 		qctx, cancel := context.WithTimeout(ctx, resolveTimeout)
@@ -71,16 +71,16 @@ func (e *Engine) resolveOne(ctx context.Context, a *active, run fleet.Run, id st
 	}
 	switch {
 	case errors.Is(err, broker.ErrNoAgent):
-		e.finish(a, id, fleet.TargetUndeliverable, "agent not connected when the run resumed; whether it ran is unknown", "", nil)
+		e.finish(a, id, rollout.TargetUndeliverable, "agent not connected when the run resumed; whether it ran is unknown", "", nil)
 		return
 	case err != nil:
-		e.finish(a, id, fleet.TargetTimedOut, "no answer about the outcome after a control plane restart", "", nil)
+		e.finish(a, id, rollout.TargetTimedOut, "no answer about the outcome after a control plane restart", "", nil)
 		return
 	}
 	var r protocol.CommandReply
 	var res protocol.ResultReply
 	if err := json.Unmarshal(m.Data, &r); err != nil || !r.OK || json.Unmarshal(r.Result, &res) != nil {
-		e.finish(a, id, fleet.TargetFailed, "the agent could not say what became of the command: "+r.Error, string(r.Refused), nil)
+		e.finish(a, id, rollout.TargetFailed, "the agent could not say what became of the command: "+r.Error, string(r.Refused), nil)
 		return
 	}
 	switch {
@@ -90,8 +90,8 @@ func (e *Engine) resolveOne(ctx context.Context, a *active, run fleet.Run, id st
 		// Still running: its outcome comes to the same inbox.
 		e.mu.Lock()
 		if t := a.targets[id]; t != nil && !t.State.Final() {
-			a.count(t.State, fleet.TargetRunning)
-			t.State = fleet.TargetRunning
+			a.count(t.State, rollout.TargetRunning)
+			t.State = rollout.TargetRunning
 			a.inflight[id] = time.Now().Add(time.Duration(run.Spec.Timeout))
 			a.dirty[id] = struct{}{}
 		}
@@ -99,8 +99,8 @@ func (e *Engine) resolveOne(ctx context.Context, a *active, run fleet.Run, id st
 	default:
 		e.mu.Lock()
 		if t := a.targets[id]; t != nil && !t.State.Final() {
-			a.count(t.State, fleet.TargetPending)
-			t.State, t.SentAt = fleet.TargetPending, time.Time{}
+			a.count(t.State, rollout.TargetPending)
+			t.State, t.SentAt = rollout.TargetPending, time.Time{}
 			a.resend = append(a.resend, id)
 			a.dirty[id] = struct{}{}
 		}
@@ -109,7 +109,7 @@ func (e *Engine) resolveOne(ctx context.Context, a *active, run fleet.Run, id st
 }
 
 // Get returns run id with its live counts.
-func (e *Engine) Get(id string) (fleet.Run, error) {
+func (e *Engine) Get(id string) (rollout.Run, error) {
 	e.mu.Lock()
 	if a, ok := e.active[id]; ok {
 		run := a.run
@@ -123,7 +123,7 @@ func (e *Engine) Get(id string) (fleet.Run, error) {
 }
 
 // List returns every run, newest first, with live counts.
-func (e *Engine) List() ([]fleet.Run, error) {
+func (e *Engine) List() ([]rollout.Run, error) {
 	runs, err := e.o.Store.Runs()
 	if err != nil {
 		return nil, fmt.Errorf("rollout: %w", err)
@@ -140,10 +140,10 @@ func (e *Engine) List() ([]fleet.Run, error) {
 }
 
 // Targets returns run id's targets, ordered by instance id.
-func (e *Engine) Targets(id string) ([]fleet.Target, error) {
+func (e *Engine) Targets(id string) ([]rollout.Target, error) {
 	e.mu.Lock()
 	if a, ok := e.active[id]; ok {
-		out := make([]fleet.Target, len(a.order))
+		out := make([]rollout.Target, len(a.order))
 		for i, inst := range a.order {
 			out[i] = *a.targets[inst]
 		}
@@ -157,15 +157,15 @@ func (e *Engine) Targets(id string) ([]fleet.Target, error) {
 
 // Cancel stops run id from sending to more targets; those in flight
 // still report. The run ends cancelled once they have.
-func (e *Engine) Cancel(id, by string) (fleet.Run, error) {
+func (e *Engine) Cancel(id, by string) (rollout.Run, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	a, ok := e.active[id]
 	if !ok || a.run.Done() {
 		if _, err := e.o.Store.Run(id); err != nil {
-			return fleet.Run{}, storeErr(id, err)
+			return rollout.Run{}, storeErr(id, err)
 		}
-		return fleet.Run{}, fmt.Errorf("rollout: %s: %w", id, ErrFinished)
+		return rollout.Run{}, fmt.Errorf("rollout: %s: %w", id, ErrFinished)
 	}
 	if !a.stopping || !isCancel(a.run.Reason) {
 		a.stopping = true
@@ -175,9 +175,9 @@ func (e *Engine) Cancel(id, by string) (fleet.Run, error) {
 		// they are not sent again.
 		for id := range a.retry {
 			t := a.targets[id]
-			a.count(t.State, fleet.TargetSkipped)
-			e.counters.target(a.run.Spec.Command, fleet.TargetSkipped)
-			t.State, t.Error = fleet.TargetSkipped, "cancelled while waiting for its agent to connect"
+			a.count(t.State, rollout.TargetSkipped)
+			e.counters.target(a.run.Spec.Command, rollout.TargetSkipped)
+			t.State, t.Error = rollout.TargetSkipped, "cancelled while waiting for its agent to connect"
 			delete(a.retry, id)
 			delete(a.inflight, id)
 			a.dirty[id] = struct{}{}
@@ -202,7 +202,7 @@ func (e *Engine) Cancel(id, by string) (fleet.Run, error) {
 func isCancel(reason string) bool { return strings.HasPrefix(reason, "cancelled") }
 
 func storeErr(id string, err error) error {
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, fault.ErrNotFound) {
 		return fmt.Errorf("rollout: %s: %w", id, ErrNotFound)
 	}
 	if err != nil {

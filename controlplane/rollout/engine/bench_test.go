@@ -1,4 +1,4 @@
-package rollout_test
+package engine_test
 
 import (
 	"context"
@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stackpro/stackpro/controlplane/fleet"
 	"github.com/stackpro/stackpro/controlplane/internal/fleetsim"
+	"github.com/stackpro/stackpro/controlplane/rollout"
 	"github.com/stackpro/stackpro/internal/proctest"
 )
 
@@ -22,7 +22,7 @@ import (
 // (every reply collected), as the latency of each reply from the run's
 // start. One iteration is the whole benchmark:
 //
-//	go test -run '^$' -bench Fleet10k -benchtime 1x -timeout 30m ./controlplane/rollout
+//	go test -run '^$' -bench Fleet10k -benchtime 1x -timeout 30m ./controlplane/rollout/engine
 func BenchmarkFleet10k(b *testing.B) {
 	n, settle, measure := 10000, 20*time.Second, 60*time.Second
 	if testing.Short() { // make test's smoke run: the same path, small
@@ -55,7 +55,7 @@ func BenchmarkFleet10k(b *testing.B) {
 		b.ReportMetric(cores, "cp-cores")
 		b.ReportMetric(float64(rssBytes(b, pid))/(1<<20), "cp-rss-MiB")
 
-		var run fleet.Run
+		var run rollout.Run
 		cpCPU, machineCPU := cpuSeconds(b, pid), machineCPUSeconds(b)
 		code := post(b, url+"/api/v1/runs", token, `{"command":"ping","select":{"all":true},"max_concurrency":"100%","max_errors":"100%","timeout":"60s"}`, &run)
 		if code != http.StatusCreated {
@@ -71,12 +71,12 @@ func BenchmarkFleet10k(b *testing.B) {
 		var firstSent time.Time
 		for cursor := ""; ; {
 			var page struct {
-				Targets    []fleet.Target `json:"targets"`
-				NextCursor string         `json:"next_cursor"`
+				Targets    []rollout.Target `json:"targets"`
+				NextCursor string           `json:"next_cursor"`
 			}
 			getJSON(b, url+"/api/v1/runs/"+run.ID+"/targets?limit=500&cursor="+cursor, token, &page)
 			for _, t := range page.Targets {
-				if t.State == fleet.TargetSucceeded {
+				if t.State == rollout.TargetSucceeded {
 					lat = append(lat, t.FinishedAt.Sub(run.CreatedAt))
 				}
 				if firstSent.IsZero() || t.SentAt.Before(firstSent) {

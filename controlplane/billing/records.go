@@ -1,4 +1,4 @@
-package fleet
+package billing
 
 import "time"
 
@@ -73,8 +73,8 @@ type Transition struct {
 	Plan    string             `json:"plan,omitempty"`
 }
 
-// BillingMetrics is the business at a glance, for operators.
-type BillingMetrics struct {
+// Metrics is the business at a glance, for operators.
+type Metrics struct {
 	At       time.Time `json:"at"`
 	Currency string    `json:"currency"`
 	// MRR is the monthly recurring revenue of active and past-due
@@ -94,4 +94,44 @@ type BillingMetrics struct {
 	// have been canceled since.
 	Churned30d int     `json:"churned_30d"`
 	Churn      float64 `json:"churn_30d"`
+}
+
+// Event is a Stripe event as received: recorded once per id, so a
+// redelivered event takes effect once.
+type Event struct {
+	ID         string    `json:"id"`
+	Type       string    `json:"type"`
+	Created    time.Time `json:"created"` // when Stripe created it
+	ReceivedAt time.Time `json:"received_at"`
+	// Outcome is queued until the event is applied; then applied, or
+	// ignored with the reason.
+	Outcome    string `json:"outcome"`
+	CustomerID string `json:"customer_id,omitempty"`
+}
+
+// QueuedEvent is a received event waiting to be applied, as its raw JSON.
+type QueuedEvent struct {
+	Seq uint64
+	Raw []byte
+}
+
+// OwedMail is an email billing owes a customer, kept until it is sent.
+type OwedMail struct {
+	Key        string            `json:"key"` // unique: the event id and kind
+	CustomerID string            `json:"customer_id"`
+	Kind       string            `json:"kind"`
+	Data       map[string]string `json:"data,omitempty"`
+	CreatedAt  time.Time         `json:"created_at"`
+}
+
+// Effects is what applying an event asks of the store besides the
+// subscription itself.
+type Effects struct {
+	// Outcome is recorded with the event: applied, or ignored: <why>.
+	Outcome string
+	// CustomerStatus and CustomerPlan, when set, become the customer's.
+	CustomerStatus, CustomerPlan string
+	// Reconcile marks the customer's instance for a look now.
+	Reconcile bool
+	Mails     []OwedMail
 }
